@@ -1,0 +1,122 @@
+"""Compute backends: which kernels run polarquant's hot paths.
+
+Installed as ``polarquant.backends`` (the folder sits at the top of the
+repository).  Two independent axes:
+
+* the **array namespace** is always the input's (NumPy, CuPy, torch...);
+* the **kernel backend** chooses who runs the hot operations: ``"numpy"``
+  (the array-API reference in :mod:`polarquant`), ``"numba"`` (CPU JIT) or
+  ``"cupy"`` (raw CUDA kernels).
+
+The backend is chosen by precedence: an explicit ``backend=`` argument >
+``with polarquant.use_backend(name):`` > the ``POLARQUANT_BACKEND``
+environment variable > ``"numpy"``.  The context manager stores the choice in
+a :class:`contextvars.ContextVar` (thread- and async-safe); the environment
+variable is read lazily, at each resolution.  An unknown name raises
+``ValueError`` listing the valid ones; a known but unavailable backend raises
+:class:`BackendUnavailableError` naming what is missing and how to install it.
+Nothing falls back silently, and importing polarquant imports neither numba
+nor cupy.
+
+Status in this release: the NumPy reference is the only backend with kernels;
+``numba`` and ``cupy`` are registered names whose kernels are not shipped yet
+(they report themselves unavailable, with the reason).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from contextvars import ContextVar
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available",
+    "check_backend_name",
+    "current_backend",
+    "get_backend",
+    "use_backend",
+]
+
+BACKENDS = ("numpy", "numba", "cupy")
+ENV_VAR = "POLARQUANT_BACKEND"
+
+_context: ContextVar[str | None] = ContextVar("polarquant_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend cannot run here (missing package, device or kernels)."""
+
+
+def check_backend_name(name: str) -> str:
+    """Return ``name`` if it is a known backend, else raise ``ValueError`` listing the valid ones."""
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    return name.strip().lower()
+
+
+def _why_unavailable(name: str) -> str | None:
+    """None if ``name`` can run here, else the reason (with the install command)."""
+    if name == "numpy":
+        return None
+    if name == "numba":
+        if importlib.util.find_spec("numba") is None:
+            return "the numba package is not installed (pip install 'polarquant-lab[numba]')"
+        return "numba is installed, but the numba kernels are not part of this release yet"
+    if name == "cupy":
+        if importlib.util.find_spec("cupy") is None:
+            return ("the cupy package is not installed (pip install 'polarquant-lab[cuda12]' "
+                    "or 'polarquant-lab[cuda13]', matching your CUDA major version)")
+        return "cupy is installed, but the CUDA kernels are not part of this release yet"
+    raise AssertionError(name)  # pragma: no cover
+
+
+def available() -> dict[str, str | None]:
+    """Every backend name mapped to ``None`` if usable here, else the reason it is not.
+
+    Checks installed packages without importing them.
+    """
+    return {name: _why_unavailable(name) for name in BACKENDS}
+
+
+def current_backend(explicit: str | None = None) -> str:
+    """Resolve the backend name: explicit > context manager > environment variable > numpy."""
+    if explicit is not None:
+        return check_backend_name(explicit)
+    ctx = _context.get()
+    if ctx is not None:
+        return ctx
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        try:
+            return check_backend_name(env)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}={env!r}: {exc}") from None
+    return "numpy"
+
+
+def get_backend(name: str | None = None):
+    """The kernel module of the resolved backend; raises if it cannot run here."""
+    name = current_backend(name)
+    why = _why_unavailable(name)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
+    from . import numpy_backend
+
+    return numpy_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the enclosed block with backend ``name`` (checked on entry)."""
+    name = check_backend_name(name)
+    why = _why_unavailable(name)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
+    token = _context.set(name)
+    try:
+        yield name
+    finally:
+        _context.reset(token)

@@ -1,0 +1,155 @@
+"""Array-API plumbing shared by every module of polarquant.
+
+Every public function of polarquant accepts NumPy arrays or arrays of any
+namespace that follows the Python array API standard (CuPy, torch,
+``array_api_strict``...), through :mod:`array_api_compat`.  This module holds
+the few pieces of glue that all of them need:
+
+* ``namespace(*arrays)``: the input's namespace (``xp``);
+* ``as_vectors``: validation of a batch of vectors shaped ``(..., dim)`` with a
+  clear error for every kind of bad input (not an array, wrong dimension,
+  non-float dtype, NaN or Inf);
+* ``compute_dtype``: the floating dtype arithmetic is carried out in (float16
+  input is computed in float32 and cast back, since half precision is not part
+  of the standard and too coarse for rotations);
+* ``host_to_like``: moving a constant built on the host (a rotation, a sketch,
+  a codebook; always generated with NumPy from a seed so that every backend sees
+  the same numbers) to the namespace, device and dtype of an input.
+
+Data is never moved between host and device implicitly: only these seeded
+constants travel, towards the input's device.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import device as array_device
+
+__all__ = [
+    "namespace",
+    "as_vectors",
+    "check_finite",
+    "compute_dtype",
+    "host_to_like",
+    "to_host",
+    "check_int",
+    "check_bits",
+]
+
+
+def namespace(*arrays: Any):
+    """Return the array-API namespace shared by ``arrays``."""
+    return array_namespace(*arrays)
+
+
+def _as_array(x: Any, name: str):
+    if is_array_api_obj(x):
+        return x
+    if isinstance(x, (list, tuple)) or np.isscalar(x):
+        return np.asarray(x)
+    raise TypeError(
+        f"{name} must be an array (NumPy or any array-API namespace), got {type(x).__name__}"
+    )
+
+
+def _is_real_floating(xp, dtype) -> bool:
+    if dtype == getattr(np, "float16", None) and xp is not None:
+        # NumPy's float16 is accepted (computed in float32).
+        pass
+    try:
+        return xp.isdtype(dtype, "real floating")
+    except (AttributeError, TypeError):  # pragma: no cover - very old namespaces
+        return dtype in (xp.float32, xp.float64)
+
+
+def check_finite(x, name: str = "x") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf values."""
+    xp = namespace(x)
+    finite = xp.isfinite(x)
+    if not bool(xp.all(finite)):
+        bad = int(xp.sum(xp.astype(xp.logical_not(finite), xp.int64)))
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); polarquant needs finite input")
+
+
+def as_vectors(x: Any, dim: int | None = None, name: str = "x", *, finite: bool = True):
+    """Validate a batch of vectors ``(..., dim)`` and return ``(xp, x)``.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not an array or its dtype is not real floating.
+    ValueError
+        If ``x`` is 0-d, its last axis is not ``dim``, or it holds NaN/Inf.
+    """
+    x = _as_array(x, name)
+    xp = namespace(x)
+    if not _is_real_floating(xp, x.dtype):
+        raise TypeError(
+            f"{name} must have a real floating dtype (float16, float32 or float64), got {x.dtype}"
+        )
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., dim), got a 0-d array")
+    if dim is not None and x.shape[-1] != dim:
+        raise ValueError(
+            f"{name} has last dimension {x.shape[-1]} but this quantizer was built for dim={dim}; "
+            f"expected shape (..., {dim}), got {tuple(x.shape)}"
+        )
+    if finite:
+        check_finite(x, name)
+    return xp, x
+
+
+def compute_dtype(xp, dtype):
+    """The dtype arithmetic runs in: float64 stays, everything else is float32."""
+    if dtype == xp.float64:
+        return xp.float64
+    return xp.float32
+
+
+def host_to_like(host: np.ndarray, like, dtype=None):
+    """Move a host (NumPy) constant to the namespace and device of ``like``.
+
+    ``dtype`` defaults to the compute dtype of ``like``.  Integer constants keep
+    their dtype when ``dtype`` is given explicitly.
+    """
+    xp = namespace(like)
+    if dtype is None:
+        dtype = compute_dtype(xp, like.dtype)
+    return xp.asarray(np.ascontiguousarray(host), dtype=dtype, device=array_device(like))
+
+
+def to_host(x) -> np.ndarray:
+    """Copy an array of any namespace to a NumPy array (explicit transfer)."""
+    if isinstance(x, np.ndarray):
+        return x
+    for attr in ("get",):  # CuPy
+        if hasattr(x, attr) and type(x).__module__.startswith("cupy"):
+            return np.asarray(x.get())
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Validate an integer parameter, echoing the bad value in the error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_bits(bits: Any, name: str = "bits", *, low: int = 1, high: int = 8) -> int:
+    """Validate a bit width (1..8 unless stated otherwise)."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"{name} must be an integer number of bits in [{low}, {high}], got {bits!r}")
+    if not low <= int(bits) <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {bits}")
+    return int(bits)

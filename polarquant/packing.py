@@ -1,0 +1,134 @@
+"""Bit packing: b-bit codes and sign bits stored densely in ``uint8``.
+
+One layout, used by every quantizer and every backend (the "canonical packed
+format"):
+
+* the codes of one vector, ``c_0, c_1, ..., c_{n-1}``, each ``b`` bits wide
+  (1 <= b <= 8), are written one after the other as a bit stream, **most
+  significant bit first** (NumPy's ``packbits(bitorder="big")`` order: the
+  first bit of the stream is the most significant bit of byte 0);
+* each vector's stream is padded with zero bits to a whole number of bytes,
+  so a batch ``(..., n)`` of codes packs to ``(..., ceil(n * b / 8))`` bytes
+  and vectors never share a byte;
+* sign bits are 1-bit codes with ``bit = 1`` for ``value >= 0`` (so
+  ``sign(0) = +1``: ``np.sign(0) == 0`` would lose the bit).
+
+For b = 1, 2, 4, 8 codes never straddle a byte; for b = 3, 5, 6, 7 they may,
+which is why the layout is defined on the bit stream rather than per byte.
+
+Packing uses only array-API operations (multiply-and-sum of bit planes, shifts),
+so it runs unchanged on NumPy, CuPy, torch or ``array_api_strict`` arrays.
+"""
+
+from __future__ import annotations
+
+from ._array import check_bits, check_int, namespace
+
+__all__ = ["packed_nbytes", "pack_codes", "unpack_codes", "pack_signs", "unpack_signs"]
+
+
+def packed_nbytes(n: int, bits: int) -> int:
+    """Bytes taken by ``n`` codes of ``bits`` bits each: ``ceil(n * bits / 8)``."""
+    n = check_int(n, "n", low=0)
+    bits = check_bits(bits)
+    return -(-n * bits // 8)
+
+
+def _bit_weights(xp, width: int, like):
+    """``[2**(width-1), ..., 2, 1]`` as uint8 (MSB first)."""
+    return xp.asarray([1 << (width - 1 - i) for i in range(width)], dtype=xp.uint8, device=_dev(like))
+
+
+def _dev(x):
+    from array_api_compat import device
+
+    return device(x)
+
+
+def pack_codes(codes, bits: int):
+    """Pack integer codes ``(..., n)`` of ``bits`` bits into ``uint8 (..., nbytes)``.
+
+    Parameters
+    ----------
+    codes : array of an integer dtype, shape ``(..., n)``
+        Values in ``[0, 2**bits)``.
+    bits : int
+        Code width, 1..8.
+
+    Returns
+    -------
+    uint8 array of shape ``(..., ceil(n * bits / 8))`` in the namespace of ``codes``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pack_codes(np.array([1, 2, 3, 0], dtype=np.uint8), 2)   # 01 10 11 00
+    array([108], dtype=uint8)
+    """
+    bits = check_bits(bits)
+    xp = namespace(codes)
+    if not xp.isdtype(codes.dtype, "integral"):
+        raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
+    if codes.ndim == 0:
+        raise ValueError("codes must have shape (..., n), got a 0-d array")
+    if codes.shape[-1] > 0 and (
+        bool(xp.any(codes < 0)) or bool(xp.any(codes > (1 << bits) - 1))
+    ):
+        raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for bits={bits}")
+    *batch, n = codes.shape
+    codes = xp.astype(codes, xp.uint8)
+    if bits == 8:
+        return xp.reshape(codes, (*batch, n))
+    # bit planes, most significant first: (..., n, bits)
+    shifts = xp.asarray(list(range(bits - 1, -1, -1)), dtype=xp.uint8, device=_dev(codes))
+    planes = (codes[..., None] >> shifts) & xp.asarray(1, dtype=xp.uint8)
+    stream = xp.reshape(planes, (*batch, n * bits))
+    nbytes = -(-n * bits // 8)
+    pad = nbytes * 8 - n * bits
+    if pad:
+        zeros = xp.zeros((*batch, pad), dtype=xp.uint8, device=_dev(codes))
+        stream = xp.concat([stream, zeros], axis=-1)
+    stream = xp.reshape(stream, (*batch, nbytes, 8))
+    weights = _bit_weights(xp, 8, codes)
+    return xp.astype(xp.sum(stream * weights, axis=-1, dtype=xp.uint16), xp.uint8)
+
+
+def unpack_codes(packed, bits: int, n: int):
+    """Inverse of :func:`pack_codes`: ``uint8 (..., nbytes)`` -> ``uint8 (..., n)``."""
+    bits = check_bits(bits)
+    n = check_int(n, "n", low=0)
+    xp = namespace(packed)
+    if packed.dtype != xp.uint8:
+        raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
+    *batch, nbytes = packed.shape
+    if nbytes != -(-n * bits // 8):
+        raise ValueError(
+            f"packed array has {nbytes} bytes per vector, but {n} codes of {bits} bits "
+            f"need {-(-n * bits // 8)}"
+        )
+    if bits == 8:
+        return packed
+    shifts = xp.asarray(list(range(7, -1, -1)), dtype=xp.uint8, device=_dev(packed))
+    stream = (packed[..., None] >> shifts) & xp.asarray(1, dtype=xp.uint8)
+    stream = xp.reshape(stream, (*batch, nbytes * 8))[..., : n * bits]
+    planes = xp.reshape(stream, (*batch, n, bits))
+    weights = _bit_weights(xp, bits, packed)
+    return xp.astype(xp.sum(planes * weights, axis=-1, dtype=xp.uint16), xp.uint8)
+
+
+def pack_signs(x):
+    """Pack the sign bits ``x >= 0`` of a real array ``(..., m)`` into ``uint8``.
+
+    This is the one definition of the QJL sign bit (QJL Sec. 3, Def. 3.1):
+    ``bit = 1`` for ``x >= 0``.
+    """
+    xp = namespace(x)
+    return pack_codes(xp.astype(x >= 0, xp.uint8), 1)
+
+
+def unpack_signs(packed, m: int, dtype=None):
+    """Unpack sign bits to ``+1/-1`` values ``(..., m)`` of ``dtype`` (default float32)."""
+    xp = namespace(packed)
+    bits = unpack_codes(packed, 1, m)
+    dtype = xp.float32 if dtype is None else dtype
+    return xp.astype(bits, dtype) * 2 - 1

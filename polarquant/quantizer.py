@@ -1,0 +1,278 @@
+"""The shared life cycle of every quantizer: validate, encode, decode, score, save.
+
+Each method (TurboQuant, QJL, PolarQuant, the blog's composition) implements
+four row-wise steps on 2-D arrays ``(n, dim)`` in the compute dtype:
+
+``_encode_rows(x) -> fields``
+    the stored arrays of :class:`~polarquant.compressed.CompressedVectors`;
+``_decode_rows(fields, dtype) -> x_hat``
+    the reconstruction, computed in ``dtype`` (float32, or float64 for float64 input);
+``_prepare_queries(q) -> state``
+    the query transformed once (rotated, projected);
+``_score_rows(state, fields) -> scores``
+    the estimated inner products ``(n_queries, n)`` computed from the codes.
+
+This base class owns everything else, once: input validation (shape, dtype,
+NaN/Inf), batch dimensions ``(..., dim)``, dtype and namespace preservation,
+chunking of the scoring loop, configuration checks when codes are decoded,
+and the storage of scalar side information (norms, radii) in ``float16`` or
+``float32``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar
+
+from ._array import as_vectors, check_int, compute_dtype, namespace
+from ._seeding import check_seed
+from .compressed import CompressedVectors
+
+__all__ = ["Quantizer", "from_config", "METHODS", "check_norm_dtype"]
+
+#: method name -> quantizer class, filled by subclasses.
+METHODS: dict[str, type] = {}
+
+#: Elements of the decoded-in-the-rotated-domain block materialised per chunk
+#: while scoring (bounds memory: 4M floats = 16 MB in float32).
+SCORE_CHUNK_ELEMENTS = 1 << 22
+
+NORM_DTYPES = ("float16", "float32")
+_FLOAT16_MAX = 65504.0
+_FLOAT16_TINY = 6.103515625e-05  # smallest normal float16
+
+
+def check_norm_dtype(norm_dtype: str) -> str:
+    if norm_dtype not in NORM_DTYPES:
+        raise ValueError(f"norm_dtype must be one of {NORM_DTYPES}, got {norm_dtype!r}")
+    return norm_dtype
+
+
+def dtype_name(xp, dtype) -> str:
+    for name in ("float16", "float32", "float64"):
+        if hasattr(xp, name) and dtype == getattr(xp, name):
+            return name
+    return str(dtype)  # pragma: no cover
+
+
+def store_scalars(values, norm_dtype: str, what: str):
+    """Cast non-negative scalars (norms, radii) to their storage dtype, refusing lossy float16.
+
+    float16 holds values up to 65504 with 11 significant bits above 6.1e-5;
+    outside that range a stored norm would be ``inf`` or lose its precision
+    silently, so we raise and point at ``norm_dtype="float32"``.
+    """
+    xp = namespace(values)
+    if norm_dtype == "float16":
+        big = float(xp.max(values)) if values.size else 0.0
+        if big > _FLOAT16_MAX:
+            raise ValueError(
+                f"{what} up to {big:.4g} exceed the float16 range (max 65504); "
+                f"build the quantizer with norm_dtype='float32'"
+            )
+        positive = xp.where(values > 0, values, xp.full_like(values, math.inf))
+        small = float(xp.min(positive)) if values.size else math.inf
+        if small < _FLOAT16_TINY:
+            raise ValueError(
+                f"{what} as small as {small:.4g} lose precision in float16 (smallest normal "
+                f"6.1e-05); rescale the input or use norm_dtype='float32'"
+            )
+        dtype = getattr(xp, "float16", None)
+        if dtype is None:  # namespaces without float16 (array_api_strict): keep float32
+            raise TypeError(
+                f"this array namespace has no float16; use norm_dtype='float32' with {xp.__name__}"
+            )
+        return xp.astype(values, dtype)
+    return xp.astype(values, xp.float32)
+
+
+def safe_norms(x):
+    """Row norms ``||x||`` of ``(n, d)`` and the divisor (1 where the norm is 0)."""
+    xp = namespace(x)
+    norms = xp.linalg.vector_norm(x, axis=-1)
+    safe = xp.where(norms > 0, norms, xp.ones_like(norms))
+    return norms, safe
+
+
+class Quantizer(abc.ABC):
+    """Base class: see the module docstring.  Subclasses set ``method``."""
+
+    method: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "method" in cls.__dict__:
+            METHODS[cls.method] = cls
+
+    def __init__(self, dim: int, seed: int = 0, backend: str | None = None):
+        self.dim = check_int(dim, "dim", low=2)
+        self.seed = check_seed(seed)
+        from .backends import check_backend_name
+
+        self.backend = None if backend is None else check_backend_name(backend)
+
+    # -- configuration ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """Everything needed to rebuild this quantizer (JSON-able)."""
+
+    @classmethod
+    def from_config(cls, config: dict) -> Quantizer:
+        args = {k: v for k, v in config.items() if k != "method"}
+        return cls(**args)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items()
+                         if k != "method" and not isinstance(v, dict))
+        return f"{type(self).__name__}({args})"
+
+    @abc.abstractmethod
+    def field_layout(self) -> dict[str, tuple[tuple, str]]:
+        """Stored fields: name -> (per-vector shape, dtype name)."""
+
+    def nbytes_per_vector(self) -> int:
+        """The layout formula: bytes stored per encoded vector."""
+        sizes = {"uint8": 1, "float16": 2, "float32": 4}
+        return sum(math.prod(shape) * sizes[dt] for shape, dt in self.field_layout().values())
+
+    @property
+    def bits_per_coordinate(self) -> float:
+        """Stored bits per coordinate predicted by :meth:`field_layout`."""
+        return 8.0 * self.nbytes_per_vector() / self.dim
+
+    # -- the four row-wise steps -----------------------------------------------------------
+    @abc.abstractmethod
+    def _encode_rows(self, x) -> dict: ...
+
+    @abc.abstractmethod
+    def _decode_rows(self, fields: dict, dtype): ...
+
+    @abc.abstractmethod
+    def _prepare_queries(self, q): ...
+
+    @abc.abstractmethod
+    def _score_rows(self, state, fields: dict): ...
+
+    def _score_chunk_rows(self) -> int:
+        return max(1, SCORE_CHUNK_ELEMENTS // max(self.dim, 1))
+
+    # -- public API ------------------------------------------------------------------------
+    def encode(self, x) -> CompressedVectors:
+        """Compress vectors ``x`` of shape ``(..., dim)``.
+
+        Raises
+        ------
+        TypeError
+            ``x`` is not a floating array.
+        ValueError
+            Wrong last dimension, NaN or Inf values, or norms outside the storage range.
+        """
+        xp, x = as_vectors(x, self.dim, "x")
+        batch = tuple(x.shape[:-1])
+        xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
+        fields = self._encode_rows(xc)
+        layout = self.field_layout()
+        fields = {k: xp.reshape(v, batch + tuple(layout[k][0])) for k, v in fields.items()}
+        return CompressedVectors(
+            self.method, self.config(), fields, batch, self.dim, dtype_name(xp, x.dtype)
+        )
+
+    def check_codes(self, codes: CompressedVectors) -> None:
+        """Refuse codes written by another configuration (method, dim, seed, bits...)."""
+        if not isinstance(codes, CompressedVectors):
+            raise TypeError(f"expected CompressedVectors, got {type(codes).__name__}")
+        mine, theirs = self.config(), dict(codes.config)
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            detail = ", ".join(f"{k}: codes {theirs.get(k)!r} vs quantizer {mine.get(k)!r}"
+                               for k in diff)
+            raise ValueError(f"these codes were written by another configuration ({detail})")
+        layout = self.field_layout()
+        if set(codes.fields) != set(layout):
+            raise ValueError(f"codes hold fields {sorted(codes.fields)}, expected {sorted(layout)}")
+        nb = len(codes.batch_shape)
+        for name, (shape, dt) in layout.items():
+            a = codes.fields[name]
+            if tuple(a.shape[nb:]) != tuple(shape) or dtype_name(namespace(a), a.dtype) != dt:
+                raise ValueError(
+                    f"field {name!r} has per-vector shape {tuple(a.shape[nb:])} and dtype {a.dtype}, "
+                    f"expected {tuple(shape)} and {dt}"
+                )
+
+    def _flat_fields(self, codes: CompressedVectors) -> dict:
+        n = codes.n_vectors
+        out = {}
+        for name, (shape, _) in self.field_layout().items():
+            a = codes.fields[name]
+            out[name] = namespace(a).reshape(a, (n,) + tuple(shape))
+        return out
+
+    def decode(self, codes: CompressedVectors):
+        """Reconstruct ``(..., dim)`` vectors from ``codes`` (in the dtype that was encoded)."""
+        self.check_codes(codes)
+        flat = self._flat_fields(codes)
+        xp = namespace(*flat.values())
+        x_hat = self._decode_rows(flat, xp.float64 if codes.dtype == "float64" else xp.float32)
+        out_dtype = getattr(xp, codes.dtype, None) or x_hat.dtype
+        return xp.reshape(xp.astype(x_hat, out_dtype), tuple(codes.batch_shape) + (self.dim,))
+
+    def score(self, queries, codes: CompressedVectors):
+        """Estimated inner products ``<q, x>`` for every query and every encoded vector.
+
+        Computed from the codes: each query is transformed once (rotated or
+        projected), then combined with the stored codes; the encoded vectors are
+        never decoded back to the input space.
+
+        Returns
+        -------
+        array of shape ``queries.shape[:-1] + codes.shape``, in the queries' dtype
+            (``queries @ x.T`` for 2-D inputs).
+        """
+        self.check_codes(codes)
+        xp, q = as_vectors(queries, self.dim, "queries")
+        flat = self._flat_fields(codes)
+        try:
+            namespace(q, *flat.values())
+        except TypeError as exc:
+            raise TypeError(
+                "queries and codes live in different array namespaces or devices; "
+                "polarquant never moves data implicitly: convert one of them first"
+            ) from exc
+        qshape = tuple(q.shape[:-1])
+        qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
+        state = self._prepare_queries(qc)
+        n = codes.n_vectors
+        step = self._score_chunk_rows()
+        parts = []
+        for start in range(0, n, step):
+            chunk = {k: v[start:start + step, ...] for k, v in flat.items()}
+            parts.append(self._score_rows(state, chunk))
+        if parts:
+            s = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+        else:
+            s = xp.zeros((qc.shape[0], 0), dtype=qc.dtype)
+        return xp.reshape(xp.astype(s, q.dtype), qshape + tuple(codes.batch_shape))
+
+    def save(self, path, codes: CompressedVectors) -> None:
+        """Write ``codes`` to ``path`` (``.npz``, no pickle; see :mod:`polarquant.io`)."""
+        from .io import save
+
+        self.check_codes(codes)
+        save(path, codes)
+
+    def load(self, path) -> CompressedVectors:
+        """Read codes from ``path``, refusing files written by another configuration."""
+        from .io import load
+
+        codes = load(path)
+        self.check_codes(codes)
+        return codes
+
+
+def from_config(config: dict[str, Any]) -> Quantizer:
+    """Rebuild the quantizer described by ``config`` (as stored in codes and files)."""
+    method = config.get("method")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {sorted(METHODS)}")
+    return METHODS[method].from_config(config)

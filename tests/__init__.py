@@ -1,0 +1,1 @@
+"""polarquant test suite."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: seeded generators and the array namespaces every public function must accept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20260328)
+
+
+def _namespaces():
+    out = [pytest.param("numpy", id="numpy")]
+    try:
+        import array_api_strict  # noqa: F401
+
+        out.append(pytest.param("array_api_strict", id="array_api_strict"))
+    except ImportError:  # pragma: no cover - test extra not installed
+        out.append(pytest.param("array_api_strict", marks=pytest.mark.skip("array-api-strict missing")))
+    return out
+
+
+@pytest.fixture(params=_namespaces())
+def xp(request):
+    """An array namespace: NumPy, or array_api_strict (the standard and nothing more)."""
+    if request.param == "numpy":
+        return np
+    import array_api_strict
+
+    return array_api_strict
+
+
+def to_numpy(a) -> np.ndarray:
+    return np.asarray(a)
+
+
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def correlated_pair(rng, d, rho):
+    """Unit vectors ``q, k`` with ``<q, k> = rho`` exactly (a clearly non-zero inner product)."""
+    q = rng.standard_normal(d)
+    q /= np.linalg.norm(q)
+    z = rng.standard_normal(d)
+    z -= (z @ q) * q
+    z /= np.linalg.norm(z)
+    return q, rho * q + np.sqrt(1 - rho**2) * z

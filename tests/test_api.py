@@ -1,0 +1,280 @@
+"""The public API contract: namespaces, batch shapes, dtypes, bad input, files, backends."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import polarquant as pq
+from polarquant.backends import BackendUnavailableError
+
+ALL = [
+    lambda d: pq.TurboQuantMSE(d, 3, seed=1),
+    lambda d: pq.TurboQuantProd(d, 3, seed=1),
+    lambda d: pq.QJL(d, 2 * d, seed=1),
+    lambda d: pq.PolarQuant(d, levels=4, bits=(4, 2, 2, 2), seed=1),
+    lambda d: pq.PolarQuantQJL(d, levels=4, bits=(4, 2, 2, 2), seed=1),
+]
+IDS = ["turboquant-mse", "turboquant-prod", "qjl", "polarquant", "polarquant-qjl"]
+
+
+def _f32(q):
+    """The same quantizer with float32 side information (for namespaces without float16)."""
+    c = q.config()
+    key = "radius_dtype" if "radius_dtype" in c else "norm_dtype"
+    return pq.from_config({**c, key: "float32"})
+
+
+@pytest.mark.parametrize("make", ALL, ids=IDS)
+def test_array_api_strict_round_trip(make, rng):
+    """array_api_strict in, array_api_strict out; same numbers as NumPy."""
+    import array_api_strict as xs
+
+    q = _f32(make(32))
+    x = rng.standard_normal((3, 4, 32)).astype(np.float32)
+    y = rng.standard_normal((2, 32)).astype(np.float32)
+    cx = q.encode(xs.asarray(x))
+    x_hat = q.decode(cx)
+    assert isinstance(x_hat, type(xs.asarray(1.0))) and x_hat.dtype == xs.float32
+    assert x_hat.shape == (3, 4, 32)
+    s = q.score(xs.asarray(y), cx)
+    assert s.shape == (2, 3, 4)
+    cn = q.encode(x)
+    for name in cn.fields:
+        np.testing.assert_array_equal(np.asarray(cx.fields[name]), cn.fields[name])
+    np.testing.assert_allclose(np.asarray(x_hat), q.decode(cn), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s), q.score(y, cn), rtol=1e-4, atol=1e-4)
+
+
+def test_array_api_strict_without_data_dependent_shapes(rng):
+    """The core uses no boolean indexing or data-dependent shapes."""
+    import array_api_strict as xs
+
+    flags = xs.get_array_api_strict_flags()
+    xs.set_array_api_strict_flags(data_dependent_shapes=False, boolean_indexing=False)
+    try:
+        for make in ALL:
+            q = _f32(make(32))
+            x = xs.asarray(rng.standard_normal((5, 32)))
+            q.score(x[:2, ...], q.encode(x))
+            q.decode(q.encode(x))
+    finally:
+        xs.set_array_api_strict_flags(**{k: v for k, v in flags.items() if k != "api_version"})
+
+
+@pytest.mark.parametrize("make", ALL, ids=IDS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_dtype_and_batch_shape_preserved(make, dtype, rng):
+    q = make(64)
+    x = rng.standard_normal((2, 3, 64)).astype(dtype)
+    codes = q.encode(x)
+    assert codes.shape == (2, 3)
+    x_hat = q.decode(codes)
+    assert x_hat.dtype == dtype and x_hat.shape == x.shape
+    s = q.score(x[0, :2], codes)
+    assert s.dtype == dtype and s.shape == (2, 2, 3)
+    assert codes[1].shape == (3,) and codes[1, 2].shape == ()
+    np.testing.assert_array_equal(q.decode(codes[1, 2]), x_hat[1, 2])
+    assert codes.nbytes == 6 * q.nbytes_per_vector()
+
+
+@settings(max_examples=25, deadline=None)
+@given(which=st.integers(0, 4), batch=st.lists(st.integers(1, 3), max_size=2),
+       scale=st.sampled_from([1e-2, 1.0, 300.0]), zeros=st.booleans(), seed=st.integers(0, 1000))
+def test_property_shapes_scales_and_zero_vectors(which, batch, scale, zeros, seed):
+    """Any batch shape, scales across the float16 range, zero vectors: finite, shaped, consistent."""
+    q = ALL[which](32)
+    x = np.random.default_rng(seed).standard_normal((*batch, 32)) * scale
+    if zeros and x.size:
+        x.reshape(-1, 32)[0] = 0.0
+    codes = q.encode(x)
+    x_hat = q.decode(codes)
+    assert x_hat.shape == x.shape and np.isfinite(x_hat).all()
+    if zeros and x.size:
+        np.testing.assert_array_equal(x_hat.reshape(-1, 32)[0], 0.0)
+    s = q.score(np.ones(32), codes)
+    assert s.shape == tuple(batch) and np.isfinite(s).all()
+    np.testing.assert_allclose(s, x_hat @ np.ones(32), rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("make", ALL, ids=IDS)
+def test_bad_input_is_refused_clearly(make):
+    q = make(32)
+    good = np.ones((4, 32))
+    with pytest.raises(ValueError, match="last dimension 31"):
+        q.encode(np.ones((4, 31)))
+    with pytest.raises(TypeError, match="floating dtype"):
+        q.encode(np.ones((4, 32), dtype=np.int32))
+    with pytest.raises(TypeError, match="floating dtype"):
+        q.encode(np.ones((4, 32), dtype=np.complex64))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q.encode(np.where(np.eye(4, 32) > 0, np.nan, 1.0))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q.encode(np.full((2, 32), np.inf))
+    with pytest.raises(ValueError, match="0-d"):
+        q.encode(np.float64(1.0))
+    with pytest.raises(TypeError, match="must be an array"):
+        q.encode("not an array")
+    with pytest.raises(ValueError, match="float16 range"):
+        q.encode(good * 1e5)
+    codes = q.encode(good)
+    with pytest.raises(ValueError, match="last dimension"):
+        q.score(np.ones((2, 16)), codes)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        q.score(np.full((1, 32), np.nan), codes)
+    with pytest.raises(TypeError, match="CompressedVectors"):
+        q.decode(np.ones((4, 32)))
+
+
+def test_float32_norms_take_large_values():
+    q = pq.TurboQuantMSE(32, 4, norm_dtype="float32")
+    x = np.random.default_rng(0).standard_normal((5, 32)) * 1e6
+    rel = np.sum((q.decode(q.encode(x)) - x) ** 2, 1) / np.sum(x**2, 1)
+    assert rel.max() < 0.05
+
+
+@pytest.mark.parametrize(
+    ("build", "err", "match"),
+    [
+        (lambda: pq.TurboQuantMSE(64, 0), ValueError, "bits must be in"),
+        (lambda: pq.TurboQuantMSE(64, 9), ValueError, "bits must be in"),
+        (lambda: pq.TurboQuantMSE(64, 2.5), TypeError, "bits"),
+        (lambda: pq.TurboQuantMSE(64, True), TypeError, "bits"),
+        (lambda: pq.TurboQuantMSE(1, 2), ValueError, "dim must be >= 2"),
+        (lambda: pq.TurboQuantMSE(64, 2, codebook="uniform"), ValueError, "codebook"),
+        (lambda: pq.TurboQuantMSE(64, 2, norm_dtype="bfloat16"), ValueError, "norm_dtype"),
+        (lambda: pq.QJL(64, 0), ValueError, "proj_dim"),
+        (lambda: pq.QJL(64, 64, seed=-3), ValueError, "seed"),
+        (lambda: pq.PolarQuant(100, levels=4), ValueError, "divisible"),
+        (lambda: pq.TurboQuantMSE(64, 2, backend="jax"), ValueError, "valid backends"),
+    ],
+)
+def test_bad_configuration(build, err, match):
+    with pytest.raises(err, match=match):
+        build()
+
+
+@pytest.mark.parametrize("make", ALL, ids=IDS)
+def test_save_load_round_trip(make, tmp_path, rng):
+    q = make(32)
+    x = rng.standard_normal((3, 5, 32)).astype(np.float32)
+    codes = q.encode(x)
+    path = tmp_path / "codes.npz"
+    q.save(path, codes)
+    loaded = pq.load(path)
+    assert loaded.config == codes.config and loaded.shape == (3, 5) and loaded.dtype == "float32"
+    for name, a in codes.fields.items():
+        np.testing.assert_array_equal(loaded.fields[name], a)
+    q2 = pq.from_config(loaded.config)
+    np.testing.assert_array_equal(q2.decode(loaded), q.decode(codes))
+    np.testing.assert_array_equal(q.load(path).fields[next(iter(codes.fields))],
+                                  codes.fields[next(iter(codes.fields))])
+
+
+def test_load_refuses_other_configurations_and_bad_files(tmp_path):
+    x = np.random.default_rng(0).standard_normal((4, 32))
+    q = pq.TurboQuantMSE(32, 3, seed=1)
+    path = tmp_path / "c.npz"
+    q.save(path, q.encode(x))
+    with pytest.raises(ValueError, match="seed: codes 1 vs quantizer 2"):
+        pq.TurboQuantMSE(32, 3, seed=2).load(path)
+    with pytest.raises(ValueError, match="bits: codes 3 vs quantizer 4"):
+        pq.TurboQuantMSE(32, 4, seed=1).load(path)
+    with pytest.raises(ValueError, match="method"):
+        pq.QJL(32, 64, seed=1).load(path)
+    # a file whose metadata claims another format version
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    for change, match in [({"format_version": 99}, "format version 99"),
+                          ({"format": "other"}, "not a polarquant-codes file")]:
+        bad = tmp_path / "bad.npz"
+        blob = np.frombuffer(json.dumps({**meta, **change}).encode(), np.uint8)
+        np.savez(bad, **{**arrays, "__meta__": blob})
+        with pytest.raises(ValueError, match=match):
+            pq.load(bad)
+    # truncated codes: the field shape disagrees with the configuration's layout
+    meta2 = {**meta, "fields": {**meta["fields"], "codes": {"dtype": "uint8", "shape": [4, 3]}}}
+    bad = tmp_path / "short.npz"
+    np.savez(bad, **{**arrays, "codes": arrays["codes"][:, :3],
+                     "__meta__": np.frombuffer(json.dumps(meta2).encode(), np.uint8)})
+    with pytest.raises(ValueError, match="per-vector shape"):
+        pq.load(bad)
+    # object arrays are never unpickled
+    evil = tmp_path / "evil.npz"
+    np.savez(evil, __meta__=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a polarquant codes file"):
+        pq.load(evil)
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a polarquant codes file"):
+        pq.load(tmp_path / "junk.npz")
+
+
+def test_decode_refuses_codes_from_another_quantizer():
+    x = np.ones((2, 64))
+    with pytest.raises(ValueError, match="another configuration"):
+        pq.PolarQuant(64, seed=1).decode(pq.PolarQuant(64, seed=2).encode(x))
+    with pytest.raises(ValueError, match="another configuration"):
+        pq.PolarQuant(64).score(x, pq.TurboQuantMSE(64, 3).encode(x))
+
+
+def test_mixed_namespaces_are_refused(rng):
+    import array_api_strict as xs
+
+    q = pq.TurboQuantMSE(32, 2, norm_dtype="float32")
+    codes = q.encode(rng.standard_normal((3, 32)))
+    with pytest.raises(TypeError, match="never moves data implicitly"):
+        q.score(xs.asarray(rng.standard_normal((1, 32))), codes)
+
+
+def test_backend_selection(monkeypatch):
+    """explicit > context manager > POLARQUANT_BACKEND > numpy; unknown names list the valid ones."""
+    from polarquant import backends
+
+    monkeypatch.delenv("POLARQUANT_BACKEND", raising=False)
+    assert backends.current_backend() == "numpy"
+    monkeypatch.setenv("POLARQUANT_BACKEND", "NumPy")
+    assert backends.current_backend() == "numpy"
+    monkeypatch.setenv("POLARQUANT_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="POLARQUANT_BACKEND='tpu'.*numpy, numba, cupy"):
+        backends.current_backend()
+    with pytest.raises(ValueError, match="numpy, numba, cupy"):
+        pq.TurboQuantMSE(32, 2).encode(np.ones((1, 32)))
+    monkeypatch.setenv("POLARQUANT_BACKEND", "numpy")
+    with pq.use_backend("numpy"):
+        assert backends.current_backend() == "numpy"
+    assert backends.current_backend("numpy") == "numpy"
+    with pytest.raises(ValueError, match="valid backends"):
+        backends.use_backend("fast").__enter__()
+
+
+@pytest.mark.parametrize("name", ["numba", "cupy"])
+def test_unavailable_backends_say_why(name, monkeypatch):
+    """Kernels not shipped yet (or package missing): a clear error, never a silent fallback."""
+    why = pq.available_backends()[name]
+    assert why is not None and name in why
+    with pytest.raises(BackendUnavailableError, match=name):
+        pq.get_backend(name)
+    monkeypatch.setenv("POLARQUANT_BACKEND", name)
+    with pytest.raises(BackendUnavailableError, match="unavailable"):
+        pq.TurboQuantMSE(32, 2).encode(np.ones((1, 32)))
+
+
+def test_import_does_not_import_numba_or_cupy():
+    code = "import sys, polarquant; print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_backends_is_a_subpackage_not_a_top_level_module():
+    import importlib.util
+
+    assert pq.backends.__name__ == "polarquant.backends"
+    spec = importlib.util.find_spec("backends")
+    assert spec is None or "polarquant" not in (spec.origin or "")
+    assert os.path.basename(os.path.dirname(pq.backends.__file__)) == "backends"
