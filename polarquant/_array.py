@@ -49,7 +49,7 @@ def namespace(*arrays: Any):
 def _as_array(x: Any, name: str):
     if is_array_api_obj(x):
         return x
-    if isinstance(x, (list, tuple)) or np.isscalar(x):
+    if isinstance(x, (list, tuple, numbers.Number, np.generic)) and not isinstance(x, bool):
         return np.asarray(x)
     raise TypeError(
         f"{name} must be an array (NumPy or any array-API namespace), got {type(x).__name__}"
@@ -57,9 +57,6 @@ def _as_array(x: Any, name: str):
 
 
 def _is_real_floating(xp, dtype) -> bool:
-    if dtype == getattr(np, "float16", None) and xp is not None:
-        # NumPy's float16 is accepted (computed in float32).
-        pass
     try:
         return xp.isdtype(dtype, "real floating")
     except (AttributeError, TypeError):  # pragma: no cover - very old namespaces

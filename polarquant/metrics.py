@@ -113,8 +113,9 @@ def attention_kl(true_logits, est_logits, axis: int = -1):
     lp = lp - xp.log(xp.sum(xp.exp(lp), axis=axis, keepdims=True))
     lq = est_logits - xp.max(est_logits, axis=axis, keepdims=True)
     lq = lq - xp.log(xp.sum(xp.exp(lq), axis=axis, keepdims=True))
-    terms = xp.where(p > 0, p * (lp - lq), xp.zeros_like(p))
-    return xp.sum(terms, axis=axis)
+    zero = xp.zeros_like(p)
+    visible = p > 0  # masked entries (-inf in both) would give inf - inf
+    return xp.sum(p * (xp.where(visible, lp, zero) - xp.where(visible, lq, zero)), axis=axis)
 
 
 def topk_overlap(true_scores, est_scores, k: int) -> float:

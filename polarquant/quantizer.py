@@ -50,7 +50,7 @@ def check_norm_dtype(norm_dtype: str) -> str:
 
 
 def dtype_name(xp, dtype) -> str:
-    for name in ("float16", "float32", "float64"):
+    for name in ("float16", "float32", "float64", "uint8"):
         if hasattr(xp, name) and dtype == getattr(xp, name):
             return name
     return str(dtype)  # pragma: no cover
@@ -246,7 +246,8 @@ class Quantizer(abc.ABC):
         step = self._score_chunk_rows()
         parts = []
         for start in range(0, n, step):
-            chunk = {k: v[start:start + step, ...] for k, v in flat.items()}
+            stop = min(start + step, n)
+            chunk = {k: v[start:stop, ...] for k, v in flat.items()}
             parts.append(self._score_rows(state, chunk))
         if parts:
             s = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]

@@ -47,7 +47,7 @@ from .codebooks import coordinate_codebook
 from .packing import packed_nbytes
 from .qjl import QJL_SCALE, SignSketch
 from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
-from .rotation import make_rotation
+from .rotation import ROTATIONS, make_rotation
 
 __all__ = ["TurboQuantMSE", "TurboQuantProd", "CODEBOOK_LAWS"]
 
@@ -96,7 +96,33 @@ class _ScalarStage:
         return self.rotation.inverse(self.rotated_values(codes, dtype))
 
 
-class TurboQuantMSE(Quantizer):
+class _TurboQuant(Quantizer):
+    """What both TurboQuant variants share: bits, rotation, codebook law, norm storage."""
+
+    def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
+                 codebook: str = "exact", norm_dtype: str = "float16",
+                 backend: str | None = None):
+        super().__init__(dim, seed, backend)
+        self.bits = check_bits(bits)
+        if rotation not in ROTATIONS:
+            raise ValueError(f"unknown rotation {rotation!r}; valid rotations: {sorted(ROTATIONS)}")
+        self.rotation_kind = rotation
+        self.codebook_law = _check_law(codebook)
+        self.norm_dtype = check_norm_dtype(norm_dtype)
+
+    def config(self) -> dict:
+        return {"method": self.method, "dim": self.dim, "bits": self.bits, "seed": self.seed,
+                "rotation": self.rotation_kind, "codebook": self.codebook_law,
+                "norm_dtype": self.norm_dtype}
+
+    @classmethod
+    def from_config(cls, config):
+        c = dict(config)
+        c.pop("method", None)
+        return cls(c.pop("dim"), c.pop("bits"), **c)
+
+
+class TurboQuantMSE(_TurboQuant):
     r"""TurboQuant for mean-squared error (Algorithm 1).
 
     Parameters
@@ -136,23 +162,9 @@ class TurboQuantMSE(Quantizer):
     def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
                  codebook: str = "exact", norm_dtype: str = "float16",
                  backend: str | None = None):
-        super().__init__(dim, seed, backend)
-        self.bits = check_bits(bits)
-        self.rotation_kind = rotation
-        self.codebook_law = _check_law(codebook)
-        self.norm_dtype = check_norm_dtype(norm_dtype)
+        super().__init__(dim, bits, seed, rotation=rotation, codebook=codebook,
+                         norm_dtype=norm_dtype, backend=backend)
         self.stage = _ScalarStage(self.dim, self.bits, self.seed, rotation, codebook, backend)
-
-    def config(self) -> dict:
-        return {"method": self.method, "dim": self.dim, "bits": self.bits, "seed": self.seed,
-                "rotation": self.rotation_kind, "codebook": self.codebook_law,
-                "norm_dtype": self.norm_dtype}
-
-    @classmethod
-    def from_config(cls, config):
-        c = dict(config)
-        c.pop("method", None)
-        return cls(c.pop("dim"), c.pop("bits"), **c)
 
     def field_layout(self) -> dict:
         return {"codes": ((self.stage.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}
@@ -181,7 +193,7 @@ class TurboQuantMSE(Quantizer):
         return (qr @ vals.T) * xp.astype(fields["norms"], qr.dtype)[None, :]
 
 
-class TurboQuantProd(Quantizer):
+class TurboQuantProd(_TurboQuant):
     r"""TurboQuant for unbiased inner products (Algorithm 2): (b-1)-bit MSE stage + 1-bit QJL residual.
 
     Parameters
@@ -207,20 +219,13 @@ class TurboQuantProd(Quantizer):
     def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
                  codebook: str = "exact", norm_dtype: str = "float16",
                  backend: str | None = None):
-        super().__init__(dim, seed, backend)
-        self.bits = check_bits(bits)
-        self.rotation_kind = rotation
-        self.codebook_law = _check_law(codebook)
-        self.norm_dtype = check_norm_dtype(norm_dtype)
+        super().__init__(dim, bits, seed, rotation=rotation, codebook=codebook,
+                         norm_dtype=norm_dtype, backend=backend)
         self.stage = (
             _ScalarStage(self.dim, self.bits - 1, self.seed, rotation, codebook, backend)
             if self.bits > 1 else None
         )
-        self.rotation = self.stage.rotation if self.stage else make_rotation(rotation, dim, seed)
         self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", backend)
-
-    config = TurboQuantMSE.config
-    from_config = TurboQuantMSE.from_config
 
     def field_layout(self) -> dict:
         layout = {}

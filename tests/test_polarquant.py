@@ -68,15 +68,20 @@ def test_score_equals_decode_then_dot(rng):
 def test_fitted_codebooks_approach_the_analytic_ones():
     """k-means++ on the angles of 20k rotated vectors recovers the Lloyd-Max codebooks.
 
-    Each level-3/4 2-bit cell holds > 10^4 samples; centroid sampling error is
-    ~ std/sqrt(n_cell) < 0.005 rad, so a 0.02 rad tolerance is safe; the
-    fitted quantizer's error matches the analytic one within 3%.
+    Each 2-bit cell of levels 2-4 holds > 10^4 samples; centroid sampling error
+    is ~ std/sqrt(n_cell) < 0.005 rad, so 0.015 rad is safe.  Level 1 is uniform:
+    Lloyd's iterations drift slowly there (any evenly spread chain is nearly
+    optimal), so its centroids get 0.05 rad (a third of a 16-cell width) and
+    the level's error is checked instead through the closed-form expected MSE
+    (within 1% of the analytic codebooks') and the measured error (3%).
     """
     x = np.random.default_rng(0).standard_normal((20000, 64))
     fitted = PolarQuant(64, seed=0).fit(x, seed=1)
     assert fitted.fitted
     for level, cb in enumerate(fitted.codebooks, start=1):
-        np.testing.assert_allclose(cb.centroids, angle_codebook(level, cb.bits).centroids, atol=0.02)
+        np.testing.assert_allclose(cb.centroids, angle_codebook(level, cb.bits).centroids,
+                                   atol=0.05 if level == 1 else 0.015)
+    assert fitted.expected_mse == pytest.approx(PolarQuant(64).expected_mse, rel=0.01)
     analytic = PolarQuant(64, seed=0)
     test = np.random.default_rng(9).standard_normal((2000, 64))
     err = [np.mean(np.sum((test - p.decode(p.encode(test))) ** 2, 1) / np.sum(test**2, 1))
