@@ -67,8 +67,10 @@ def _why_unavailable(name: str) -> str | None:
         return "numba is installed, but the numba kernels are not part of this release yet"
     if name == "cupy":
         if importlib.util.find_spec("cupy") is None:
-            return ("the cupy package is not installed (pip install 'polarquant-lab[cuda12]' "
-                    "or 'polarquant-lab[cuda13]', matching your CUDA major version)")
+            return (
+                "the cupy package is not installed (pip install 'polarquant-lab[cuda12]' "
+                "or 'polarquant-lab[cuda13]', matching your CUDA major version)"
+            )
         return "cupy is installed, but the CUDA kernels are not part of this release yet"
     raise AssertionError(name)  # pragma: no cover
 

@@ -37,8 +37,12 @@ def best_of(fn, repeat: int) -> float:
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "numpy": np.__version__,
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -86,32 +90,52 @@ def main() -> None:
         t_dec = best_of(lambda q=quantizer, c=codes: q.decode(c), args.repeat)
         t_s1 = best_of(lambda q=quantizer, c=codes: q.score(q1, c), args.repeat)
         t_s32 = best_of(lambda q=quantizer, c=codes: q.score(q32, c), args.repeat)
-        rows.append({
-            "method": name, "bits_per_coordinate": codes.bits_per_coordinate,
-            "bytes_read_vs_fp32": keys.nbytes / codes.nbytes,
-            "encode_Mcoord_s": args.n * d / t_enc / 1e6,
-            "decode_Mcoord_s": args.n * d / t_dec / 1e6,
-            "score1_ms": t_s1 * 1e3, "score1_vs_exact": t_s1 / base1,
-            "score32_ms": t_s32 * 1e3, "score32_vs_exact": t_s32 / base32,
-        })
+        rows.append(
+            {
+                "method": name,
+                "bits_per_coordinate": codes.bits_per_coordinate,
+                "bytes_read_vs_fp32": keys.nbytes / codes.nbytes,
+                "encode_Mcoord_s": args.n * d / t_enc / 1e6,
+                "decode_Mcoord_s": args.n * d / t_dec / 1e6,
+                "score1_ms": t_s1 * 1e3,
+                "score1_vs_exact": t_s1 / base1,
+                "score32_ms": t_s32 * 1e3,
+                "score32_vs_exact": t_s32 / base32,
+            }
+        )
     info = machine()
     print(f"polarquant {pq.__version__} NumPy reference, dim {d}, {args.n} float32 vectors")
     print("machine:", json.dumps(info))
-    print(f"baseline exact float32 keys @ q: {base1 * 1e3:.2f} ms (1 query), "
-          f"{base32 * 1e3:.2f} ms (32 queries)")
-    head = (f"{'method':<28}{'bits':>6}{'enc Mc/s':>10}{'dec Mc/s':>10}{'score1 ms':>11}"
-            f"{'x exact':>9}{'score32 ms':>12}{'x exact':>9}")
+    print(
+        f"baseline exact float32 keys @ q: {base1 * 1e3:.2f} ms (1 query), "
+        f"{base32 * 1e3:.2f} ms (32 queries)"
+    )
+    head = (
+        f"{'method':<28}{'bits':>6}{'enc Mc/s':>10}{'dec Mc/s':>10}{'score1 ms':>11}"
+        f"{'x exact':>9}{'score32 ms':>12}{'x exact':>9}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['method']:<28}{r['bits_per_coordinate']:>6.3f}{r['encode_Mcoord_s']:>10.1f}"
-              f"{r['decode_Mcoord_s']:>10.1f}{r['score1_ms']:>11.2f}{r['score1_vs_exact']:>9.1f}"
-              f"{r['score32_ms']:>12.2f}{r['score32_vs_exact']:>9.1f}")
+        print(
+            f"{r['method']:<28}{r['bits_per_coordinate']:>6.3f}{r['encode_Mcoord_s']:>10.1f}"
+            f"{r['decode_Mcoord_s']:>10.1f}{r['score1_ms']:>11.2f}{r['score1_vs_exact']:>9.1f}"
+            f"{r['score32_ms']:>12.2f}{r['score32_vs_exact']:>9.1f}"
+        )
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "n": args.n, "dim": d, "baseline_ms": {
-                "score1": base1 * 1e3, "score32": base32 * 1e3}, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "machine": info,
+                    "n": args.n,
+                    "dim": d,
+                    "baseline_ms": {"score1": base1 * 1e3, "score32": base32 * 1e3},
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def check_finite(x, name: str = "x") -> None:
     finite = xp.isfinite(x)
     if not bool(xp.all(finite)):
         bad = int(xp.sum(xp.astype(xp.logical_not(finite), xp.int64)))
-        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); polarquant needs finite input")
+        raise ValueError(
+            f"{name} contains {bad} NaN or Inf value(s); polarquant needs finite input"
+        )
 
 
 def as_vectors(x: Any, dim: int | None = None, name: str = "x", *, finite: bool = True):
@@ -146,7 +148,9 @@ def check_int(value: Any, name: str, *, low: int | None = None, high: int | None
 def check_bits(bits: Any, name: str = "bits", *, low: int = 1, high: int = 8) -> int:
     """Validate a bit width (1..8 unless stated otherwise)."""
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"{name} must be an integer number of bits in [{low}, {high}], got {bits!r}")
+        raise TypeError(
+            f"{name} must be an integer number of bits in [{low}, {high}], got {bits!r}"
+        )
     if not low <= int(bits) <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {bits}")
     return int(bits)

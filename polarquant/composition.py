@@ -46,12 +46,29 @@ class PolarQuantQJL(PolarQuant):
 
     method = "polarquant-qjl"
 
-    def __init__(self, dim: int, levels: int = 4, bits=(4, 2, 2, 2), seed: int = 0, *,
-                 proj_dim: int | None = None, rotation: str = "haar",
-                 radius_dtype: str = "float16", codebooks: list | None = None,
-                 backend: str | None = None):
-        super().__init__(dim, levels, bits, seed, rotation=rotation, radius_dtype=radius_dtype,
-                         codebooks=codebooks, backend=backend)
+    def __init__(
+        self,
+        dim: int,
+        levels: int = 4,
+        bits=(4, 2, 2, 2),
+        seed: int = 0,
+        *,
+        proj_dim: int | None = None,
+        rotation: str = "haar",
+        radius_dtype: str = "float16",
+        codebooks: list | None = None,
+        backend: str | None = None,
+    ):
+        super().__init__(
+            dim,
+            levels,
+            bits,
+            seed,
+            rotation=rotation,
+            radius_dtype=radius_dtype,
+            codebooks=codebooks,
+            backend=backend,
+        )
         self.proj_dim = self.dim if proj_dim is None else check_int(proj_dim, "proj_dim", low=1)
         self.sketch = SignSketch(self.proj_dim, self.dim, self.seed, "residual-sketch", backend)
 
@@ -59,9 +76,11 @@ class PolarQuantQJL(PolarQuant):
         return {**super().config(), "proj_dim": self.proj_dim}
 
     def field_layout(self) -> dict:
-        return {**super().field_layout(),
-                "signs": ((self.sketch.nbytes,), "uint8"),
-                "residual_norms": ((), self.radius_dtype)}
+        return {
+            **super().field_layout(),
+            "signs": ((self.sketch.nbytes,), "uint8"),
+            "residual_norms": ((), self.radius_dtype),
+        }
 
     def _encode_rows(self, x) -> dict:
         xp = namespace(x)
@@ -69,7 +88,8 @@ class PolarQuantQJL(PolarQuant):
         r = x - super()._decode_rows(fields, x.dtype)
         fields["signs"] = self.sketch.encode(r)
         fields["residual_norms"] = store_scalars(
-            xp.linalg.vector_norm(r, axis=-1), self.radius_dtype, "residual norms")
+            xp.linalg.vector_norm(r, axis=-1), self.radius_dtype, "residual norms"
+        )
         return fields
 
     def _decode_rows(self, fields, dtype):

@@ -39,7 +39,7 @@ def array_nbytes(a) -> int:
         return n
     xp = namespace(a)
     dtype = a.dtype
-    bits = (xp.iinfo(dtype).bits if xp.isdtype(dtype, "integral") else xp.finfo(dtype).bits)
+    bits = xp.iinfo(dtype).bits if xp.isdtype(dtype, "integral") else xp.finfo(dtype).bits
     return math.prod(a.shape) * bits // 8
 
 
@@ -131,5 +131,6 @@ class CompressedVectors:
         from ._array import to_host
 
         new = {k: to_host(v) for k, v in self.fields.items()}
-        return CompressedVectors(self.method, self.config, new, self.batch_shape, self.dim, self.dtype)
-
+        return CompressedVectors(
+            self.method, self.config, new, self.batch_shape, self.dim, self.dtype
+        )

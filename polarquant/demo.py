@@ -74,8 +74,9 @@ def demo_quantizers(dim: int, seed: int = 0):
         theory = f"{q.expected_mse:.4f}" + (" (paper ~0.032)" if bits == (4, 2, 2, 2) else "")
         out.append(("PolarQuant", "L=4 " + ",".join(map(str, bits)), q, theory))
     q = PolarQuantQJL(dim, 4, (4, 2, 2, 2), seed=seed)
-    out.append(("PolarQuantQJL", "L=4 4,2,2,2 m=d", q,
-                f"d*D_prod~{np.pi / 2 * q.expected_mse:.3f}"))
+    out.append(
+        ("PolarQuantQJL", "L=4 4,2,2,2 m=d", q, f"d*D_prod~{np.pi / 2 * q.expected_mse:.3f}")
+    )
     return out
 
 
@@ -117,7 +118,7 @@ def _smollm2_workload():
     work = []
     for layer in range(n_layers):
         for h in range(kv_heads):
-            q = queries[layer, h * group:(h + 1) * group].reshape(-1, keys.shape[-1])
+            q = queries[layer, h * group : (h + 1) * group].reshape(-1, keys.shape[-1])
             p = np.tile(pos, group)
             mask = np.arange(t)[None, :] <= p[:, None]
             work.append((keys[layer, h], q, mask))
@@ -157,8 +158,10 @@ def run_demo(seed: int = 0, n_seeds: int = 3) -> list[Row]:
 
 
 def format_table(rows: list[Row]) -> str:
-    head = (f"{'method':<15}{'setting':<17}{'bits/coord':>10}{'x fp16':>8}{'D_mse':>9}"
-            f"  {'theory':<30}{'d*D_prod':>9}{'slope':>7}{'attn KL':>9}{'top1':>6}")
+    head = (
+        f"{'method':<15}{'setting':<17}{'bits/coord':>10}{'x fp16':>8}{'D_mse':>9}"
+        f"  {'theory':<30}{'d*D_prod':>9}{'slope':>7}{'attn KL':>9}{'top1':>6}"
+    )
     lines = []
     current = None
     for r in rows:
@@ -180,8 +183,9 @@ def main(seed: int = 0) -> str:
     text = format_table(rows)
     return (
         "polarquant demo: real SmolLM2-135M keys/queries and MiniLM embeddings "
-        "(see polarquant/data/README.md)\n" + text +
-        f"\n\nD_mse per vector (relative); bits/coord counts every stored bit; "
+        "(see polarquant/data/README.md)\n"
+        + text
+        + f"\n\nD_mse per vector (relative); bits/coord counts every stored bit; "
         f"x fp16 = fp16 bytes / bytes held; slope 1 = unbiased;\nmeans over seeds "
         f"{seed}..{seed + 2} (rotations, sketches). finished in {time.perf_counter() - t0:.1f} s"
     )

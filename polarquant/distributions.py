@@ -62,7 +62,7 @@ Symbols
 
 Departures from the papers: none in the laws.  Numerically, every normalising
 constant is evaluated in log space with :func:`math.lgamma` (``Gamma`` overflows
-float64 beyond ``d ~ 340`` and angle levels beyond 9), so ``dim = 100000`` and
+float64 beyond ``d ~ 340`` and from angle level 9 on), so ``dim = 100000`` and
 angle levels 12 and beyond work.  The densities follow the input's array
 namespace and dtype (float16 is computed in float32); the distribution
 functions and partial moments are host (NumPy float64) functions, since they
@@ -121,7 +121,9 @@ def _float_input(x: Any, name: str):
     float32); integer arrays and Python numbers are computed and returned in
     float64.
     """
-    if isinstance(x, bool) or (not is_array_api_obj(x) and not isinstance(x, (numbers.Real, list, tuple))):
+    if isinstance(x, bool) or (
+        not is_array_api_obj(x) and not isinstance(x, (numbers.Real, list, tuple))
+    ):
         raise TypeError(f"{name} must be a real number or a real array, got {type(x).__name__}")
     if not is_array_api_obj(x):
         x = np.asarray(x)
@@ -211,7 +213,9 @@ def angle_density(psi: Any, level: int):
         from_mode = xp.exp(power * xp.log1p(-xp.where(near, q, zero)))
         direct = xp.abs(2.0 * xp.sin(x) * xp.cos(x)) ** power
         inside = (x >= 0) & (x <= math.pi / 2)
-        value = xp.where(inside, math.exp(_log_angle_constant(level)) * xp.where(near, from_mode, direct), zero)
+        value = xp.where(
+            inside, math.exp(_log_angle_constant(level)) * xp.where(near, from_mode, direct), zero
+        )
     return _finish(xp, x, value, out_dtype)
 
 
@@ -445,7 +449,11 @@ def normal_partial_moments(u: Any, v: Any, scale: float = 1.0):
     m0 = _interval_mass(special.ndtr, zu, zv)
 
     def phi(z):
-        return np.exp(-0.5 * np.where(np.isfinite(z), z, 0.0) ** 2) * np.isfinite(z) / math.sqrt(TWO_PI)
+        return (
+            np.exp(-0.5 * np.where(np.isfinite(z), z, 0.0) ** 2)
+            * np.isfinite(z)
+            / math.sqrt(TWO_PI)
+        )
 
     def z_phi(z):
         return np.where(np.isfinite(z), z, 0.0) * phi(z)

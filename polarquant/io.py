@@ -49,7 +49,9 @@ def save(path: str | os.PathLike, codes: CompressedVectors) -> None:
         "batch_shape": list(codes.batch_shape),
         "dim": codes.dim,
         "dtype": codes.dtype,
-        "fields": {name: {"dtype": a.dtype.name, "shape": list(a.shape)} for name, a in host.items()},
+        "fields": {
+            name: {"dtype": a.dtype.name, "shape": list(a.shape)} for name, a in host.items()
+        },
     }
     blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     np.savez(path, __meta__=blob, **host)
@@ -78,7 +80,9 @@ def load(path: str | os.PathLike) -> CompressedVectors:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{os.fspath(path)!r}: unreadable metadata ({exc})") from None
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a {FORMAT} file (format={meta.get('format')!r})")
+            raise ValueError(
+                f"{os.fspath(path)!r} is not a {FORMAT} file (format={meta.get('format')!r})"
+            )
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{os.fspath(path)!r} has format version {meta.get('format_version')!r}; this "
@@ -95,7 +99,13 @@ def load(path: str | os.PathLike) -> CompressedVectors:
                     f"{spec['dtype']}{spec['shape']}"
                 )
             fields[name] = a
-    codes = CompressedVectors(meta["method"], meta["config"], fields,
-                              tuple(meta["batch_shape"]), int(meta["dim"]), meta["dtype"])
+    codes = CompressedVectors(
+        meta["method"],
+        meta["config"],
+        fields,
+        tuple(meta["batch_shape"]),
+        int(meta["dim"]),
+        meta["dtype"],
+    )
     from_config(meta["config"]).check_codes(codes)  # layout implied by the configuration
     return codes

@@ -16,8 +16,9 @@ format"):
 For b = 1, 2, 4, 8 codes never straddle a byte; for b = 3, 5, 6, 7 they may,
 which is why the layout is defined on the bit stream rather than per byte.
 
-Packing uses only array-API operations (multiply-and-sum of bit planes, shifts),
-so it runs unchanged on NumPy, CuPy, torch or ``array_api_strict`` arrays.
+Packing uses only array-API operations (shifts and sums on 64-bit integers:
+eight ``b``-bit codes are exactly ``b`` bytes), so it runs unchanged on NumPy,
+CuPy, torch or ``array_api_strict`` arrays.
 """
 
 from __future__ import annotations
@@ -34,19 +35,33 @@ def packed_nbytes(n: int, bits: int) -> int:
     return -(-n * bits // 8)
 
 
-def _bit_weights(xp, width: int, like):
-    """``[2**(width-1), ..., 2, 1]`` as uint8 (MSB first)."""
-    return xp.asarray([1 << (width - 1 - i) for i in range(width)], dtype=xp.uint8, device=_dev(like))
-
-
 def _dev(x):
     from array_api_compat import device
 
     return device(x)
 
 
+def _groups(xp, a, n: int, per_group: int, like, codes_per_group: int = 8):
+    """Zero-pad the last axis of ``a`` to whole groups and reshape it to ``(..., g, per_group)``.
+
+    A group holds ``codes_per_group`` of the ``n`` codes (as ``per_group`` codes or bytes).
+    """
+    *batch, _ = a.shape
+    groups = -(-n // codes_per_group)
+    pad = groups * per_group - a.shape[-1]
+    if pad:
+        a = xp.concat([a, xp.zeros((*batch, pad), dtype=a.dtype, device=_dev(like))], axis=-1)
+    return xp.reshape(a, (*batch, groups, per_group)), groups
+
+
 def pack_codes(codes, bits: int):
     """Pack integer codes ``(..., n)`` of ``bits`` bits into ``uint8 (..., nbytes)``.
+
+    For ``b`` in 1, 2, 4 each byte holds ``8/b`` whole codes (shift and add in
+    uint8).  Otherwise eight codes of ``b`` bits fill exactly ``b`` bytes: each
+    group of eight is gathered into one 64-bit integer (code ``i`` shifted left
+    by ``b (7 - i)``) and split into its ``b`` bytes, most significant first.
+    The tail of the last group is zero, which is the padding of the layout.
 
     Parameters
     ----------
@@ -71,26 +86,29 @@ def pack_codes(codes, bits: int):
         raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
     if codes.ndim == 0:
         raise ValueError("codes must have shape (..., n), got a 0-d array")
-    if codes.shape[-1] > 0 and (
-        bool(xp.any(codes < 0)) or bool(xp.any(codes > (1 << bits) - 1))
-    ):
+    if codes.shape[-1] > 0 and (bool(xp.any(codes < 0)) or bool(xp.any(codes > (1 << bits) - 1))):
         raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for bits={bits}")
     *batch, n = codes.shape
-    codes = xp.astype(codes, xp.uint8)
     if bits == 8:
-        return xp.reshape(codes, (*batch, n))
-    # bit planes, most significant first: (..., n, bits)
-    shifts = xp.asarray(list(range(bits - 1, -1, -1)), dtype=xp.uint8, device=_dev(codes))
-    planes = (codes[..., None] >> shifts) & xp.asarray(1, dtype=xp.uint8)
-    stream = xp.reshape(planes, (*batch, n * bits))
-    nbytes = -(-n * bits // 8)
-    pad = nbytes * 8 - n * bits
-    if pad:
-        zeros = xp.zeros((*batch, pad), dtype=xp.uint8, device=_dev(codes))
-        stream = xp.concat([stream, zeros], axis=-1)
-    stream = xp.reshape(stream, (*batch, nbytes, 8))
-    weights = _bit_weights(xp, 8, codes)
-    return xp.astype(xp.sum(stream * weights, axis=-1, dtype=xp.uint16), xp.uint8)
+        return xp.astype(codes, xp.uint8)
+    dev = _dev(codes)
+    if 8 % bits == 0:  # 1, 2, 4 bits: whole codes per byte, uint8 arithmetic is enough
+        per = 8 // bits
+        grouped, g = _groups(xp, xp.astype(codes, xp.uint8), n, per, codes, per)
+        shifts = xp.asarray([8 - bits * (i + 1) for i in range(per)], dtype=xp.uint8, device=dev)
+        # the shifted codes occupy disjoint bits: their sum is at most 255
+        return xp.astype(xp.sum(grouped << shifts, axis=-1, dtype=xp.int64), xp.uint8)
+    groups, g = _groups(xp, xp.astype(codes, xp.int64), n, 8, codes)
+    value = xp.sum(
+        groups << xp.asarray([bits * (7 - i) for i in range(8)], dtype=xp.int64, device=dev),
+        axis=-1,
+    )
+    out = (
+        value[..., None]
+        >> xp.asarray([8 * (bits - 1 - j) for j in range(bits)], dtype=xp.int64, device=dev)
+    ) & 255
+    out = xp.reshape(xp.astype(out, xp.uint8), (*batch, g * bits))
+    return out[..., : -(-n * bits // 8)]
 
 
 def unpack_codes(packed, bits: int, n: int):
@@ -107,13 +125,23 @@ def unpack_codes(packed, bits: int, n: int):
             f"need {-(-n * bits // 8)}"
         )
     if bits == 8:
-        return packed
-    shifts = xp.asarray(list(range(7, -1, -1)), dtype=xp.uint8, device=_dev(packed))
-    stream = (packed[..., None] >> shifts) & xp.asarray(1, dtype=xp.uint8)
-    stream = xp.reshape(stream, (*batch, nbytes * 8))[..., : n * bits]
-    planes = xp.reshape(stream, (*batch, n, bits))
-    weights = _bit_weights(xp, bits, packed)
-    return xp.astype(xp.sum(planes * weights, axis=-1, dtype=xp.uint16), xp.uint8)
+        return xp.asarray(packed, copy=True)
+    dev = _dev(packed)
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = xp.asarray([8 - bits * (i + 1) for i in range(per)], dtype=xp.uint8, device=dev)
+        codes = (packed[..., None] >> shifts) & xp.asarray((1 << bits) - 1, dtype=xp.uint8)
+        return xp.reshape(codes, (*batch, nbytes * per))[..., :n]
+    groups, g = _groups(xp, xp.astype(packed, xp.int64), n, bits, packed)
+    value = xp.sum(
+        groups << xp.asarray([8 * (bits - 1 - j) for j in range(bits)], dtype=xp.int64, device=dev),
+        axis=-1,
+    )
+    codes = (
+        value[..., None]
+        >> xp.asarray([bits * (7 - i) for i in range(8)], dtype=xp.int64, device=dev)
+    ) & ((1 << bits) - 1)
+    return xp.reshape(xp.astype(codes, xp.uint8), (*batch, g * 8))[..., :n]
 
 
 def pack_signs(x):

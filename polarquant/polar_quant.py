@@ -134,9 +134,18 @@ class PolarQuant(Quantizer):
 
     method = "polarquant"
 
-    def __init__(self, dim: int, levels: int = 4, bits=(4, 2, 2, 2), seed: int = 0, *,
-                 rotation: str = "haar", radius_dtype: str = "float16",
-                 codebooks: list | None = None, backend: str | None = None):
+    def __init__(
+        self,
+        dim: int,
+        levels: int = 4,
+        bits=(4, 2, 2, 2),
+        seed: int = 0,
+        *,
+        rotation: str = "haar",
+        radius_dtype: str = "float16",
+        codebooks: list | None = None,
+        backend: str | None = None,
+    ):
         super().__init__(dim, seed, backend)
         self.rotation = make_rotation(rotation, self.dim, self.seed)
         self.out_dim = self.rotation.out_dim
@@ -145,8 +154,10 @@ class PolarQuant(Quantizer):
         self.radius_dtype = check_norm_dtype(radius_dtype)
         self.counts = angle_counts(self.out_dim, self.levels)
         if codebooks is None:
-            self.codebooks = [angle_codebook(level, b) for level, b in
-                              zip(range(1, self.levels + 1), self.bits, strict=True)]
+            self.codebooks = [
+                angle_codebook(level, b)
+                for level, b in zip(range(1, self.levels + 1), self.bits, strict=True)
+            ]
             self.fitted = False
         else:
             self._set_fitted(codebooks)
@@ -163,9 +174,13 @@ class PolarQuant(Quantizer):
 
     def config(self) -> dict:
         return {
-            "method": self.method, "dim": self.dim, "levels": self.levels,
-            "bits": list(self.bits), "seed": self.seed,
-            "rotation": self.rotation.kind, "radius_dtype": self.radius_dtype,
+            "method": self.method,
+            "dim": self.dim,
+            "levels": self.levels,
+            "bits": list(self.bits),
+            "seed": self.seed,
+            "rotation": self.rotation.kind,
+            "radius_dtype": self.radius_dtype,
             "codebooks": [cb.to_dict() for cb in self.codebooks] if self.fitted else None,
         }
 
@@ -176,16 +191,27 @@ class PolarQuant(Quantizer):
         return cls(c.pop("dim"), **c)
 
     def field_layout(self) -> dict:
-        layout = {f"angles_{level}": ((packed_nbytes(n, b),), "uint8")
-                  for level, (n, b) in enumerate(zip(self.counts, self.bits, strict=True), 1)}
+        layout = {
+            f"angles_{level}": ((packed_nbytes(n, b),), "uint8")
+            for level, (n, b) in enumerate(zip(self.counts, self.bits, strict=True), 1)
+        }
         layout["radii"] = ((self.out_dim >> self.levels,), self.radius_dtype)
         return layout
 
     @property
     def expected_mse(self) -> float:
         """Expected relative MSE ``2 (1 - prod_l E[cos delta_l])`` for rotated input (module doc)."""
-        return 2.0 * (1.0 - float(np.prod([expected_cos_error(level, cb) for level, cb in
-                                             enumerate(self.codebooks, start=1)])))
+        return 2.0 * (
+            1.0
+            - float(
+                np.prod(
+                    [
+                        expected_cos_error(level, cb)
+                        for level, cb in enumerate(self.codebooks, start=1)
+                    ]
+                )
+            )
+        )
 
     # -- fitting (the paper's k-means++ codebooks) --------------------------------------------
     def fit(self, x, *, seed: int | None = None, max_iter: int = 300) -> PolarQuant:
@@ -203,8 +229,15 @@ class PolarQuant(Quantizer):
         seed = self.seed if seed is None else seed
         books = []
         for level, (psi, b) in enumerate(zip(angles, self.bits, strict=True), start=1):
-            books.append(kmeans_codebook(to_host(xp.reshape(psi, (-1,))), b, seed=seed,
-                                         support=angle_support(level), max_iter=max_iter))
+            books.append(
+                kmeans_codebook(
+                    to_host(xp.reshape(psi, (-1,))),
+                    b,
+                    seed=seed,
+                    support=angle_support(level),
+                    max_iter=max_iter,
+                )
+            )
         self._set_fitted(books)
         return self
 
@@ -219,8 +252,9 @@ class PolarQuant(Quantizer):
         radii, angles = ops.polar_transform(self.rotation.apply(x), self.levels)
         fields = {
             f"angles_{level}": ops.pack_codes(ops.quantize(psi, cb), b)
-            for level, (psi, cb, b) in enumerate(zip(angles, self.codebooks, self.bits,
-                                                      strict=True), start=1)
+            for level, (psi, cb, b) in enumerate(
+                zip(angles, self.codebooks, self.bits, strict=True), start=1
+            )
         }
         fields["radii"] = store_scalars(radii, self.radius_dtype, "radii")
         return fields
@@ -230,8 +264,9 @@ class PolarQuant(Quantizer):
         ops = self._ops()
         xp = namespace(fields["radii"])
         angles = []
-        for level, (n, cb, b) in enumerate(zip(self.counts, self.codebooks, self.bits,
-                                                strict=True), start=1):
+        for level, (n, cb, b) in enumerate(
+            zip(self.counts, self.codebooks, self.bits, strict=True), start=1
+        ):
             idx = ops.unpack_codes(fields[f"angles_{level}"], b, n)
             angles.append(ops.dequantize(idx, cb, dtype=dtype))
         return ops.inverse_polar(xp.astype(fields["radii"], dtype), angles)

@@ -165,23 +165,38 @@ class QJL(Quantizer):
 
     method = "qjl"
 
-    def __init__(self, dim: int, proj_dim: int, seed: int = 0, *, norm_dtype: str = "float16",
-                 backend: str | None = None):
+    def __init__(
+        self,
+        dim: int,
+        proj_dim: int,
+        seed: int = 0,
+        *,
+        norm_dtype: str = "float16",
+        backend: str | None = None,
+    ):
         super().__init__(dim, seed, backend)
         self.proj_dim = check_int(proj_dim, "proj_dim", low=1)
         self.norm_dtype = check_norm_dtype(norm_dtype)
         self.sketch = SignSketch(self.proj_dim, self.dim, self.seed, "qjl-sketch", backend)
 
     def config(self) -> dict:
-        return {"method": self.method, "dim": self.dim, "proj_dim": self.proj_dim,
-                "seed": self.seed, "norm_dtype": self.norm_dtype}
+        return {
+            "method": self.method,
+            "dim": self.dim,
+            "proj_dim": self.proj_dim,
+            "seed": self.seed,
+            "norm_dtype": self.norm_dtype,
+        }
 
     def field_layout(self) -> dict:
         return {"signs": ((self.sketch.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}
 
     def _encode_rows(self, x) -> dict:
         norms, _ = safe_norms(x)
-        return {"signs": self.sketch.encode(x), "norms": store_scalars(norms, self.norm_dtype, "norms")}
+        return {
+            "signs": self.sketch.encode(x),
+            "norms": store_scalars(norms, self.norm_dtype, "norms"),
+        }
 
     def _decode_rows(self, fields, dtype):
         xp = namespace(fields["norms"])

@@ -50,10 +50,24 @@ def check_norm_dtype(norm_dtype: str) -> str:
 
 
 def dtype_name(xp, dtype) -> str:
+    """A dtype's plain name (``"float32"``, ``"bfloat16"``...), whatever the namespace."""
     for name in ("float16", "float32", "float64", "uint8"):
         if hasattr(xp, name) and dtype == getattr(xp, name):
             return name
-    return str(dtype)  # pragma: no cover
+    return str(dtype).rsplit(".", 1)[-1]  # e.g. torch.bfloat16 -> "bfloat16"
+
+
+def resolve_dtype(xp, name: str):
+    """The dtype object called ``name`` in namespace ``xp`` (or in the library it wraps)."""
+    dtype = getattr(xp, name, None)
+    if dtype is None:  # dtypes beyond the standard (torch.bfloat16) live in the library itself
+        import importlib
+
+        library = importlib.import_module(xp.__name__.rsplit(".", 1)[-1])
+        dtype = getattr(library, name, None)
+    if dtype is None:
+        raise TypeError(f"array namespace {xp.__name__} has no dtype {name!r}")
+    return dtype
 
 
 def store_scalars(values, norm_dtype: str, what: str):
@@ -123,8 +137,11 @@ class Quantizer(abc.ABC):
         return cls(**args)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items()
-                         if k != "method" and not isinstance(v, dict))
+        args = ", ".join(
+            f"{k}={v!r}"
+            for k, v in self.config().items()
+            if k != "method" and not isinstance(v, dict)
+        )
         return f"{type(self).__name__}({args})"
 
     @abc.abstractmethod
@@ -185,8 +202,9 @@ class Quantizer(abc.ABC):
         mine, theirs = self.config(), dict(codes.config)
         if mine != theirs:
             diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            detail = ", ".join(f"{k}: codes {theirs.get(k)!r} vs quantizer {mine.get(k)!r}"
-                               for k in diff)
+            detail = ", ".join(
+                f"{k}: codes {theirs.get(k)!r} vs quantizer {mine.get(k)!r}" for k in diff
+            )
             raise ValueError(f"these codes were written by another configuration ({detail})")
         layout = self.field_layout()
         if set(codes.fields) != set(layout):
@@ -214,7 +232,7 @@ class Quantizer(abc.ABC):
         flat = self._flat_fields(codes)
         xp = namespace(*flat.values())
         x_hat = self._decode_rows(flat, xp.float64 if codes.dtype == "float64" else xp.float32)
-        out_dtype = getattr(xp, codes.dtype, None) or x_hat.dtype
+        out_dtype = resolve_dtype(xp, codes.dtype)
         return xp.reshape(xp.astype(x_hat, out_dtype), tuple(codes.batch_shape) + (self.dim,))
 
     def score(self, queries, codes: CompressedVectors):

@@ -43,14 +43,20 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
 from array_api_compat import device as array_device
 
 from ._array import check_int, compute_dtype, host_to_like, namespace
 from ._seeding import check_seed, generator
 
-__all__ = ["haar_matrix", "hadamard_signs", "fwht", "HaarRotation", "RandomizedHadamard",
-           "make_rotation", "ROTATIONS"]
+__all__ = [
+    "haar_matrix",
+    "hadamard_signs",
+    "fwht",
+    "HaarRotation",
+    "RandomizedHadamard",
+    "make_rotation",
+    "ROTATIONS",
+]
 
 
 @functools.lru_cache(maxsize=32)
@@ -105,7 +111,7 @@ def fwht(x):
         y = xp.stack([a + b, a - b], axis=-2)
         h *= 2
     y = xp.reshape(y, (*batch, n))
-    return y / (n ** 0.5)
+    return y / (n**0.5)
 
 
 class _Rotation:

@@ -99,9 +99,17 @@ class _ScalarStage:
 class _TurboQuant(Quantizer):
     """What both TurboQuant variants share: bits, rotation, codebook law, norm storage."""
 
-    def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
-                 codebook: str = "exact", norm_dtype: str = "float16",
-                 backend: str | None = None):
+    def __init__(
+        self,
+        dim: int,
+        bits: int,
+        seed: int = 0,
+        *,
+        rotation: str = "haar",
+        codebook: str = "exact",
+        norm_dtype: str = "float16",
+        backend: str | None = None,
+    ):
         super().__init__(dim, seed, backend)
         self.bits = check_bits(bits)
         if rotation not in ROTATIONS:
@@ -111,9 +119,15 @@ class _TurboQuant(Quantizer):
         self.norm_dtype = check_norm_dtype(norm_dtype)
 
     def config(self) -> dict:
-        return {"method": self.method, "dim": self.dim, "bits": self.bits, "seed": self.seed,
-                "rotation": self.rotation_kind, "codebook": self.codebook_law,
-                "norm_dtype": self.norm_dtype}
+        return {
+            "method": self.method,
+            "dim": self.dim,
+            "bits": self.bits,
+            "seed": self.seed,
+            "rotation": self.rotation_kind,
+            "codebook": self.codebook_law,
+            "norm_dtype": self.norm_dtype,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -159,11 +173,26 @@ class TurboQuantMSE(_TurboQuant):
 
     method = "turboquant-mse"
 
-    def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
-                 codebook: str = "exact", norm_dtype: str = "float16",
-                 backend: str | None = None):
-        super().__init__(dim, bits, seed, rotation=rotation, codebook=codebook,
-                         norm_dtype=norm_dtype, backend=backend)
+    def __init__(
+        self,
+        dim: int,
+        bits: int,
+        seed: int = 0,
+        *,
+        rotation: str = "haar",
+        codebook: str = "exact",
+        norm_dtype: str = "float16",
+        backend: str | None = None,
+    ):
+        super().__init__(
+            dim,
+            bits,
+            seed,
+            rotation=rotation,
+            codebook=codebook,
+            norm_dtype=norm_dtype,
+            backend=backend,
+        )
         self.stage = _ScalarStage(self.dim, self.bits, self.seed, rotation, codebook, backend)
 
     def field_layout(self) -> dict:
@@ -176,8 +205,10 @@ class TurboQuantMSE(_TurboQuant):
 
     def _encode_rows(self, x) -> dict:
         norms, safe = safe_norms(x)
-        return {"codes": self.stage.encode(x / safe[:, None]),
-                "norms": store_scalars(norms, self.norm_dtype, "norms")}
+        return {
+            "codes": self.stage.encode(x / safe[:, None]),
+            "norms": store_scalars(norms, self.norm_dtype, "norms"),
+        }
 
     def _decode_rows(self, fields, dtype):
         xp = namespace(fields["codes"])
@@ -216,14 +247,30 @@ class TurboQuantProd(_TurboQuant):
 
     method = "turboquant-prod"
 
-    def __init__(self, dim: int, bits: int, seed: int = 0, *, rotation: str = "haar",
-                 codebook: str = "exact", norm_dtype: str = "float16",
-                 backend: str | None = None):
-        super().__init__(dim, bits, seed, rotation=rotation, codebook=codebook,
-                         norm_dtype=norm_dtype, backend=backend)
+    def __init__(
+        self,
+        dim: int,
+        bits: int,
+        seed: int = 0,
+        *,
+        rotation: str = "haar",
+        codebook: str = "exact",
+        norm_dtype: str = "float16",
+        backend: str | None = None,
+    ):
+        super().__init__(
+            dim,
+            bits,
+            seed,
+            rotation=rotation,
+            codebook=codebook,
+            norm_dtype=norm_dtype,
+            backend=backend,
+        )
         self.stage = (
             _ScalarStage(self.dim, self.bits - 1, self.seed, rotation, codebook, backend)
-            if self.bits > 1 else None
+            if self.bits > 1
+            else None
         )
         self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", backend)
 
@@ -271,4 +318,3 @@ class TurboQuantProd(_TurboQuant):
         if self.stage is not None:
             s = s + qr @ self.stage.rotated_values(fields["codes"], qr.dtype).T
         return s * xp.astype(fields["norms"], sq.dtype)[None, :]
-

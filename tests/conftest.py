@@ -18,7 +18,9 @@ def _namespaces():
 
         out.append(pytest.param("array_api_strict", id="array_api_strict"))
     except ImportError:  # pragma: no cover - test extra not installed
-        out.append(pytest.param("array_api_strict", marks=pytest.mark.skip("array-api-strict missing")))
+        out.append(
+            pytest.param("array_api_strict", marks=pytest.mark.skip("array-api-strict missing"))
+        )
     return out
 
 

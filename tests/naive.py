@@ -43,7 +43,7 @@ def pack_bits(codes, bits):
     """Bit stream MSB first, padded to a byte: string manipulation, no arithmetic tricks."""
     stream = "".join(format(int(c), f"0{bits}b") for c in codes)
     stream += "0" * (-len(stream) % 8)
-    return bytes(int(stream[i:i + 8], 2) for i in range(0, len(stream), 8))
+    return bytes(int(stream[i : i + 8], 2) for i in range(0, len(stream), 8))
 
 
 def turboquant_mse_decode(x, q_matrix, centroids):

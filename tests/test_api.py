@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from polarquant.backends import BackendUnavailableError
 
 import polarquant as pq
-from polarquant.backends import BackendUnavailableError
 
 ALL = [
     lambda d: pq.TurboQuantMSE(d, 3, seed=1),
@@ -68,6 +68,25 @@ def test_array_api_strict_without_data_dependent_shapes(rng):
 
 
 @pytest.mark.parametrize("make", ALL, ids=IDS)
+def test_torch_tensors(make):
+    """torch tensors (where installed) in and out, bfloat16 included; codes equal NumPy's."""
+    torch = pytest.importorskip("torch")
+    q = make(64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 64, generator=gen)
+    codes = q.encode(x)
+    x_hat = q.decode(codes)
+    assert isinstance(x_hat, torch.Tensor) and x_hat.dtype == torch.float32
+    assert q.score(x[0], codes).shape == (4, 3, 4)
+    ref = q.encode(x.numpy())
+    for name, a in ref.fields.items():
+        np.testing.assert_array_equal(np.asarray(codes.fields[name]), a)
+    np.testing.assert_allclose(x_hat.numpy(), q.decode(ref), rtol=1e-5, atol=1e-5)
+    xb = x.to(torch.bfloat16)
+    assert q.decode(q.encode(xb)).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("make", ALL, ids=IDS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_dtype_and_batch_shape_preserved(make, dtype, rng):
     q = make(64)
@@ -80,14 +99,20 @@ def test_dtype_and_batch_shape_preserved(make, dtype, rng):
     assert s.dtype == dtype and s.shape == (2, 2, 3)
     assert codes[1].shape == (3,) and codes[1, 2].shape == ()
     # one vector alone goes through a matrix-vector product instead of a matrix product: 1 ulp
-    np.testing.assert_allclose(q.decode(codes[1, 2]), x_hat[1, 2], rtol=2e-3 if dtype == np.float16
-                               else 1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        q.decode(codes[1, 2]), x_hat[1, 2], rtol=2e-3 if dtype == np.float16 else 1e-5, atol=1e-6
+    )
     assert codes.nbytes == 6 * q.nbytes_per_vector()
 
 
 @settings(max_examples=25, deadline=None)
-@given(which=st.integers(0, 4), batch=st.lists(st.integers(1, 3), max_size=2),
-       scale=st.sampled_from([1e-2, 1.0, 300.0]), zeros=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    which=st.integers(0, 4),
+    batch=st.lists(st.integers(1, 3), max_size=2),
+    scale=st.sampled_from([1e-2, 1.0, 300.0]),
+    zeros=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_property_shapes_scales_and_zero_vectors(which, batch, scale, zeros, seed):
     """Any batch shape, scales across the float16 range, zero vectors: finite, shaped, consistent."""
     q = ALL[which](32)
@@ -174,8 +199,9 @@ def test_save_load_round_trip(make, tmp_path, rng):
         np.testing.assert_array_equal(loaded.fields[name], a)
     q2 = pq.from_config(loaded.config)
     np.testing.assert_array_equal(q2.decode(loaded), q.decode(codes))
-    np.testing.assert_array_equal(q.load(path).fields[next(iter(codes.fields))],
-                                  codes.fields[next(iter(codes.fields))])
+    np.testing.assert_array_equal(
+        q.load(path).fields[next(iter(codes.fields))], codes.fields[next(iter(codes.fields))]
+    )
 
 
 def test_load_refuses_other_configurations_and_bad_files(tmp_path):
@@ -193,8 +219,10 @@ def test_load_refuses_other_configurations_and_bad_files(tmp_path):
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     meta = json.loads(arrays["__meta__"].tobytes())
-    for change, match in [({"format_version": 99}, "format version 99"),
-                          ({"format": "other"}, "not a polarquant-codes file")]:
+    for change, match in [
+        ({"format_version": 99}, "format version 99"),
+        ({"format": "other"}, "not a polarquant-codes file"),
+    ]:
         bad = tmp_path / "bad.npz"
         blob = np.frombuffer(json.dumps({**meta, **change}).encode(), np.uint8)
         np.savez(bad, **{**arrays, "__meta__": blob})
@@ -203,8 +231,14 @@ def test_load_refuses_other_configurations_and_bad_files(tmp_path):
     # truncated codes: the field shape disagrees with the configuration's layout
     meta2 = {**meta, "fields": {**meta["fields"], "codes": {"dtype": "uint8", "shape": [4, 3]}}}
     bad = tmp_path / "short.npz"
-    np.savez(bad, **{**arrays, "codes": arrays["codes"][:, :3],
-                     "__meta__": np.frombuffer(json.dumps(meta2).encode(), np.uint8)})
+    np.savez(
+        bad,
+        **{
+            **arrays,
+            "codes": arrays["codes"][:, :3],
+            "__meta__": np.frombuffer(json.dumps(meta2).encode(), np.uint8),
+        },
+    )
     with pytest.raises(ValueError, match="per-vector shape"):
         pq.load(bad)
     # object arrays are never unpickled

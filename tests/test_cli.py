@@ -18,8 +18,9 @@ def test_shipped_data_is_real_and_loads_without_pickle():
     assert np.isfinite(kv["keys"]).all() and np.isfinite(kv["values"]).all()
     emb = datasets.load_minilm_embeddings()
     assert emb["embeddings"].shape == (256, 384)
-    np.testing.assert_allclose(np.linalg.norm(emb["embeddings"].astype(np.float64), axis=1), 1.0,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        np.linalg.norm(emb["embeddings"].astype(np.float64), axis=1), 1.0, atol=1e-3
+    )
 
 
 def test_demo_numbers_agree_with_theory_on_real_data():
@@ -36,7 +37,9 @@ def test_demo_numbers_agree_with_theory_on_real_data():
         if r.method in ("TurboQuantMSE", "PolarQuant"):
             expected = float(r.theory.split()[0])
             assert r.d_mse == pytest.approx(expected, rel=0.05), (r.dataset, r.setting)
-        if r.method in ("TurboQuantProd", "PolarQuantQJL") or (r.method == "QJL" and "MiniLM" in r.dataset):
+        if r.method in ("TurboQuantProd", "PolarQuantQJL") or (
+            r.method == "QJL" and "MiniLM" in r.dataset
+        ):
             assert r.slope == pytest.approx(1.0, abs=0.05), (r.dataset, r.method, r.setting)
     b1 = [r for r in rows if r.method == "TurboQuantMSE" and r.setting == "b=1"]
     assert all(abs(r.slope - 2 / np.pi) < 0.05 for r in b1)
@@ -47,10 +50,22 @@ def test_demo_numbers_agree_with_theory_on_real_data():
 
 
 def test_readme_demo_command_runs():
-    out = subprocess.run([sys.executable, "-m", "polarquant", "demo"], capture_output=True,
-                         text=True, check=True, timeout=120)
-    for name in ("TurboQuantMSE", "TurboQuantProd", "QJL", "PolarQuant", "PolarQuantQJL",
-                 "SmolLM2", "MiniLM"):
+    out = subprocess.run(
+        [sys.executable, "-m", "polarquant", "demo"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    for name in (
+        "TurboQuantMSE",
+        "TurboQuantProd",
+        "QJL",
+        "PolarQuant",
+        "PolarQuantQJL",
+        "SmolLM2",
+        "MiniLM",
+    ):
         assert name in out.stdout
     assert "3.875" in out.stdout and out.stderr == ""
 

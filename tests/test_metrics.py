@@ -13,7 +13,9 @@ def test_bounds_use_the_right_constants():
     lo, hi = metrics.turboquant_mse_bounds(2)
     assert lo == 1 / 16 and hi == pytest.approx(2.7207 / 16, rel=1e-4)
     lo, hi = metrics.turboquant_prod_bounds(3, 128)
-    assert lo == pytest.approx(1 / 64 / 128) and hi == pytest.approx(math.sqrt(3) * math.pi**2 / 64 / 128)
+    assert lo == pytest.approx(1 / 64 / 128) and hi == pytest.approx(
+        math.sqrt(3) * math.pi**2 / 64 / 128
+    )
 
 
 def test_relative_mse_and_bias_slope(rng):

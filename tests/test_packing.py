@@ -28,8 +28,12 @@ def test_documented_example():
 
 
 @settings(max_examples=60, deadline=None)
-@given(bits=st.integers(1, 8), n=st.integers(0, 70), batch=st.lists(st.integers(1, 3), max_size=2),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    bits=st.integers(1, 8),
+    n=st.integers(0, 70),
+    batch=st.lists(st.integers(1, 3), max_size=2),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_round_trip_property(bits, n, batch, seed):
     codes = np.random.default_rng(seed).integers(0, 2**bits, size=(*batch, n)).astype(np.uint8)
     packed = pack_codes(codes, bits)

@@ -47,8 +47,13 @@ def test_zero_vectors_and_zero_blocks_give_no_nan():
 
 
 @settings(max_examples=50, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(1, 3), st.sampled_from([8, 16, 32])),
-              elements=st.floats(-1e6, 1e6, allow_subnormal=False)))
+@given(
+    arrays(
+        np.float64,
+        st.tuples(st.integers(1, 3), st.sampled_from([8, 16, 32])),
+        elements=st.floats(-1e6, 1e6, allow_subnormal=False),
+    )
+)
 def test_round_trip_property(x):
     """Exact inverse for arbitrary finite vectors, zeros and mixed scales included."""
     r, a = polar_transform(x, 3)

@@ -8,7 +8,6 @@ import pytest
 from polarquant import PolarQuant, PolarQuantQJL
 from polarquant.codebooks import angle_codebook
 from polarquant.packing import unpack_codes
-from polarquant.polar import polar_transform
 from polarquant.rotation import haar_matrix
 from tests import naive
 from tests.conftest import correlated_pair
@@ -33,7 +32,9 @@ def test_paper_configuration_bits_and_error():
     assert rel == pytest.approx(pq.expected_mse, rel=0.03)
 
 
-@pytest.mark.parametrize(("dim", "levels", "bits"), [(64, 4, (4, 2, 2, 2)), (96, 5, 3), (32, 2, (3, 5))])
+@pytest.mark.parametrize(
+    ("dim", "levels", "bits"), [(64, 4, (4, 2, 2, 2)), (96, 5, 3), (32, 2, (3, 5))]
+)
 def test_error_matches_the_closed_form(dim, levels, bits):
     """Other dims, depths and bit widths: measured error within 4% of 2 (1 - prod E cos delta)."""
     pq = PolarQuant(dim, levels=levels, bits=bits, seed=3)
@@ -79,13 +80,18 @@ def test_fitted_codebooks_approach_the_analytic_ones():
     fitted = PolarQuant(64, seed=0).fit(x, seed=1)
     assert fitted.fitted
     for level, cb in enumerate(fitted.codebooks, start=1):
-        np.testing.assert_allclose(cb.centroids, angle_codebook(level, cb.bits).centroids,
-                                   atol=0.05 if level == 1 else 0.015)
+        np.testing.assert_allclose(
+            cb.centroids,
+            angle_codebook(level, cb.bits).centroids,
+            atol=0.05 if level == 1 else 0.015,
+        )
     assert fitted.expected_mse == pytest.approx(PolarQuant(64).expected_mse, rel=0.01)
     analytic = PolarQuant(64, seed=0)
     test = np.random.default_rng(9).standard_normal((2000, 64))
-    err = [np.mean(np.sum((test - p.decode(p.encode(test))) ** 2, 1) / np.sum(test**2, 1))
-           for p in (fitted, analytic)]
+    err = [
+        np.mean(np.sum((test - p.decode(p.encode(test))) ** 2, 1) / np.sum(test**2, 1))
+        for p in (fitted, analytic)
+    ]
     assert err[0] == pytest.approx(err[1], rel=0.03)
     with pytest.raises(ValueError, match="another configuration"):
         fitted.decode(analytic.encode(test))

@@ -14,8 +14,16 @@ from tests.conftest import correlated_pair
 
 def _estimates(q, k, m, seeds):
     d = q.shape[-1]
-    return np.array([float(QJL(d, m, seed=s, norm_dtype="float32").score(q, QJL(d, m, seed=s, norm_dtype="float32").encode(k)))
-                     for s in seeds])
+    return np.array(
+        [
+            float(
+                QJL(d, m, seed=s, norm_dtype="float32").score(
+                    q, QJL(d, m, seed=s, norm_dtype="float32").encode(k)
+                )
+            )
+            for s in seeds
+        ]
+    )
 
 
 def test_unbiased_with_the_exact_variance():
@@ -58,17 +66,28 @@ def test_matches_the_per_pair_oracle(rng):
     sketch = gaussian_sketch(m, d, 9)
     for i in range(4):
         for j in range(9):
-            assert s[i, j] == pytest.approx(naive.qjl_estimate(q[i], k[j], sketch), rel=1e-5, abs=1e-5)
+            assert s[i, j] == pytest.approx(
+                naive.qjl_estimate(q[i], k[j], sketch), rel=1e-5, abs=1e-5
+            )
 
 
 def test_decode_is_the_unbiased_reconstruction(rng):
     """decode(k) = sqrt(pi/2)/m ||k|| S^T sign(S k); averaged over seeds it approaches k."""
     d = 16
     k = rng.standard_normal(d)
-    mean = np.mean([QJL(d, 64, seed=s, norm_dtype="float32").decode(
-        QJL(d, 64, seed=s, norm_dtype="float32").encode(k)) for s in range(2000)], axis=0)
+    mean = np.mean(
+        [
+            QJL(d, 64, seed=s, norm_dtype="float32").decode(
+                QJL(d, 64, seed=s, norm_dtype="float32").encode(k)
+            )
+            for s in range(2000)
+        ],
+        axis=0,
+    )
     # per-coordinate sd of one reconstruction ~ sqrt(pi/2 / 64) ||k||; 2000 seeds -> se ~0.0035 ||k||
-    assert np.max(np.abs(mean - k)) < 6 * math.sqrt(math.pi / 2 / 64) * np.linalg.norm(k) / math.sqrt(2000)
+    assert np.max(np.abs(mean - k)) < 6 * math.sqrt(math.pi / 2 / 64) * np.linalg.norm(
+        k
+    ) / math.sqrt(2000)
 
 
 def test_layout_and_sketch():

@@ -48,8 +48,9 @@ def test_apply_inverse_round_trip(kind, dim, rng, xp):
     rot = make_rotation(kind, dim, seed=3)
     y = rot.apply(xp.asarray(x))
     assert y.shape == (3, 2, rot.out_dim)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(y), axis=-1), np.linalg.norm(x, axis=-1),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        np.linalg.norm(np.asarray(y), axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-12
+    )
     np.testing.assert_allclose(np.asarray(rot.inverse(y)), x, atol=1e-12)
 
 

@@ -102,7 +102,9 @@ def test_mse_variant_shrinks_inner_products_by_one_minus_d_mse():
         est = np.array([_score_once(TurboQuantMSE(d, bits, seed=s), q, x) for s in range(1500)])
         expected = (1 - TurboQuantMSE(d, bits).expected_mse) * rho
         assert abs(est.mean() - expected) < 4 * est.std(ddof=1) / math.sqrt(est.size)
-    assert 1 - TurboQuantMSE(4096, 1, codebook="gaussian").expected_mse == pytest.approx(2 / math.pi, rel=1e-4)
+    assert 1 - TurboQuantMSE(4096, 1, codebook="gaussian").expected_mse == pytest.approx(
+        2 / math.pi, rel=1e-4
+    )
 
 
 @pytest.mark.parametrize("bits", [1, 3])
