@@ -117,6 +117,11 @@ class _TurboQuant(Quantizer):
         self.rotation_kind = rotation
         self.codebook_law = _check_law(codebook)
         self.norm_dtype = check_norm_dtype(norm_dtype)
+        self._build()
+
+    def _build(self) -> None:
+        """Build the seeded stages (rotation + codebook, sketch) of the variant."""
+        raise NotImplementedError
 
     def config(self) -> dict:
         return {
@@ -173,27 +178,10 @@ class TurboQuantMSE(_TurboQuant):
 
     method = "turboquant-mse"
 
-    def __init__(
-        self,
-        dim: int,
-        bits: int,
-        seed: int = 0,
-        *,
-        rotation: str = "haar",
-        codebook: str = "exact",
-        norm_dtype: str = "float16",
-        backend: str | None = None,
-    ):
-        super().__init__(
-            dim,
-            bits,
-            seed,
-            rotation=rotation,
-            codebook=codebook,
-            norm_dtype=norm_dtype,
-            backend=backend,
+    def _build(self) -> None:
+        self.stage = _ScalarStage(
+            self.dim, self.bits, self.seed, self.rotation_kind, self.codebook_law, self.backend
         )
-        self.stage = _ScalarStage(self.dim, self.bits, self.seed, rotation, codebook, backend)
 
     def field_layout(self) -> dict:
         return {"codes": ((self.stage.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}
@@ -247,32 +235,20 @@ class TurboQuantProd(_TurboQuant):
 
     method = "turboquant-prod"
 
-    def __init__(
-        self,
-        dim: int,
-        bits: int,
-        seed: int = 0,
-        *,
-        rotation: str = "haar",
-        codebook: str = "exact",
-        norm_dtype: str = "float16",
-        backend: str | None = None,
-    ):
-        super().__init__(
-            dim,
-            bits,
-            seed,
-            rotation=rotation,
-            codebook=codebook,
-            norm_dtype=norm_dtype,
-            backend=backend,
-        )
+    def _build(self) -> None:
         self.stage = (
-            _ScalarStage(self.dim, self.bits - 1, self.seed, rotation, codebook, backend)
+            _ScalarStage(
+                self.dim,
+                self.bits - 1,
+                self.seed,
+                self.rotation_kind,
+                self.codebook_law,
+                self.backend,
+            )
             if self.bits > 1
             else None
         )
-        self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", backend)
+        self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", self.backend)
 
     def field_layout(self) -> dict:
         layout = {}
