@@ -1,38 +1,101 @@
 """The NumPy/array-API reference backend: the operations the quantizers dispatch.
 
-Each name here is a hot operation that accelerated backends (``numba``,
-``cupy``) must provide with the same signature and the same results; the
-reference implementations live in the core modules named alongside.
+Every accelerated backend (``numba``, ``cupy``) provides these same names with
+the same signatures and must produce the same packed bytes (away from decision
+boundaries) and the same values within float tolerance.  Here each operation
+is a composition of the readable core functions; the quantizers call nothing
+else on their hot paths.  Arguments are arrays of the data's namespace (all
+constants already cast to the data's dtype and device) and Python ints.
 
-=====================  ======================================
-operation              reference
-=====================  ======================================
-``pack_codes``         :func:`polarquant.packing.pack_codes`
-``unpack_codes``       :func:`polarquant.packing.unpack_codes`
-``pack_signs``         :func:`polarquant.packing.pack_signs`
-``unpack_signs``       :func:`polarquant.packing.unpack_signs`
-``quantize``           :func:`polarquant.codebooks.quantize`
-``dequantize``         :func:`polarquant.codebooks.dequantize`
-``polar_transform``    :func:`polarquant.polar.polar_transform`
-``inverse_polar``      :func:`polarquant.polar.inverse_polar_transform`
-=====================  ======================================
+=====================  ==================================================  =================================
+operation              computes                                            reference functions
+=====================  ==================================================  =================================
+``scalar_encode``      nearest-centroid codes of every coordinate, packed  ``codebooks.quantize``, ``packing.pack_codes``
+``scalar_values``      centroid values ``c[idx]`` of packed codes          ``packing.unpack_codes``, ``codebooks.dequantize``
+``scalar_score``       ``sum_j q_j c[idx_j]`` for every query and row      ``scalar_values`` then a product
+``sign_encode``        packed sign bits of ``p >= 0``                      ``packing.pack_signs``
+``sign_values``        the signs as +-1                                    ``packing.unpack_signs``
+``sign_score``         ``<s, sign>`` for every query and row               ``sign_values`` then a product
+``polar_encode``       polar transform, angle codes per level, radii       ``polar.polar_transform``, ``quantize``, ``pack_codes``
+``polar_values``       the reconstruction in the rotated domain            ``unpack_codes``, ``dequantize``, ``polar.inverse_polar_transform``
+``polar_score``        ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
+=====================  ==================================================  =================================
+
+The codebook of an operation is given by its ``boundaries`` (encode; ties go
+to the upper cell) or ``centroids`` (decode, score); ``bits`` is the code
+width, ``n`` the number of codes per row.
 """
 
-from polarquant.codebooks import dequantize, quantize
+from __future__ import annotations
+
+from polarquant.codebooks import cell_index, cell_value
 from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_signs
-from polarquant.polar import inverse_polar_transform as inverse_polar
-from polarquant.polar import polar_transform
+from polarquant.polar import inverse_polar_transform, polar_transform
 
 NAME = "numpy"
 
 __all__ = [
     "NAME",
-    "pack_codes",
-    "unpack_codes",
-    "pack_signs",
-    "unpack_signs",
-    "quantize",
-    "dequantize",
-    "polar_transform",
-    "inverse_polar",
+    "scalar_encode",
+    "scalar_values",
+    "scalar_score",
+    "sign_encode",
+    "sign_values",
+    "sign_score",
+    "polar_encode",
+    "polar_values",
+    "polar_score",
 ]
+
+
+def scalar_encode(y, boundaries, bits: int):
+    """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
+    return pack_codes(cell_index(y, boundaries), bits)
+
+
+def scalar_values(packed, centroids, bits: int, n: int):
+    """``c[idx]`` of packed codes ``(rows, .)`` -> ``(rows, n)`` in the centroids' dtype."""
+    return cell_value(unpack_codes(packed, bits, n), centroids)
+
+
+def scalar_score(q, packed, centroids, bits: int, n: int):
+    """``q (nq, n) @ c[idx].T`` -> ``(nq, rows)``."""
+    return q @ scalar_values(packed, centroids, bits, n).T
+
+
+def sign_encode(p):
+    """Packed sign bits (1 for ``p >= 0``) of ``p (rows, m)``."""
+    return pack_signs(p)
+
+
+def sign_values(packed, m: int, dtype):
+    """The packed signs as ``+1/-1`` of ``dtype``, ``(rows, m)``."""
+    return unpack_signs(packed, m, dtype=dtype)
+
+
+def sign_score(s, packed, m: int):
+    """``s (nq, m) @ sign.T`` -> ``(nq, rows)``."""
+    return s @ sign_values(packed, m, s.dtype).T
+
+
+def polar_encode(y, levels: int, boundaries, bits):
+    """Polar transform of ``y (n, D)``; returns (packed angle codes per level, radii)."""
+    radii, angles = polar_transform(y, levels)
+    packed = [
+        pack_codes(cell_index(psi, bnd), b)
+        for psi, bnd, b in zip(angles, boundaries, bits, strict=True)
+    ]
+    return packed, radii
+
+
+def polar_values(packed, radii, centroids, bits, dim: int):
+    """Inverse polar transform of the decoded angles and the radii -> ``(rows, dim)``."""
+    angles = []
+    for level, (codes, cents, b) in enumerate(zip(packed, centroids, bits, strict=True), start=1):
+        angles.append(cell_value(unpack_codes(codes, b, dim >> level), cents))
+    return inverse_polar_transform(radii, angles)
+
+
+def polar_score(q, packed, radii, centroids, bits, dim: int):
+    """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
+    return q @ polar_values(packed, radii, centroids, bits, dim).T

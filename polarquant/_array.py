@@ -36,6 +36,7 @@ __all__ = [
     "compute_dtype",
     "host_to_like",
     "to_host",
+    "ConstantCache",
     "check_int",
     "check_bits",
 ]
@@ -119,6 +120,26 @@ def host_to_like(host: np.ndarray, like, dtype=None):
     if dtype is None:
         dtype = compute_dtype(xp, like.dtype)
     return xp.asarray(np.ascontiguousarray(host), dtype=dtype, device=array_device(like))
+
+
+class ConstantCache:
+    """Seeded host constants, moved once per (namespace, device, dtype) and kept.
+
+    Rotations, sketches and codebooks are generated on the host (NumPy, float64)
+    so that every backend sees the same numbers; each quantizer converts them to
+    the namespace/device/dtype of the data it meets, once.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict = {}
+
+    def get(self, name: str, host: np.ndarray, like, dtype=None):
+        xp = namespace(like)
+        dtype = compute_dtype(xp, like.dtype) if dtype is None else dtype
+        key = (name, xp.__name__, str(array_device(like)), str(dtype))
+        if key not in self._store:
+            self._store[key] = host_to_like(host, like, dtype)
+        return self._store[key]
 
 
 def to_host(x) -> np.ndarray:

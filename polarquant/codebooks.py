@@ -836,10 +836,24 @@ def quantize(x: Any, codebook: Codebook):
     if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"x must have a real floating dtype, got {x.dtype}")
     work = compute_dtype(xp, x.dtype)
-    thresholds = host_to_like(codebook.boundaries, x, dtype=work)
-    flat = xp.reshape(xp.astype(x, work), (-1,))
-    idx = xp.searchsorted(thresholds, flat, side="right")
+    return cell_index(xp.astype(x, work), host_to_like(codebook.boundaries, x, dtype=work))
+
+
+def cell_index(x, thresholds):
+    """The array core of :func:`quantize`: ``searchsorted(thresholds, x, side="right")`` as uint8.
+
+    ``x`` and the sorted ``thresholds`` share namespace, device and dtype.
+    """
+    xp = namespace(x, thresholds)
+    idx = xp.searchsorted(thresholds, xp.reshape(x, (-1,)), side="right")
     return xp.reshape(xp.astype(idx, xp.uint8), x.shape)
+
+
+def cell_value(indices, centroids):
+    """The array core of :func:`dequantize`: ``centroids[indices]`` for any shape of indices."""
+    xp = namespace(indices, centroids)
+    flat = xp.astype(xp.reshape(indices, (-1,)), xp.int64)  # array-API take wants 1-D indices
+    return xp.reshape(xp.take(centroids, flat, axis=0), indices.shape)
 
 
 def dequantize(indices: Any, codebook: Codebook, dtype: Any = None):
@@ -868,5 +882,4 @@ def dequantize(indices: Any, codebook: Codebook, dtype: Any = None):
     if not xp.isdtype(indices.dtype, "integral"):
         raise TypeError(f"indices must have an integer dtype, got {indices.dtype}")
     table = host_to_like(codebook.centroids, indices, dtype=xp.float64 if dtype is None else dtype)
-    flat = xp.astype(xp.reshape(indices, (-1,)), xp.int64)  # array-API take wants 1-D indices
-    return xp.reshape(xp.take(table, flat, axis=0), indices.shape)
+    return cell_value(indices, table)

@@ -58,11 +58,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import as_vectors, check_bits, compute_dtype, namespace, to_host
+from ._array import ConstantCache, as_vectors, check_bits, compute_dtype, namespace, to_host
 from .codebooks import Codebook, angle_codebook, kmeans_codebook
 from .distributions import angle_density, angle_support
 from .packing import packed_nbytes
-from .polar import angle_counts, check_levels
+from .polar import angle_counts, check_levels, polar_transform
 from .quantizer import Quantizer, check_norm_dtype, store_scalars
 from .rotation import make_rotation
 
@@ -153,6 +153,7 @@ class PolarQuant(Quantizer):
         self.bits = check_level_bits(bits, self.levels)
         self.radius_dtype = check_norm_dtype(radius_dtype)
         self.counts = angle_counts(self.out_dim, self.levels)
+        self._consts = ConstantCache()
         if codebooks is None:
             self.codebooks = [
                 angle_codebook(level, b)
@@ -171,6 +172,7 @@ class PolarQuant(Quantizer):
                 raise ValueError(f"codebook of level {level} has {cb.bits} bits, expected {b}")
         self.codebooks = books
         self.fitted = True
+        self._consts = ConstantCache()  # constants cast from the previous codebooks are stale
 
     def config(self) -> dict:
         return {
@@ -225,7 +227,7 @@ class PolarQuant(Quantizer):
         """
         xp, x = as_vectors(x, self.dim, "x")
         xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
-        _, angles = self._ops().polar_transform(self.rotation.apply(xc), self.levels)
+        _, angles = polar_transform(self.rotation.apply(xc), self.levels)
         seed = self.seed if seed is None else seed
         books = []
         for level, (psi, b) in enumerate(zip(angles, self.bits, strict=True), start=1):
@@ -247,29 +249,31 @@ class PolarQuant(Quantizer):
 
         return get_backend(self.backend)
 
+    def _const(self, kind: str, like, dtype=None) -> list:
+        """Per-level ``boundaries`` or ``centroids`` in the namespace/device/dtype of ``like``."""
+        return [
+            self._consts.get(f"{kind}_{level}", getattr(cb, kind), like, dtype)
+            for level, cb in enumerate(self.codebooks, start=1)
+        ]
+
+    def _packed(self, fields) -> list:
+        return [fields[f"angles_{level}"] for level in range(1, self.levels + 1)]
+
     def _encode_rows(self, x) -> dict:
-        ops = self._ops()
-        radii, angles = ops.polar_transform(self.rotation.apply(x), self.levels)
-        fields = {
-            f"angles_{level}": ops.pack_codes(ops.quantize(psi, cb), b)
-            for level, (psi, cb, b) in enumerate(
-                zip(angles, self.codebooks, self.bits, strict=True), start=1
-            )
-        }
+        y = self.rotation.apply(x)
+        packed, radii = self._ops().polar_encode(
+            y, self.levels, self._const("boundaries", y), self.bits
+        )
+        fields = {f"angles_{level}": p for level, p in enumerate(packed, start=1)}
         fields["radii"] = store_scalars(radii, self.radius_dtype, "radii")
         return fields
 
     def rotated_values(self, fields, dtype):
         """The reconstruction in the rotated domain, ``(n, D)``: the inverse polar transform."""
-        ops = self._ops()
         xp = namespace(fields["radii"])
-        angles = []
-        for level, (n, cb, b) in enumerate(
-            zip(self.counts, self.codebooks, self.bits, strict=True), start=1
-        ):
-            idx = ops.unpack_codes(fields[f"angles_{level}"], b, n)
-            angles.append(ops.dequantize(idx, cb, dtype=dtype))
-        return ops.inverse_polar(xp.astype(fields["radii"], dtype), angles)
+        radii = xp.astype(fields["radii"], dtype)
+        cents = self._const("centroids", radii)
+        return self._ops().polar_values(self._packed(fields), radii, cents, self.bits, self.out_dim)
 
     def _decode_rows(self, fields, dtype):
         return self.rotation.inverse(self.rotated_values(fields, dtype))
@@ -278,4 +282,9 @@ class PolarQuant(Quantizer):
         return self.rotation.apply(q)
 
     def _score_rows(self, qr, fields):
-        return qr @ self.rotated_values(fields, qr.dtype).T
+        xp = namespace(qr)
+        radii = xp.astype(fields["radii"], qr.dtype)
+        cents = self._const("centroids", qr)
+        return self._ops().polar_score(
+            qr, self._packed(fields), radii, cents, self.bits, self.out_dim
+        )

@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-from ._array import check_int, host_to_like, namespace
+from ._array import ConstantCache, check_int, namespace
 from ._seeding import check_seed, generator
 from .packing import packed_nbytes
 from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
@@ -81,7 +81,7 @@ class SignSketch:
         self.seed = seed
         self.stream = stream
         self.backend = backend
-        self._cache: dict = {}
+        self._consts = ConstantCache()
 
     @property
     def matrix(self) -> np.ndarray:
@@ -93,14 +93,13 @@ class SignSketch:
         return packed_nbytes(self.m, 1)
 
     def _const(self, name, like):
-        from array_api_compat import device
+        host = self.matrix.T if name == "ST" else self.matrix
+        return self._consts.get(name, host, like, like.dtype)
 
-        xp = namespace(like)
-        key = (name, xp.__name__, str(device(like)), str(like.dtype))
-        if key not in self._cache:
-            host = self.matrix.T if name == "ST" else self.matrix
-            self._cache[key] = host_to_like(host, like, like.dtype)
-        return self._cache[key]
+    def _ops(self):
+        from .backends import get_backend
+
+        return get_backend(self.backend)
 
     def project(self, v):
         """``S v`` for rows ``v (n, dim)`` -> ``(n, m)``."""
@@ -108,22 +107,15 @@ class SignSketch:
 
     def encode(self, v):
         """Packed sign bits of ``S v`` (bit 1 for ``>= 0``): ``uint8 (n, ceil(m/8))``."""
-        from .backends import get_backend
-
-        return get_backend(self.backend).pack_signs(self.project(v))
+        return self._ops().sign_encode(self.project(v))
 
     def inner(self, sq, signs):
         """``<S q, sign(S v)>`` for projected queries ``sq (nq, m)`` and signs ``(n, .)`` -> ``(nq, n)``."""
-        from .backends import get_backend
-
-        pm = get_backend(self.backend).unpack_signs(signs, self.m, dtype=sq.dtype)
-        return sq @ pm.T
+        return self._ops().sign_score(sq, signs, self.m)
 
     def reconstruct(self, signs, norms):
         """Unbiased estimate ``sqrt(pi/2)/m * norms * S^T sign(S v)`` of ``v``, rows ``(n, dim)``."""
-        from .backends import get_backend
-
-        pm = get_backend(self.backend).unpack_signs(signs, self.m, dtype=norms.dtype)
+        pm = self._ops().sign_values(signs, self.m, norms.dtype)
         return (QJL_SCALE / self.m) * norms[:, None] * (pm @ self._const("S", norms[:, None]))
 
 

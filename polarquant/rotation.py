@@ -45,7 +45,7 @@ import functools
 import numpy as np
 from array_api_compat import device as array_device
 
-from ._array import check_int, compute_dtype, host_to_like, namespace
+from ._array import ConstantCache, check_int, compute_dtype, namespace
 from ._seeding import check_seed, generator
 
 __all__ = [
@@ -122,15 +122,10 @@ class _Rotation:
     def __init__(self, dim: int, seed: int = 0):
         self.dim = check_int(dim, "dim", low=1)
         self.seed = check_seed(seed)
-        self._cache: dict = {}
+        self._consts = ConstantCache()
 
     def _const(self, name: str, host: np.ndarray, like):
-        xp = namespace(like)
-        dtype = compute_dtype(xp, like.dtype)
-        key = (name, xp.__name__, str(array_device(like)), str(dtype))
-        if key not in self._cache:
-            self._cache[key] = host_to_like(host, like, dtype)
-        return self._cache[key]
+        return self._consts.get(name, host, like)
 
     def _check(self, x, width: int, what: str):
         if x.shape[-1] != width:

@@ -42,7 +42,7 @@ Layout per vector (``D`` = rotated dimension, ``d`` for Haar):
 
 from __future__ import annotations
 
-from ._array import check_bits, namespace
+from ._array import ConstantCache, check_bits, namespace
 from .codebooks import coordinate_codebook
 from .packing import packed_nbytes
 from .qjl import QJL_SCALE, SignSketch
@@ -70,6 +70,7 @@ class _ScalarStage:
         self.bits = bits
         self.codebook = coordinate_codebook(self.out_dim, bits, exact=codebook == "exact")
         self.backend = backend
+        self._consts = ConstantCache()
 
     @property
     def nbytes(self) -> int:
@@ -80,16 +81,24 @@ class _ScalarStage:
 
         return get_backend(self.backend)
 
+    def _const(self, name: str, like, dtype=None):
+        host = self.codebook.boundaries if name == "boundaries" else self.codebook.centroids
+        return self._consts.get(name, host, like, dtype)
+
     def encode(self, u):
         """Packed codes of unit rows ``u``."""
-        ops = self._ops()
-        return ops.pack_codes(ops.quantize(self.rotation.apply(u), self.codebook), self.bits)
+        y = self.rotation.apply(u)
+        return self._ops().scalar_encode(y, self._const("boundaries", y), self.bits)
 
     def rotated_values(self, codes, dtype):
         """Centroid values ``c[idx]`` in the rotated domain, ``(n, D)``."""
-        ops = self._ops()
-        idx = ops.unpack_codes(codes, self.bits, self.out_dim)
-        return ops.dequantize(idx, self.codebook, dtype=dtype)
+        cents = self._const("centroids", codes, dtype)
+        return self._ops().scalar_values(codes, cents, self.bits, self.out_dim)
+
+    def score(self, qr, codes):
+        """``<Q q, c[idx]>`` for rotated queries ``qr (nq, D)`` -> ``(nq, n)``."""
+        cents = self._const("centroids", qr)
+        return self._ops().scalar_score(qr, codes, cents, self.bits, self.out_dim)
 
     def decode(self, codes, dtype):
         """Unit-vector reconstruction ``Q^T c[idx]`` ``(n, d)``."""
@@ -208,8 +217,7 @@ class TurboQuantMSE(_TurboQuant):
 
     def _score_rows(self, qr, fields):
         xp = namespace(qr)
-        vals = self.stage.rotated_values(fields["codes"], qr.dtype)
-        return (qr @ vals.T) * xp.astype(fields["norms"], qr.dtype)[None, :]
+        return self.stage.score(qr, fields["codes"]) * xp.astype(fields["norms"], qr.dtype)[None, :]
 
 
 class TurboQuantProd(_TurboQuant):
@@ -292,5 +300,5 @@ class TurboQuantProd(_TurboQuant):
         gamma = xp.astype(fields["residual_norms"], sq.dtype)
         s = (QJL_SCALE / self.sketch.m) * self.sketch.inner(sq, fields["signs"]) * gamma[None, :]
         if self.stage is not None:
-            s = s + qr @ self.stage.rotated_values(fields["codes"], qr.dtype).T
+            s = s + self.stage.score(qr, fields["codes"])
         return s * xp.astype(fields["norms"], sq.dtype)[None, :]
