@@ -18,9 +18,12 @@ variable is read lazily, at each resolution.  An unknown name raises
 Nothing falls back silently, and importing polarquant imports neither numba
 nor cupy.
 
-Status in this release: the NumPy reference is the only backend with kernels;
-``numba`` and ``cupy`` are registered names whose kernels are not shipped yet
-(they report themselves unavailable, with the reason).
+Each backend is a module with the same operation names and signatures (see
+:mod:`polarquant.backends.numpy_backend` for the list and the reference):
+``numpy_backend`` (array-API reference, any namespace), ``numba_backend``
+(Numba CPU JIT, NumPy arrays only) and ``cupy_backend`` (raw CUDA kernels via
+CuPy, CuPy arrays only).  A backend never moves data between host and device:
+NumPy input on the ``cupy`` backend is a ``TypeError``.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def _why_unavailable(name: str) -> str | None:
 def available() -> dict[str, str | None]:
     """Every backend name mapped to ``None`` if usable here, else the reason it is not.
 
-    Checks installed packages without importing them.
+    Checks whether numba is installed without importing it; for ``cupy`` it
+    imports cupy (only when called) to ask for a CUDA device.
     """
     return {name: _why_unavailable(name) for name in BACKENDS}
 
@@ -105,9 +109,7 @@ def get_backend(name: str | None = None):
     why = _why_unavailable(name)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
-    from . import numpy_backend
-
-    return numpy_backend
+    return importlib.import_module(f"{__name__}.{name}_backend")
 
 
 @contextlib.contextmanager

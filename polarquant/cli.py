@@ -40,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="seed of rotations and sketches")
     sub.add_parser("info", help="version and available backends")
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(_info())
-    elif args.command == "demo":
-        from .demo import main as demo_main
+    try:
+        if args.command == "info":
+            print(_info())
+        elif args.command == "demo":
+            from .demo import main as demo_main
 
-        print(demo_main(args.seed))
+            print(demo_main(args.seed))
+    except BrokenPipeError:  # `polarquant demo | head`: the reader left, nothing is wrong
+        sys.stderr.close()
     return 0
 
 

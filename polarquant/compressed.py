@@ -111,13 +111,34 @@ class CompressedVectors:
         return (2.0 * self.n_vectors * self.dim) / self.nbytes if self.nbytes else float("inf")
 
     def __getitem__(self, index) -> CompressedVectors:
-        """Select vectors along the batch dimensions (NumPy-style basic/advanced indexing)."""
+        """Select vectors along the batch dimensions (integers, slices, integer arrays, ``...``).
+
+        The index applies to the batch axes only; the per-vector axes of every
+        field are kept whole.
+        """
         if not self.batch_shape:
             raise IndexError("cannot index a single compressed vector")
-        new = {k: v[index] for k, v in self.fields.items()}
-        first = next(iter(self.fields))
-        trailing = self.fields[first].ndim - len(self.batch_shape)
-        shape = tuple(new[first].shape[: new[first].ndim - trailing])
+        idx = index if isinstance(index, tuple) else (index,)
+        if any(i is None for i in idx):
+            raise IndexError("new axes (None) are not supported when indexing compressed vectors")
+        if sum(i is Ellipsis for i in idx) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        nb = len(self.batch_shape)
+        explicit = [i for i in idx if i is not Ellipsis]
+        if len(explicit) > nb:
+            raise IndexError(
+                f"too many indices: {len(explicit)} for a batch of shape {self.batch_shape}"
+            )
+        if Ellipsis in idx:
+            at = idx.index(Ellipsis)
+            idx = idx[:at] + (slice(None),) * (nb - len(explicit)) + idx[at + 1 :]
+        idx = tuple(idx) + (slice(None),) * (nb - len(idx))  # spell out every batch axis
+        new = {}
+        shape = None
+        for k, v in self.fields.items():
+            trailing = v.ndim - nb
+            new[k] = v[idx + (slice(None),) * trailing]
+            shape = tuple(new[k].shape[: new[k].ndim - trailing])
         return CompressedVectors(self.method, self.config, new, shape, self.dim, self.dtype)
 
     def __repr__(self) -> str:

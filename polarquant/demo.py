@@ -13,13 +13,17 @@ coordinate, measured from ``nbytes``; ``x fp16`` compression against an fp16
 copy; ``D_mse`` mean per-vector relative squared error of ``decode``;
 ``theory`` the value the papers predict for that configuration (TurboQuant:
 Lloyd-Max ``D_mse`` of the codebook, within Theorem 1's bounds
-``[4^-b, 2.72 * 4^-b]``, and ``d D_prod ~ (pi/2) D_mse(b-1)``; QJL:
-``(pi/2) d/m``; PolarQuant: the closed-form ``2 (1 - prod E cos delta_l)``,
-the paper's ~0.032 for (4,2,2,2); the composition: ``(pi/2)`` times the
-PolarQuant error, for random directions); ``d*D_prod`` the
+``[4^-b, 2.72 * 4^-b]``; PolarQuant: the closed-form ``2 (1 - prod E cos
+delta_l)``, the paper's ~0.032 for (4,2,2,2); for the unbiased methods
+(TurboQuantProd, QJL, the composition) the expected ``d D_prod`` for
+isotropic directions, which equals their decode error:
+``||r||^2 ((pi/2) d/m - 1/m)`` for a residual ``r`` sketched with ``m`` bits,
+i.e. ``(pi/2 - 1/d) D_mse(b-1)`` for TurboQuantProd); ``d*D_prod`` the
 inner-product error normalised by ``||q||^2 ||x||^2`` and scaled by ``d``;
 ``slope`` the bias (least-squares slope of estimated on true inner products,
-1 = unbiased); ``attn KL`` mean softmax KL divergence (nats) between exact and
+1 = unbiased) with its standard error over seeds and heads (for one sketch,
+the errors of similar keys are correlated, so QJL's slope on the SmolLM2 keys
+scatters widely between seeds: read it with its error bar); ``attn KL`` mean softmax KL divergence (nats) between exact and
 estimated attention, ``top1`` the fraction of queries whose most-attended key
 is unchanged.  Every number is the mean over three seeds (rotations, sketches).
 """
@@ -51,6 +55,7 @@ class Row:
     theory: str
     d_prod: float
     slope: float
+    slope_se: float = 0.0
     attn_kl: float = float("nan")
     top1: float = float("nan")
     extra: dict = field(default_factory=dict)
@@ -65,18 +70,16 @@ def demo_quantizers(dim: int, seed: int = 0):
         out.append(("TurboQuantMSE", f"b={b}", q, f"{q.expected_mse:.4f} in [{lo:.3g}, {hi:.3g}]"))
     for b in (2, 3, 4):
         q = TurboQuantProd(dim, b, seed=seed)
-        mse_prev = TurboQuantMSE(dim, b - 1, seed=seed).expected_mse
-        out.append(("TurboQuantProd", f"b={b}", q, f"d*D_prod~{np.pi / 2 * mse_prev:.3f}"))
+        out.append(("TurboQuantProd", f"b={b}", q, f"d*D_prod~{q.expected_mse:.3f}"))
     for m in (dim, 2 * dim):
-        out.append(("QJL", f"m={m}", QJL(dim, m, seed=seed), f"d*D_prod~{np.pi / 2 * dim / m:.3f}"))
+        q = QJL(dim, m, seed=seed)
+        out.append(("QJL", f"m={m}", q, f"d*D_prod~{q.expected_mse:.3f}"))
     for bits in ((4, 2, 2, 2), (3, 3, 3, 3), (4, 3, 3, 3)):
         q = PolarQuant(dim, 4, bits, seed=seed)
         theory = f"{q.expected_mse:.4f}" + (" (paper ~0.032)" if bits == (4, 2, 2, 2) else "")
         out.append(("PolarQuant", "L=4 " + ",".join(map(str, bits)), q, theory))
     q = PolarQuantQJL(dim, 4, (4, 2, 2, 2), seed=seed)
-    out.append(
-        ("PolarQuantQJL", "L=4 4,2,2,2 m=d", q, f"d*D_prod~{np.pi / 2 * q.expected_mse:.3f}")
-    )
+    out.append(("PolarQuantQJL", "L=4 4,2,2,2 m=d", q, f"d*D_prod~{q.expected_mse:.3f}"))
     return out
 
 
@@ -126,7 +129,13 @@ def _smollm2_workload():
 
 
 def _mean(parts: list[dict]) -> dict:
-    return {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
+    """Means over evaluations, and the standard error of the slope (its spread is the story)."""
+    out = {key: float(np.mean([p[key] for p in parts])) for key in parts[0]}
+    slopes = [p["slope"] for p in parts]
+    out["slope_se"] = (
+        float(np.std(slopes, ddof=1) / np.sqrt(len(slopes))) if len(slopes) > 1 else 0.0
+    )
+    return out
 
 
 def run_demo(seed: int = 0, n_seeds: int = 3) -> list[Row]:
@@ -160,7 +169,7 @@ def run_demo(seed: int = 0, n_seeds: int = 3) -> list[Row]:
 def format_table(rows: list[Row]) -> str:
     head = (
         f"{'method':<15}{'setting':<17}{'bits/coord':>10}{'x fp16':>8}{'D_mse':>9}"
-        f"  {'theory':<30}{'d*D_prod':>9}{'slope':>7}{'attn KL':>9}{'top1':>6}"
+        f"  {'theory':<30}{'d*D_prod':>9}{'slope':>15}{'attn KL':>9}{'top1':>6}"
     )
     lines = []
     current = None
@@ -170,9 +179,10 @@ def format_table(rows: list[Row]) -> str:
             lines += ["", f"== {current} ==", head, "-" * len(head)]
         kl = "" if np.isnan(r.attn_kl) else f"{r.attn_kl:9.4f}"
         top = "" if np.isnan(r.top1) else f"{r.top1:6.2f}"
+        slope = f"{r.slope:.3f}+-{r.slope_se:.3f}"
         lines.append(
             f"{r.method:<15}{r.setting:<17}{r.bits_per_coordinate:>10.3f}{r.fp16_ratio:>8.2f}"
-            f"{r.d_mse:>9.4f}  {r.theory:<30}{r.d_prod:>9.3f}{r.slope:>7.3f}{kl:>9}{top:>6}"
+            f"{r.d_mse:>9.4f}  {r.theory:<30}{r.d_prod:>9.3f}{slope:>15}{kl:>9}{top:>6}"
         )
     return "\n".join(lines)
 
@@ -186,6 +196,6 @@ def main(seed: int = 0) -> str:
         "(see polarquant/data/README.md)\n"
         + text
         + f"\n\nD_mse per vector (relative); bits/coord counts every stored bit; "
-        f"x fp16 = fp16 bytes / bytes held; slope 1 = unbiased;\nmeans over seeds "
+        f"x fp16 = fp16 bytes / bytes held; slope 1 = unbiased (+- standard error);\nmeans over seeds "
         f"{seed}..{seed + 2} (rotations, sketches). finished in {time.perf_counter() - t0:.1f} s"
     )

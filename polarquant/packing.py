@@ -130,7 +130,9 @@ def unpack_codes(packed, bits: int, n: int):
     if 8 % bits == 0:
         per = 8 // bits
         shifts = xp.asarray([8 - bits * (i + 1) for i in range(per)], dtype=xp.uint8, device=dev)
-        codes = (packed[..., None] >> shifts) & xp.asarray((1 << bits) - 1, dtype=xp.uint8)
+        codes = (packed[..., None] >> shifts) & xp.asarray(
+            (1 << bits) - 1, dtype=xp.uint8, device=dev
+        )
         return xp.reshape(codes, (*batch, nbytes * per))[..., :n]
     groups, g = _groups(xp, xp.astype(packed, xp.int64), n, bits, packed)
     value = xp.sum(

@@ -53,7 +53,7 @@ __all__ = ["QJL", "SignSketch", "gaussian_sketch", "QJL_SCALE"]
 QJL_SCALE = math.sqrt(math.pi / 2)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _gaussian_sketch_cached(m: int, dim: int, seed: int, stream: str) -> np.ndarray:
     s = generator(seed, stream).standard_normal((m, dim))
     s.setflags(write=False)
@@ -179,6 +179,11 @@ class QJL(Quantizer):
             "seed": self.seed,
             "norm_dtype": self.norm_dtype,
         }
+
+    @property
+    def expected_mse(self) -> float:
+        """Expected relative MSE of ``decode``: ``(pi/2) d/m - 1/m`` (see :class:`SignSketch`)."""
+        return math.pi / 2 * self.dim / self.proj_dim - 1 / self.proj_dim
 
     def field_layout(self) -> dict:
         return {"signs": ((self.sketch.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}

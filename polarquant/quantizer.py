@@ -25,7 +25,9 @@ import abc
 import math
 from typing import Any, ClassVar
 
-from ._array import as_vectors, check_int, compute_dtype, namespace
+from array_api_compat import device as array_device
+
+from ._array import as_vectors, check_finite, check_int, compute_dtype, namespace
 from ._seeding import check_seed
 from .compressed import CompressedVectors
 
@@ -34,13 +36,12 @@ __all__ = ["Quantizer", "from_config", "METHODS", "check_norm_dtype"]
 #: method name -> quantizer class, filled by subclasses.
 METHODS: dict[str, type] = {}
 
-#: Elements of the decoded-in-the-rotated-domain block materialised per chunk
-#: while scoring (bounds memory: 4M floats = 16 MB in float32).
-SCORE_CHUNK_ELEMENTS = 1 << 22
+#: Rows are processed in chunks of about this many elements (4M floats = 16 MB
+#: in float32): encoding, decoding and scoring stream over the batch, so the
+#: temporaries stay a fixed size however many vectors are processed.
+CHUNK_ELEMENTS = 1 << 22
 
 NORM_DTYPES = ("float16", "float32")
-_FLOAT16_MAX = 65504.0
-_FLOAT16_TINY = 6.103515625e-05  # smallest normal float16
 
 
 def check_norm_dtype(norm_dtype: str) -> str:
@@ -70,41 +71,58 @@ def resolve_dtype(xp, name: str):
     return dtype
 
 
-def store_scalars(values, norm_dtype: str, what: str):
-    """Cast non-negative scalars (norms, radii) to their storage dtype, refusing lossy float16.
+#: Representable ranges of the storage dtypes: (largest finite, smallest normal).
+_STORAGE_RANGE = {"float16": (65504.0, 6.103515625e-05), "float32": (3.4028234e38, 1.1754944e-38)}
 
-    float16 holds values up to 65504 with 11 significant bits above 6.1e-5;
-    outside that range a stored norm would be ``inf`` or lose its precision
-    silently, so we raise and point at ``norm_dtype="float32"``.
+
+def store_scalars(values, norm_dtype: str, what: str, option: str = "norm_dtype"):
+    """Cast non-negative scalars (norms, radii) to their storage dtype, refusing lossy values.
+
+    float16 holds values up to 65504 with 11 significant bits above 6.1e-5
+    (float32: 3.4e38 and 1.2e-38); outside that range a stored norm would be
+    ``inf``, zero, or lose its precision silently, so we raise instead and say
+    which option (``option``, e.g. ``norm_dtype`` or ``radius_dtype``) to change.
+    Exact zeros (zero vectors) are stored as zeros.
     """
     xp = namespace(values)
-    if norm_dtype == "float16":
-        big = float(xp.max(values)) if values.size else 0.0
-        if big > _FLOAT16_MAX:
+    big_limit, tiny_limit = _STORAGE_RANGE[norm_dtype]
+    if math.prod(values.shape):
+        big = float(xp.max(values))
+        if not big <= big_limit:  # also catches inf and NaN
             raise ValueError(
-                f"{what} up to {big:.4g} exceed the float16 range (max 65504); "
-                f"build the quantizer with norm_dtype='float32'"
+                f"{what} up to {big:.4g} exceed the {norm_dtype} range (max {big_limit:.4g})"
+                + (
+                    f"; build the quantizer with {option}='float32'"
+                    if norm_dtype == "float16"
+                    else "; rescale the input"
+                )
             )
         positive = xp.where(values > 0, values, xp.full_like(values, math.inf))
-        small = float(xp.min(positive)) if values.size else math.inf
-        if small < _FLOAT16_TINY:
+        small = float(xp.min(positive))
+        if small < tiny_limit:
             raise ValueError(
-                f"{what} as small as {small:.4g} lose precision in float16 (smallest normal "
-                f"6.1e-05); rescale the input or use norm_dtype='float32'"
+                f"{what} as small as {small:.4g} lose precision in {norm_dtype} (smallest normal "
+                f"{tiny_limit:.2g}); rescale the input"
+                + (f" or use {option}='float32'" if norm_dtype == "float16" else "")
             )
-        dtype = getattr(xp, "float16", None)
-        if dtype is None:  # namespaces without float16 (array_api_strict): keep float32
-            raise TypeError(
-                f"this array namespace has no float16; use norm_dtype='float32' with {xp.__name__}"
-            )
-        return xp.astype(values, dtype)
-    return xp.astype(values, xp.float32)
+    dtype = getattr(xp, norm_dtype, None)
+    if dtype is None:  # namespaces without float16 (array_api_strict)
+        raise TypeError(
+            f"the array namespace {xp.__name__} has no {norm_dtype}; use {option}='float32'"
+        )
+    return xp.astype(values, dtype)
 
 
 def safe_norms(x):
-    """Row norms ``||x||`` of ``(n, d)`` and the divisor (1 where the norm is 0)."""
+    """Row norms ``||x||`` of ``(n, d)`` and the divisor (1 where the norm is 0).
+
+    Computed as ``s ||x / s||`` with ``s = max |x_i|`` so that finite inputs
+    near the top of the float range do not overflow while squaring.
+    """
     xp = namespace(x)
-    norms = xp.linalg.vector_norm(x, axis=-1)
+    scale = xp.max(xp.abs(x), axis=-1)  # dim >= 2: never an empty reduction
+    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+    norms = scale * xp.linalg.vector_norm(x / scale[:, None], axis=-1)
     safe = xp.where(norms > 0, norms, xp.ones_like(norms))
     return norms, safe
 
@@ -171,8 +189,14 @@ class Quantizer(abc.ABC):
     @abc.abstractmethod
     def _score_rows(self, state, fields: dict): ...
 
-    def _score_chunk_rows(self) -> int:
-        return max(1, SCORE_CHUNK_ELEMENTS // max(self.dim, 1))
+    def _row_elements(self) -> int:
+        """Widest per-row temporary of this method (``dim``; QJL's sketch is ``proj_dim`` wide)."""
+        return max(self.dim, getattr(self, "proj_dim", 0) or 0)
+
+    def _chunks(self, n: int):
+        """``(start, stop)`` row ranges of at most ``CHUNK_ELEMENTS // row_elements`` rows."""
+        step = max(1, CHUNK_ELEMENTS // self._row_elements())
+        return [(start, min(start + step, n)) for start in range(0, n, step)]
 
     # -- public API ------------------------------------------------------------------------
     def encode(self, x) -> CompressedVectors:
@@ -185,12 +209,25 @@ class Quantizer(abc.ABC):
         ValueError
             Wrong last dimension, NaN or Inf values, or norms outside the storage range.
         """
-        xp, x = as_vectors(x, self.dim, "x")
+        xp, x = as_vectors(x, self.dim, "x", finite=False)
         batch = tuple(x.shape[:-1])
-        xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
-        fields = self._encode_rows(xc)
+        rows = xp.reshape(x, (-1, self.dim))
+        work = compute_dtype(xp, x.dtype)
+        parts = []
+        for start, stop in self._chunks(rows.shape[0]):  # stream: temporaries stay chunk-sized
+            chunk = rows[start:stop, ...]
+            check_finite(chunk, "x")
+            parts.append(self._encode_rows(xp.astype(chunk, work, copy=False)))
+        if not parts:  # an empty batch still has a layout
+            parts.append(self._encode_rows(xp.astype(rows[0:0, ...], work)))
         layout = self.field_layout()
-        fields = {k: xp.reshape(v, batch + tuple(layout[k][0])) for k, v in fields.items()}
+        fields = {
+            k: xp.reshape(
+                xp.concat([p[k] for p in parts], axis=0) if len(parts) > 1 else parts[0][k],
+                batch + tuple(layout[k][0]),
+            )
+            for k in parts[0]
+        }
         return CompressedVectors(
             self.method, self.config(), fields, batch, self.dim, dtype_name(xp, x.dtype)
         )
@@ -212,6 +249,11 @@ class Quantizer(abc.ABC):
         nb = len(codes.batch_shape)
         for name, (shape, dt) in layout.items():
             a = codes.fields[name]
+            if tuple(a.shape[:nb]) != tuple(codes.batch_shape):
+                raise ValueError(
+                    f"field {name!r} has batch shape {tuple(a.shape[:nb])}, the codes say "
+                    f"{tuple(codes.batch_shape)}"
+                )
             if tuple(a.shape[nb:]) != tuple(shape) or dtype_name(namespace(a), a.dtype) != dt:
                 raise ValueError(
                     f"field {name!r} has per-vector shape {tuple(a.shape[nb:])} and dtype {a.dtype}, "
@@ -231,9 +273,17 @@ class Quantizer(abc.ABC):
         self.check_codes(codes)
         flat = self._flat_fields(codes)
         xp = namespace(*flat.values())
-        x_hat = self._decode_rows(flat, xp.float64 if codes.dtype == "float64" else xp.float32)
+        work = xp.float64 if codes.dtype == "float64" else xp.float32
         out_dtype = resolve_dtype(xp, codes.dtype)
-        return xp.reshape(xp.astype(x_hat, out_dtype), tuple(codes.batch_shape) + (self.dim,))
+        flat_any = next(iter(flat.values()))
+        parts = [
+            xp.astype(self._decode_rows({k: v[a:b, ...] for k, v in flat.items()}, work), out_dtype)
+            for a, b in self._chunks(codes.n_vectors)
+        ]
+        if not parts:
+            parts = [xp.zeros((0, self.dim), dtype=out_dtype, device=array_device(flat_any))]
+        x_hat = xp.concat(parts, axis=0) if len(parts) > 1 else parts[0]
+        return xp.reshape(x_hat, tuple(codes.batch_shape) + (self.dim,))
 
     def score(self, queries, codes: CompressedVectors):
         """Estimated inner products ``<q, x>`` for every query and every encoded vector.
@@ -260,17 +310,14 @@ class Quantizer(abc.ABC):
         qshape = tuple(q.shape[:-1])
         qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
         state = self._prepare_queries(qc)
-        n = codes.n_vectors
-        step = self._score_chunk_rows()
-        parts = []
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            chunk = {k: v[start:stop, ...] for k, v in flat.items()}
-            parts.append(self._score_rows(state, chunk))
+        parts = [
+            self._score_rows(state, {k: v[a:b, ...] for k, v in flat.items()})
+            for a, b in self._chunks(codes.n_vectors)
+        ]
         if parts:
             s = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]
         else:
-            s = xp.zeros((qc.shape[0], 0), dtype=qc.dtype)
+            s = xp.zeros((qc.shape[0], 0), dtype=qc.dtype, device=array_device(qc))
         return xp.reshape(xp.astype(s, q.dtype), qshape + tuple(codes.batch_shape))
 
     def save(self, path, codes: CompressedVectors) -> None:

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _haar_matrix_cached(dim: int, seed: int) -> np.ndarray:
     g = generator(seed, "rotation").standard_normal((dim, dim))
     q, r = np.linalg.qr(g)
@@ -80,7 +80,7 @@ def haar_matrix(dim: int, seed: int) -> np.ndarray:
     return _haar_matrix_cached(check_int(dim, "dim", low=1), check_seed(seed))
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _hadamard_signs_cached(n: int, seed: int) -> np.ndarray:
     s = generator(seed, "hadamard-signs").integers(0, 2, size=n).astype(np.float64) * 2 - 1
     s.setflags(write=False)

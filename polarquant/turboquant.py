@@ -42,6 +42,8 @@ Layout per vector (``D`` = rotated dimension, ``d`` for Haar):
 
 from __future__ import annotations
 
+import math
+
 from ._array import ConstantCache, check_bits, namespace
 from .codebooks import coordinate_codebook
 from .packing import packed_nbytes
@@ -197,8 +199,15 @@ class TurboQuantMSE(_TurboQuant):
 
     @property
     def expected_mse(self) -> float:
-        """Per-vector D_mse of the codebook for unit vectors: ``D * E|y_j - c(y_j)|^2``."""
-        return self.stage.out_dim * self.stage.codebook.mse
+        """Per-vector D_mse of the codebook for unit vectors: ``d * E|y_j - c(y_j)|^2``.
+
+        ``D`` rotated coordinates are quantized; with a zero-padded Hadamard
+        rotation the inverse keeps a ``d``-dimensional part of the error, about
+        ``d / D`` of it when the error is isotropic (a few percent off from 2
+        bits up; at 1 bit the error follows the signal: 0.30 measured vs 0.27 at
+        d = 96).
+        """
+        return self.dim * self.stage.codebook.mse
 
     def _encode_rows(self, x) -> dict:
         norms, safe = safe_norms(x)
@@ -257,6 +266,17 @@ class TurboQuantProd(_TurboQuant):
             else None
         )
         self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", self.backend)
+
+    @property
+    def expected_mse(self) -> float:
+        """Expected D_mse of ``decode``: ``D_mse(b-1) (pi/2 - 1/d)`` (``pi/2 - 1/d`` at b = 1).
+
+        The QJL reconstruction of the residual is unbiased but noisy:
+        ``E||r_hat - r||^2 = ||r||^2 ((pi/2) d/m - 1/m)`` with ``m = d``
+        (see :attr:`polarquant.PolarQuantQJL.expected_mse`).
+        """
+        residual = 1.0 if self.stage is None else self.dim * self.stage.codebook.mse
+        return residual * (math.pi / 2 - 1 / self.dim)
 
     def field_layout(self) -> dict:
         layout = {}
