@@ -67,14 +67,24 @@ def _why_unavailable(name: str) -> str | None:
     if name == "numba":
         if importlib.util.find_spec("numba") is None:
             return "the numba package is not installed (pip install 'polarquant-lab[numba]')"
-        return "numba is installed, but the numba kernels are not part of this release yet"
+        return None
     if name == "cupy":
         if importlib.util.find_spec("cupy") is None:
             return (
                 "the cupy package is not installed (pip install 'polarquant-lab[cuda12]' "
                 "or 'polarquant-lab[cuda13]', matching your CUDA major version)"
             )
-        return "cupy is installed, but the CUDA kernels are not part of this release yet"
+        try:
+            import cupy  # only here, when the cupy backend is asked about
+        except Exception as exc:  # e.g. a wheel built for another CUDA major version
+            return f"cupy is installed but cannot be imported: {exc}"
+        try:
+            ok = cupy.is_available()
+        except Exception as exc:  # pragma: no cover - driver trouble
+            return f"cupy cannot query CUDA devices: {exc}"
+        if not ok:
+            return "cupy is installed, but no CUDA device (or driver) is available here"
+        return None
     raise AssertionError(name)  # pragma: no cover
 
 

@@ -16,6 +16,7 @@ Every quantizer has ``encode`` / ``decode`` / ``score`` / ``save`` / ``load``;
 see the README and ``docs/``.
 """
 
+from . import datasets, metrics
 from ._version import __version__
 from .backends import available as available_backends
 from .backends import current_backend, get_backend, use_backend
@@ -29,6 +30,8 @@ from .turboquant import TurboQuantMSE, TurboQuantProd
 
 __all__ = [
     "__version__",
+    "datasets",
+    "metrics",
     "PolarQuant",
     "PolarQuantQJL",
     "QJL",

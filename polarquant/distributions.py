@@ -51,14 +51,14 @@ the :math:`N(0, 1/d)` density and distribution function
 
 Symbols
 -------
-========  ==========================================================
-``psi``   a polar angle (radians)
-``level`` the level ``l >= 1`` of the recursive polar transform
-``a``     Beta shape: ``2**(l-2)`` (angles), ``(d-1)/2`` (coordinates)
-``x``     one coordinate of a rotated unit vector
-``dim``   the dimension ``d >= 2`` of that vector
-``u, v``  the ends of an interval (a quantization cell)
-========  ==========================================================
+=========  ==========================================================
+``psi``    a polar angle (radians)
+``level``  the level ``l >= 1`` of the recursive polar transform
+``a``      Beta shape: ``2**(l-2)`` (angles), ``(d-1)/2`` (coordinates)
+``x``      one coordinate of a rotated unit vector
+``dim``    the dimension ``d >= 2`` of that vector
+``u, v``   the ends of an interval (a quantization cell)
+=========  ==========================================================
 
 Departures from the papers: none in the laws.  Numerically, every normalising
 constant is evaluated in log space with :func:`math.lgamma` (``Gamma`` overflows

@@ -91,7 +91,14 @@ def qjl_variance(q, k, m: int):
 
 
 def qjl_sketch_size(eps: float, delta: float) -> int:
-    """QJL Lemma 3.5: ``m >= (4/3)(1+eps)/eps^2 log(2/delta)`` for error ``eps ||q|| ||k||``."""
+    """QJL Lemma 3.5 as stated: ``m >= (4/3)(1+eps)/eps^2 log(2/delta)``.
+
+    The lemma promises an error at most ``eps ||q|| ||k||`` with probability
+    ``1 - delta``.  Measured, that is optimistic for small ``eps``: the estimate
+    of an orthogonal pair has variance ``(pi/2)/m`` (Lemma 3.2), so the normal
+    approximation needs ``m ~ (pi/2) z_{1-delta/2}^2 / eps^2`` (604 rather than
+    542 at ``eps = 0.1, delta = 0.05``; docs, errata; tutorial 2).
+    """
     if not (0 < eps < 1 and 0 < delta < 1):
         raise ValueError(f"eps and delta must lie in (0, 1), got eps={eps}, delta={delta}")
     return math.ceil(4 / 3 * (1 + eps) / eps**2 * math.log(2 / delta))

@@ -49,7 +49,7 @@ from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
 
 __all__ = ["QJL", "SignSketch", "gaussian_sketch", "QJL_SCALE"]
 
-#: sqrt(pi/2): the QJL constant for i.i.d. N(0, 1) sketch rows (Lemma 3.2).
+#: The QJL constant ``sqrt(pi/2)`` for i.i.d. N(0, 1) sketch rows (Lemma 3.2).
 QJL_SCALE = math.sqrt(math.pi / 2)
 
 

@@ -199,7 +199,7 @@ class TurboQuantMSE(_TurboQuant):
 
     @property
     def expected_mse(self) -> float:
-        """Per-vector D_mse of the codebook for unit vectors: ``d * E|y_j - c(y_j)|^2``.
+        """Per-vector D_mse of the codebook for unit vectors, ``d * E|y_j - c(y_j)|^2``.
 
         ``D`` rotated coordinates are quantized; with a zero-padded Hadamard
         rotation the inverse keeps a ``d``-dimensional part of the error, about

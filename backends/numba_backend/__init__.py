@@ -1,0 +1,437 @@
+"""The Numba CPU-JIT backend: the reference's nine operations as parallel kernels.
+
+Same names, signatures and results as :mod:`polarquant.backends.numpy_backend`
+(the reference; read its table first): packed bytes identical to the
+reference's away from decision boundaries, values and scores equal within
+float tolerance, the same exception types for the same bad input.  Only NumPy
+arrays are accepted (``TypeError`` otherwise: this backend never converts or
+moves data).
+
+Each operation here is a thin typed entry point: validate the arguments as the
+reference would, normalise dtype and layout (C-contiguous float32 or float64,
+one compiled signature per dtype), allocate the output, call the kernel of
+:mod:`.kernels`, reshape.  Constants that arrive as lists (the per-level
+boundaries and centroids of PolarQuant) become padded 2-D arrays plus counts,
+and the per-level packed angle codes travel to the kernels as one
+``(rows, sum of nbytes)`` buffer with byte offsets (a Numba kernel cannot take a
+Python list of arrays of run-time length; a ``numba.typed.List`` could, at
+0.4 s of uncached compilation per process).
+
+=====================  ===============================================  ==============================
+operation              kernels                                          differs from the reference
+=====================  ===============================================  ==============================
+``scalar_encode``      ``scalar_encode_kernel``                         never (exact comparisons)
+``scalar_values``      ``scalar_values_kernel``                         never (a gather)
+``scalar_score``       ``byte_tables`` + ``scalar_score_kernel``        summation order (rtol ~1e-6)
+                       (1, 2, 4, 8 bits), else ``code_tables`` +
+                       ``scalar_score_gather_kernel``
+``sign_encode``        ``sign_encode_kernel``                           never
+``sign_values``        ``scalar_values_kernel``, codebook ``(-1, +1)``  never
+``sign_score``         ``byte_tables`` + ``scalar_score_kernel``        summation order
+``polar_encode``       ``polar_encode_kernel``                          ``atan2`` last bits: codes of
+                                                                        angles within ~1e-6 of a
+                                                                        boundary may differ by one
+``polar_values``       ``polar_values_kernel``                          never (same products)
+``polar_score``        ``polar_score_kernel``                           summation order
+=====================  ===============================================  ==============================
+
+Two checks are stricter than the reference's: a codebook with too few
+centroids for ``bits`` raises ``IndexError`` (the reference raises it only
+when a code actually points past the end) and one with too many boundaries
+raises ``ValueError`` (the reference raises it only when a code overflows).
+
+Examples
+--------
+>>> import numpy as np
+>>> from polarquant.backends import numba_backend as nb
+>>> codes = nb.scalar_encode(np.array([[-1.0, 0.0, 0.5, 2.0]]), np.array([-0.5, 0.0, 1.0]), 2)
+>>> codes, f"{codes[0, 0]:08b}"  # codes 0, 2 (0.0 is on a boundary: upper cell), 2, 3
+(array([[43]], dtype=uint8), '00101011')
+>>> nb.scalar_values(codes, np.array([-1.0, -0.2, 0.2, 1.0]), 2, 4)
+array([[-1. ,  0.2,  0.2,  1. ]])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from polarquant._array import check_bits, check_int
+from polarquant.polar import check_levels
+
+from . import kernels
+
+NAME = "numba"
+
+__all__ = [
+    "NAME",
+    "scalar_encode",
+    "scalar_values",
+    "scalar_score",
+    "sign_encode",
+    "sign_values",
+    "sign_score",
+    "polar_encode",
+    "polar_values",
+    "polar_score",
+]
+
+#: Bytes of per-query score tables built at once (keeps them in the L2 cache).
+TABLE_BYTES = 1 << 20
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# -- argument normalisation ------------------------------------------------------------------------
+def _numpy(a, name: str) -> np.ndarray:
+    """``a`` itself if it is a NumPy array, else ``TypeError`` (no implicit conversion)."""
+    if not isinstance(a, np.ndarray):
+        kind = f"{type(a).__module__}.{type(a).__qualname__}"
+        raise TypeError(
+            f"the numba backend runs on NumPy arrays, but {name} is a {kind}; use the 'numpy' "
+            "backend for other array namespaces (or 'cupy' for CuPy arrays)"
+        )
+    return a
+
+
+def _work_dtype(*dtypes) -> np.dtype:
+    """The kernel dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
+    dt = np.result_type(*dtypes)
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind in "biu":
+        return np.dtype(np.float64)
+    raise TypeError(f"the numba backend computes on real floats, got dtype {dt}")
+
+
+def _rows(a, n: int, dtype) -> np.ndarray:
+    """``a (..., n)`` as a C-contiguous ``(rows, n)`` array of ``dtype`` (a view when possible)."""
+    return np.ascontiguousarray(a.reshape(-1, n), dtype=dtype)
+
+
+def _packed(packed, bits: int, n: int, name: str = "packed codes") -> np.ndarray:
+    """Check packed codes as :func:`polarquant.packing.unpack_codes` does; return ``(rows, nbytes)``."""
+    packed = _numpy(packed, name)
+    if packed.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8, got {packed.dtype}")
+    if packed.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., nbytes), got a 0-d array")
+    need = -(-n * bits // 8)
+    if packed.shape[-1] != need:
+        raise ValueError(
+            f"packed array has {packed.shape[-1]} bytes per vector, but {n} codes of {bits} bits "
+            f"need {need}"
+        )
+    return _rows(packed, need, np.uint8)
+
+
+def _codebook(values, bits: int, dtype=None, name: str = "centroids") -> np.ndarray:
+    """A 1-D codebook with at least ``2**bits`` entries, as ``dtype`` (the first ``2**bits``)."""
+    values = _numpy(values, name)
+    dtype = values.dtype if dtype is None else dtype
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
+    if values.shape[0] < 1 << bits:
+        raise IndexError(
+            f"{bits}-bit codes index {1 << bits} {name}, but only {values.shape[0]} were given"
+        )
+    return np.ascontiguousarray(values[: 1 << bits], dtype=dtype)
+
+
+def _boundaries(values, bits: int, dtype=None, name: str = "boundaries") -> np.ndarray:
+    """1-D sorted thresholds, at most ``2**bits - 1`` of them, as ``dtype`` (default: their own)."""
+    values = _numpy(values, name)
+    dtype = _work_dtype(values.dtype) if dtype is None else dtype
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (sorted thresholds), got shape {values.shape}")
+    if values.shape[0] > (1 << bits) - 1:
+        raise ValueError(
+            f"{values.shape[0]} boundaries give codes up to {values.shape[0]}, more than "
+            f"{bits} bits hold"
+        )
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def _queries(q, n: int, name: str = "q") -> np.ndarray:
+    q = _numpy(q, name)
+    if q.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
+    if q.shape[-1] != n:
+        raise ValueError(
+            f"{name} has last dimension {q.shape[-1]}, but the codes hold {n} values per row "
+            f"(matmul mismatch: {q.shape} @ ({n}, rows))"
+        )
+    return q
+
+
+def _score_shape(q, rows_ndim: int, rows: int) -> tuple:
+    """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
+    if rows_ndim == 1:
+        return tuple(q.shape[:-1])
+    if rows_ndim != 2:
+        raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
+    return tuple(q.shape[:-1]) + (rows,)
+
+
+def _scratch(rows: int, size: int, dtype) -> np.ndarray:
+    """One scratch row of ``size`` entries per parallel chunk of rows (see :mod:`.kernels`)."""
+    return np.empty((max(1, min(rows, kernels.CHUNKS)), max(size, 1)), dtype=dtype)
+
+
+def _padded_boundaries(bounds, bits, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level thresholds as one ``(L, 2**max_bits - 1)`` array padded with ``+inf``, and their counts.
+
+    The padding lets the kernels' search take exactly ``bits`` halving steps
+    (:func:`.kernels._search`): ``+inf`` is never ``<=`` a finite value.
+    """
+    width = (1 << int(max(bits))) - 1
+    padded = np.full((len(bounds), width), np.inf, dtype=dtype)
+    for level, b in enumerate(bounds):
+        padded[level, : b.shape[0]] = b
+    return padded, np.array([b.shape[0] for b in bounds], dtype=np.int64)
+
+
+def _table_score(q2, packed2, cents, bits: int, n: int, out) -> None:
+    """``out (nq, rows) = q2 @ cents[codes].T`` from per-query tables, a block of queries at a time."""
+    nq = q2.shape[0]
+    lut = 8 % bits == 0
+    nbytes = packed2.shape[1]
+    width = nbytes * 256 if lut else n * (1 << bits)
+    block = max(1, TABLE_BYTES // max(width * q2.itemsize, 1))
+    for start in range(0, nq, block):
+        qb = q2[start : start + block]
+        tables = np.empty((qb.shape[0], width), dtype=q2.dtype)
+        if lut:
+            kernels.byte_tables(qb, cents, bits, tables)
+            kernels.scalar_score_kernel(tables, packed2, out[start : start + block])
+        else:
+            kernels.code_tables(qb, cents, tables)
+            kernels.scalar_score_gather_kernel(tables, packed2, bits, out[start : start + block])
+
+
+# -- scalar codebooks ---------------------------------------------------------------------------
+def scalar_encode(y, boundaries, bits: int):
+    """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
+    bits = check_bits(bits)
+    y = _numpy(y, "y")
+    if y.ndim == 0:
+        raise ValueError("codes must have shape (..., n), got a 0-d array")
+    bnd = _boundaries(boundaries, bits)
+    *batch, n = y.shape
+    y2 = _rows(y, n, _work_dtype(y.dtype))
+    out = np.empty((y2.shape[0], -(-n * bits // 8)), dtype=np.uint8)
+    padded, counts = _padded_boundaries([bnd], [bits], bnd.dtype)
+    code = _scratch(y2.shape[0], n, np.int32)
+    kernels.scalar_encode_kernel(y2, padded, int(counts[0]), bits, out, code)
+    return out.reshape(*batch, out.shape[1])
+
+
+def scalar_values(packed, centroids, bits: int, n: int):
+    """``c[idx]`` of packed codes ``(rows, .)`` -> ``(rows, n)`` in the centroids' dtype."""
+    bits = check_bits(bits)
+    n = check_int(n, "n", low=0)
+    packed2 = _packed(packed, bits, n)
+    centroids = _numpy(centroids, "centroids")
+    dtype = centroids.dtype
+    cents = _codebook(centroids, bits, _work_dtype(dtype))
+    out = np.empty((packed2.shape[0], n), dtype=cents.dtype)
+    kernels.scalar_values_kernel(packed2, cents, bits, out)
+    return out.reshape(*packed.shape[:-1], n).astype(dtype, copy=False)
+
+
+def scalar_score(q, packed, centroids, bits: int, n: int):
+    """``q (nq, n) @ c[idx].T`` -> ``(nq, rows)``."""
+    bits = check_bits(bits)
+    n = check_int(n, "n", low=0)
+    packed2 = _packed(packed, bits, n)
+    q = _queries(q, n)
+    centroids = _numpy(centroids, "centroids")
+    out_dtype = np.result_type(q.dtype, centroids.dtype)
+    work = _work_dtype(out_dtype)
+    shape = _score_shape(q, packed.ndim, packed2.shape[0])
+    q2 = _rows(q, n, work)
+    out = np.empty((q2.shape[0], packed2.shape[0]), dtype=work)
+    _table_score(q2, packed2, _codebook(centroids, bits, work), bits, n, out)
+    return out.reshape(shape).astype(out_dtype, copy=False)
+
+
+# -- sign bits -----------------------------------------------------------------------------------
+def sign_encode(p):
+    """Packed sign bits (1 for ``p >= 0``) of ``p (rows, m)``."""
+    p = _numpy(p, "p")
+    if p.ndim == 0:
+        raise ValueError("codes must have shape (..., n), got a 0-d array")
+    *batch, m = p.shape
+    p2 = _rows(p, m, _work_dtype(p.dtype))
+    out = np.empty((p2.shape[0], -(-m // 8)), dtype=np.uint8)
+    kernels.sign_encode_kernel(p2, out)
+    return out.reshape(*batch, out.shape[1])
+
+
+def _pm_one(dtype) -> np.ndarray:
+    """The sign codebook: bit 0 -> -1, bit 1 -> +1."""
+    return np.array([-1.0, 1.0], dtype=dtype)
+
+
+def sign_values(packed, m: int, dtype):
+    """The packed signs as ``+1/-1`` of ``dtype``, ``(rows, m)``."""
+    m = check_int(m, "m", low=0)
+    packed2 = _packed(packed, 1, m)
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    work = dtype if dtype in _FLOATS else np.dtype(np.float64)
+    out = np.empty((packed2.shape[0], m), dtype=work)
+    kernels.scalar_values_kernel(packed2, _pm_one(work), 1, out)
+    return out.reshape(*packed.shape[:-1], m).astype(dtype, copy=False)
+
+
+def sign_score(s, packed, m: int):
+    """``s (nq, m) @ sign.T`` -> ``(nq, rows)``."""
+    m = check_int(m, "m", low=0)
+    packed2 = _packed(packed, 1, m)
+    s = _queries(s, m, "s")
+    work = _work_dtype(s.dtype)
+    shape = _score_shape(s, packed.ndim, packed2.shape[0])
+    s2 = _rows(s, m, work)
+    out = np.empty((s2.shape[0], packed2.shape[0]), dtype=work)
+    _table_score(s2, packed2, _pm_one(work), 1, m, out)
+    return out.reshape(shape).astype(s.dtype, copy=False)
+
+
+# -- the polar transform -------------------------------------------------------------------------
+def _level_bits(bits, levels: int) -> np.ndarray:
+    bits = [check_bits(b) for b in bits]
+    if len(bits) != levels:
+        raise ValueError(f"expected {levels} bit widths (one per level), got {len(bits)}")
+    return np.array(bits, dtype=np.int64)
+
+
+def _offsets(counts, bits) -> np.ndarray:
+    """Byte offsets of each level's stream in the concatenated codes, plus the total."""
+    sizes = [-(-n * int(b) // 8) for n, b in zip(counts, bits, strict=True)]
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _tables(centroids, bits, dtype):
+    """Per-level ``cos``/``sin`` of the centroids, padded to ``(L, 2**max_bits)``.
+
+    Computed by NumPy in the centroids' own dtype (what the reference's
+    ``xp.cos(psi)`` computes), then cast to the working dtype.
+    """
+    size = 1 << int(max(bits))
+    cos_t = np.zeros((len(bits), size), dtype=dtype)
+    sin_t = np.zeros((len(bits), size), dtype=dtype)
+    for level, (c, b) in enumerate(zip(centroids, bits, strict=True)):
+        c = _codebook(c, int(b), name=f"centroids of level {level + 1}")
+        cos_t[level, : 1 << int(b)] = np.cos(c)
+        sin_t[level, : 1 << int(b)] = np.sin(c)
+    return cos_t, sin_t
+
+
+def _polar_codes(packed, radii, centroids, bits, dim: int):
+    """Validate the inputs of ``polar_values``/``polar_score`` as the reference would.
+
+    Returns ``(codes (rows, total), radii (rows, dim >> L), bits, offsets, batch, dtypes)``.
+    """
+    packed, centroids, bits = list(packed), list(centroids), list(bits)
+    if not len(packed) == len(centroids) == len(bits):
+        raise ValueError(
+            f"{len(packed)} levels of codes, {len(centroids)} codebooks and {len(bits)} bit "
+            "widths: one of each per level"
+        )
+    levels = len(packed)
+    radii = _numpy(radii, "radii")
+    bits = np.array([check_bits(b) for b in bits], dtype=np.int64)
+    counts = [dim >> level for level in range(1, levels + 1)]
+    parts = [
+        _packed(p, int(b), n, f"angle codes of level {level}")
+        for level, (p, n, b) in enumerate(zip(packed, counts, bits, strict=True), start=1)
+    ]
+    batch = tuple(radii.shape[:-1])
+    if (
+        radii.ndim == 0
+        or radii.shape[-1] != (dim >> levels)
+        or any(tuple(p.shape[:-1]) != batch for p in packed)
+    ):
+        raise ValueError(
+            f"radii of shape {radii.shape} and angle codes of shapes "
+            f"{[tuple(p.shape) for p in packed]} do not match dim={dim} with {levels} levels"
+        )
+    codes = parts[0] if levels == 1 else np.concatenate(parts, axis=1)
+    for c in centroids:
+        _numpy(c, "centroids")
+    dtypes = [radii.dtype, *(c.dtype for c in centroids)]
+    return codes, radii, bits, _offsets(counts, bits), batch, dtypes
+
+
+def polar_encode(y, levels: int, boundaries, bits):
+    """Polar transform of ``y (n, D)``; returns (packed angle codes per level, radii)."""
+    y = _numpy(y, "y")
+    dim = y.shape[-1]  # a 0-d y raises IndexError here, as in the reference
+    batch = y.shape[:-1]
+    levels = check_levels(dim, levels)
+    boundaries = [_numpy(b, f"boundaries of level {i}") for i, b in enumerate(boundaries, 1)]
+    if len(boundaries) != levels:
+        raise ValueError(
+            f"expected {levels} boundary arrays (one per level), got {len(boundaries)}"
+        )
+    bits = _level_bits(bits, levels)
+    work = _work_dtype(y.dtype)
+    bwork = _work_dtype(*(b.dtype for b in boundaries))
+    bnd = [_boundaries(b, int(w), bwork) for b, w in zip(boundaries, bits, strict=True)]
+    padded, counts = _padded_boundaries(bnd, bits, bwork)
+    angles = [dim >> level for level in range(1, levels + 1)]
+    offsets = _offsets(angles, bits)
+    y2 = _rows(y, dim, work)
+    rows = y2.shape[0]
+    codes = np.empty((rows, int(offsets[-1])), dtype=np.uint8)
+    radii = np.empty((rows, dim >> levels), dtype=work)
+    psi, ra, rb = (_scratch(rows, dim // 2, work) for _ in range(3))
+    code = _scratch(rows, dim // 2, np.int32)
+    kernels.polar_encode_kernel(y2, padded, counts, bits, offsets, codes, radii, psi, ra, rb, code)
+    if levels == 1:  # the stream is the whole buffer: no copy needed
+        packed = [codes.reshape(*batch, codes.shape[1])]
+    else:
+        packed = [
+            np.ascontiguousarray(codes[:, offsets[level] : offsets[level + 1]]).reshape(
+                *batch, int(offsets[level + 1] - offsets[level])
+            )
+            for level in range(levels)
+        ]
+    out_dtype = y.dtype if y.dtype.kind == "f" else work
+    return packed, radii.reshape(*batch, dim >> levels).astype(out_dtype, copy=False)
+
+
+def polar_values(packed, radii, centroids, bits, dim: int):
+    """Inverse polar transform of the decoded angles and the radii -> ``(rows, dim)``."""
+    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    out_dtype = np.result_type(*dtypes)
+    work = _work_dtype(out_dtype)
+    cos_t, sin_t = _tables(centroids, bits, work)
+    r2 = _rows(radii, radii.shape[-1], work)
+    out = np.empty((r2.shape[0], dim), dtype=work)
+    kernels.polar_values_kernel(codes, r2, cos_t, sin_t, bits, offsets, out)
+    return out.reshape(*batch, dim).astype(out_dtype, copy=False)
+
+
+def polar_score(q, packed, radii, centroids, bits, dim: int):
+    """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
+    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    q = _queries(q, dim)
+    out_dtype = np.result_type(q.dtype, *dtypes)
+    work = _work_dtype(out_dtype)
+    shape = _score_shape(q, len(batch) + 1, codes.shape[0])
+    cos_t, sin_t = _tables(centroids, bits, work)
+    q2 = _rows(q, dim, work)
+    r2 = _rows(radii, radii.shape[-1], work)
+    out = np.empty((q2.shape[0], r2.shape[0]), dtype=work)
+    ncodes = 1 << int(bits[0])
+    block = max(1, TABLE_BYTES // max(dim // 2 * ncodes * q2.itemsize, 1))
+    for start in range(0, q2.shape[0], block):  # level 1 folded into a block of queries
+        qb = q2[start : start + block]
+        tables = np.empty((qb.shape[0], dim // 2 * ncodes), dtype=work)
+        kernels.level1_tables(qb, cos_t[0, :ncodes], sin_t[0, :ncodes], tables)
+        kernels.polar_score_kernel(
+            tables, codes, r2, cos_t, sin_t, bits, offsets, out[start : start + block]
+        )
+    return out.reshape(shape).astype(out_dtype, copy=False)

@@ -1,0 +1,591 @@
+r"""The Numba kernels behind :mod:`polarquant.backends.numba_backend`.
+
+Each kernel computes, for every row of a C-contiguous batch, what the NumPy
+reference (:mod:`polarquant.backends.numpy_backend`) computes with whole-array
+operations, in one pass over the row and without batch-sized temporaries:
+
+================================  =========================  ==========  =================================
+kernel                            reference operation        fastmath    checked by (tests/test_backends)
+================================  =========================  ==========  =================================
+``scalar_encode_kernel``          ``scalar_encode``          none        ``test_op_bytes_identical``,
+                                                                         ``test_op_decisions_on_boundaries``
+``scalar_values_kernel``          ``scalar_values``,         none        ``test_op_values_and_scores``
+                                  ``sign_values``
+``byte_tables`` +                 ``scalar_score`` (1, 2,    score set   ``test_op_values_and_scores``
+``scalar_score_kernel``           4, 8 bits),
+                                  ``sign_score``
+``code_tables`` +                 ``scalar_score`` (3, 5,    score set   ``test_op_values_and_scores``
+``scalar_score_gather_kernel``    6, 7 bits)
+``sign_encode_kernel``            ``sign_encode``            none        ``test_op_bytes_identical``
+``polar_encode_kernel``           ``polar_encode``           none        ``test_op_bytes_identical``,
+                                                                         ``test_codes_rarely_differ``
+``polar_values_kernel``           ``polar_values``           none        ``test_op_values_and_scores``
+``level1_tables`` +               ``polar_score``            score set   ``test_op_values_and_scores``
+``polar_score_kernel``
+================================  =========================  ==========  =================================
+
+Every kernel is also run by ``test_quantizer_codes_identical`` (through the
+five quantizers), ``test_tiny_ops`` (also as plain Python, with
+``NUMBA_DISABLE_JIT=1``) and ``test_cross_backend_decode_and_score``.  "score
+set" is ``SCORE_FASTMATH`` below.
+
+A sign bit is a 1-bit code whose codebook is ``(-1, +1)``: the entry points run
+``sign_values`` and ``sign_score`` on the scalar kernels with that codebook.
+``sign_encode`` has its own kernel because its decision ``p >= 0`` differs from
+the codebook rule on NaN (the rule below sends NaN to the top cell, ``>= 0`` to
+bit 0, as the reference does).
+
+Conventions shared by every kernel
+----------------------------------
+* **Packed layout** (:mod:`polarquant.packing`): the ``b``-bit codes of a row are
+  one bit stream, most significant bit first, padded with zero bits to a whole
+  byte.  :func:`_pack` keeps a bit accumulator and emits a byte whenever eight
+  bits are pending; :func:`_unpack` reads whole bytes for ``b`` in 1, 2, 4, 8
+  and the 16-bit window holding each code otherwise (3, 5, 6, 7 bits, where a
+  code may straddle two bytes).
+* **Cell index** (:func:`_search`): the number of boundaries ``<= x``, i.e.
+  ``searchsorted(boundaries, x, side="right")``: ties go to the upper cell, NaN
+  counts as larger than every boundary (as in NumPy).  The boundaries of a
+  ``b``-bit level are padded with ``+inf`` to ``2**b - 1`` so that the search is
+  ``b`` halving steps without branches, run over all the coordinates of a row at
+  once (it vectorises); the result is capped at the true number of boundaries,
+  which only matters for ``+inf``/NaN.
+* **One pass per row**: a row's codes and angles live in a small scratch row
+  (a few hundred bytes, in L1) between the search and the packing; nothing of
+  the size of the batch is allocated besides the outputs.
+* **Parallelism**: ``prange`` over ``nchunks`` contiguous chunks of rows (or over
+  rows, for the kernels that need no scratch); a chunk writes only its own
+  output rows and its own scratch, so there are no races.  The decode and score
+  kernels allocate their scratch once per chunk.  The encode kernels get theirs
+  from the entry point, as ``(nchunks, size)`` arrays indexed ``[ch, j]``: with a
+  buffer allocated inside the parallel loop (or a row view ``y[row]``) LLVM does
+  not vectorise the search over a row, which then runs 3 to 7 times slower
+  (measured).  Loop indices are Numba's 64-bit integers; codes in scratch are
+  ``int32``.
+* **fastmath**: a code is decided by comparisons, and in PolarQuant by the
+  ``atan2``/``hypot`` that feed them.  The encode kernels use no fastmath flag at
+  all, so they compare exactly the values they compute.  ``polar_values_kernel``
+  and ``scalar_values_kernel`` use none either: their outputs equal the
+  reference's bit for bit (TurboQuantProd and PolarQuantQJL sketch the residual
+  ``x - decode(x)``, so identical decodes keep the residual's sign bits
+  identical).  Only the score kernels and their table builders, whose float
+  output is compared with a tolerance, enable ``SCORE_FASTMATH`` (no
+  ``nnan``/``ninf``: NaN and Inf in a query still propagate).
+* **Dtypes**: kernels are generic; the entry points pass float32 or float64
+  arrays (one compilation per dtype) and sums run in the data's dtype, as in
+  the reference's matrix products.
+
+Departures from a literal transcription of the reference
+--------------------------------------------------------
+* Scores never decode a row to memory.  For 1, 2, 4 and 8 bits a per-query
+  table ``T[j, v]`` (byte position ``j``, byte value ``v``) holds the sum over
+  the codes packed in byte ``j`` of the query coordinate times the centroid;
+  a row's score is the sum of its ``nbytes`` table entries (QJL Sec. 3,
+  algorithms.md Sec. 2: "a 256-entry lookup table built once per query").
+  Other widths use ``T[j, k] = q_j c_k`` and one lookup per code.
+* PolarQuant scores fold the level-1 rotation into the query: with
+  ``T1[j, k] = q_{2j} cos c_k + q_{2j+1} sin c_k`` the score of a row is
+  ``sum_j r_j T1[j, k_j]`` over its level-1 radii ``r_j``, which are rebuilt
+  from the radii and the codes of levels ``L..2`` (the tree minus its last
+  level); the ``dim`` coordinates themselves are never formed.
+* For float32 data the polar transform uses a polynomial ``atan2`` (the SLEEF
+  ``atan2f`` reduction and minimax polynomial, at most ~3 ulp from the exact
+  angle, as NumPy's own SIMD ``arctan2`` is) and ``hypot`` as
+  ``sqrt(a**2 + b**2)`` in float64 rounded to float32 (exactly glibc's
+  ``hypotf``, so the radii are the reference's).  Both vectorise; the libm
+  ``atan2f`` call does not and would make encoding several times slower.  An
+  angle within a few ulp of a boundary may therefore get the neighbouring code
+  (as it may between two NumPy builds).  Float64 data uses libm ``atan2`` and
+  ``hypot``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+__all__ = [
+    "CHUNKS",
+    "SCORE_FASTMATH",
+    "scalar_encode_kernel",
+    "scalar_values_kernel",
+    "byte_tables",
+    "scalar_score_kernel",
+    "code_tables",
+    "scalar_score_gather_kernel",
+    "sign_encode_kernel",
+    "polar_encode_kernel",
+    "polar_values_kernel",
+    "level1_tables",
+    "polar_score_kernel",
+]
+
+#: Parallel chunks of rows per kernel call (at most; never more than the rows): each
+#: is a contiguous run of rows with its own scratch, and ``prange`` shares the chunks
+#: out between the threads.
+CHUNKS = 64
+
+#: Fast-math flags of the score kernels: reassociate sums (so that they vectorise
+#: and keep several partial sums), contract ``a * b + c`` to FMA, reciprocal and
+#: approximate-function freedoms, no signed zeros.  Never ``nnan``/``ninf``.
+SCORE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def _kernel(**options):
+    """``njit(cache=True, **options)``, without cache where no cache directory is writable.
+
+    Numba keeps compiled kernels next to this file (``__pycache__``) or, on a
+    read-only install, in the user's cache directory; if neither can be used it
+    refuses ``cache=True`` with a ``RuntimeError`` at decoration time.  We then
+    compile in memory (each process pays the compile time) and say so.
+    """
+
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as exc:  # pragma: no cover - depends on the file system
+            warnings.warn(
+                f"numba cannot cache {fn.__name__} ({exc}); compiling it in every process",
+                stacklevel=2,
+            )
+            return njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+# -- helpers, inlined into the kernels --------------------------------------------------------
+@_kernel(inline="always")
+def _chunk(rows, nchunks, ch):
+    """Rows ``[start, stop)`` of chunk ``ch`` when ``rows`` are split into ``nchunks`` runs."""
+    per = (rows + nchunks - 1) // nchunks
+    return ch * per, min(rows, (ch + 1) * per)
+
+
+@_kernel(inline="always")
+def _search(x, row, count, boundaries, level, bits, code, ch):
+    """``code[ch, j]`` = number of ``boundaries[level]`` that are ``<= x[row, j]``, ``j < count``.
+
+    ``boundaries[level]`` holds the level's sorted thresholds padded with ``+inf``
+    to at least ``2**bits - 1`` entries.  ``bits`` halving steps, all coordinates
+    at once: after the step of size ``s`` each code is right to within ``s``.
+    ``not (x < b)`` rather than ``b <= x``: the same on numbers, and NaN goes past
+    every boundary, as in ``np.searchsorted``.  Written as one expression so that
+    LLVM selects instead of branching.
+    """
+    for j in range(count):
+        code[ch, j] = 0
+    step = 1 << (bits - 1)
+    while step > 0:
+        for j in range(count):
+            c = code[ch, j]
+            code[ch, j] = c + (step if not (x[row, j] < boundaries[level, c + step - 1]) else 0)
+        step >>= 1
+
+
+@_kernel(inline="always")
+def _pack(code, ch, count, cap, bits, out, row, start):
+    """Write ``min(code[ch, j], cap)``, ``j < count``, as a ``bits``-wide stream at ``out[row, start:]``."""
+    pos = start
+    acc = 0  # pending bits, the oldest the most significant
+    nacc = 0  # how many are pending
+    for j in range(count):
+        acc = (acc << bits) | min(code[ch, j], cap)
+        nacc += bits
+        if nacc >= 8:
+            nacc -= 8
+            out[row, pos] = (acc >> nacc) & 0xFF
+            pos += 1
+            acc &= (1 << nacc) - 1
+    if nacc > 0:  # the last byte, padded with zero bits
+        out[row, pos] = (acc << (8 - nacc)) & 0xFF
+
+
+@_kernel(inline="always")
+def _unpack(packed, row, start, stop, count, bits, code):
+    """``code[j]``, ``j < count``, from the ``bits``-wide stream in ``packed[row, start:stop]``.
+
+    For 1, 2 and 4 bits whole bytes are unpacked, padding included, so ``code``
+    needs ``count + 7`` entries.
+    """
+    if bits == 8:
+        for j in range(count):
+            code[j] = packed[row, start + j]
+    elif bits == 4:
+        for k in range(stop - start):
+            byte = np.int32(packed[row, start + k])
+            code[2 * k] = byte >> 4
+            code[2 * k + 1] = byte & 15
+    elif bits == 2:
+        for k in range(stop - start):
+            byte = np.int32(packed[row, start + k])
+            code[4 * k] = byte >> 6
+            code[4 * k + 1] = (byte >> 4) & 3
+            code[4 * k + 2] = (byte >> 2) & 3
+            code[4 * k + 3] = byte & 3
+    elif bits == 1:
+        for k in range(stop - start):
+            byte = np.int32(packed[row, start + k])
+            for t in range(8):
+                code[8 * k + t] = (byte >> (7 - t)) & 1
+    else:  # 3, 5, 6, 7 bits: the 16-bit window of the code's first byte and the next one
+        mask = (1 << bits) - 1
+        for j in range(count):
+            bitpos = j * bits
+            k = start + (bitpos >> 3)
+            # past the end the code lies in byte k alone: reading byte k again is harmless
+            window = (np.int32(packed[row, k]) << 8) | np.int32(packed[row, min(k + 1, stop - 1)])
+            code[j] = (window >> (16 - (bitpos & 7) - bits)) & mask
+
+
+def _atan2f(y, x):
+    """``atan2(y, x)`` in float32 without branches (SLEEF ``atan2f``: reduction to ``[0, 1]``,
+    odd minimax polynomial of degree 17, quadrant fix-up); at most ~3 ulp from the exact angle."""
+    ax = abs(x)
+    ay = abs(y)
+    lo = min(ax, ay)
+    hi = max(ax, ay)
+    z = lo / hi if hi != 0 else np.float32(0.0)  # NaN stays NaN (and codes to the top cell)
+    s = z * z
+    u = np.float32(0.00282363896258175373077393)
+    u = u * s + np.float32(-0.0159569028764963150024414)
+    u = u * s + np.float32(0.0425049886107444763183594)
+    u = u * s + np.float32(-0.0748900920152664184570312)
+    u = u * s + np.float32(0.106347933411598205566406)
+    u = u * s + np.float32(-0.142027363181114196777344)
+    u = u * s + np.float32(0.199926957488059997558594)
+    u = u * s + np.float32(-0.333331018686294555664062)
+    t = u * s * z + z  # atan(z), z in [0, 1]
+    t = np.float32(1.57079637050628662109375) - t if ay > ax else t  # atan(1/z) = pi/2 - atan(z)
+    t = np.float32(3.1415927410125732421875) - t if x < 0 else t
+    return -t if y < 0 else t
+
+
+def _hypotf(a, b):
+    """``hypot`` of two float32 as glibc's ``hypotf`` computes it: in float64, then rounded."""
+    a64 = np.float64(a)
+    b64 = np.float64(b)
+    return np.float32(math.sqrt(a64 * a64 + b64 * b64))
+
+
+def _polar_pair(a, b):
+    """``(atan2(b, a), hypot(a, b))``: the angle and radius of one pair.
+
+    float32 uses :func:`_atan2f` and :func:`_hypotf` (they vectorise; module
+    docstring), float64 the C library.  The choice is made on the argument type
+    when Numba compiles (the ``overload`` below), so the loops have no branch;
+    run as Python (``NUMBA_DISABLE_JIT=1``) it is made here, on the value's type.
+    """
+    if isinstance(a, np.float32):
+        return _atan2f(b, a), _hypotf(a, b)
+    return math.atan2(b, a), math.hypot(a, b)
+
+
+# compiled copies for the typed overload; LLVM inlines them (Numba-level inlining of
+# these conditional expressions trips a Numba SSA check, so it is not requested)
+_atan2f_jit = _kernel()(_atan2f)
+_hypotf_jit = _kernel()(_hypotf)
+
+
+if not numba.config.DISABLE_JIT:
+
+    @overload(_polar_pair)
+    def _polar_pair_typed(a, b):
+        if a == types.float32 and b == types.float32:
+            return lambda a, b: (_atan2f_jit(b, a), _hypotf_jit(a, b))
+        return lambda a, b: (math.atan2(b, a), math.hypot(a, b))
+
+
+# -- scalar codebooks (TurboQuant) --------------------------------------------------------------
+@_kernel(parallel=True)
+def scalar_encode_kernel(y, boundaries, count, bits, out, code):
+    """Codes of ``y (rows, n)`` against ``boundaries[0]`` (``count`` thresholds padded with
+    ``+inf``), packed into ``out (rows, nbytes)``.  Search then packing, row by row, the
+    codes in the scratch argument ``code (nchunks, n)``; no fastmath."""
+    rows, n = y.shape
+    nchunks = min(rows, code.shape[0])
+    for ch in prange(nchunks):
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _search(y, row, n, boundaries, 0, bits, code, ch)
+            _pack(code, ch, n, count, bits, out, row, 0)
+
+
+@_kernel(parallel=True)
+def scalar_values_kernel(packed, centroids, bits, out):
+    """``out[row, j] = centroids[code_j]``: a gather, so exactly the reference's values."""
+    rows, n = out.shape
+    nbytes = packed.shape[1]
+    nchunks = min(rows, CHUNKS)
+    for ch in prange(nchunks):
+        code = np.empty(8 * nbytes, dtype=np.int32)
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _unpack(packed, row, 0, nbytes, n, bits, code)
+            for j in range(n):
+                out[row, j] = centroids[code[j]]
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def byte_tables(q, centroids, bits, tables):
+    """Per-query byte tables for ``bits`` in 1, 2, 4, 8: ``tables (nq, nbytes * 256)``.
+
+    ``tables[i, 256 j + v] = sum_t q[i, per j + t] * centroids[sub-code t of v]``
+    with ``per = 8 // bits`` codes per byte (sub-code ``t`` sits ``8 - bits (t+1)``
+    bits up); codes past ``n = q.shape[1]`` (the padding of the last byte)
+    contribute nothing.
+    """
+    nq, n = q.shape
+    nbytes = tables.shape[1] // 256
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    for task in prange(nq * nbytes):
+        i = task // nbytes
+        j = task % nbytes
+        for v in range(256):
+            s = tables.dtype.type(0)
+            for t in range(per):
+                c = j * per + t
+                if c < n:
+                    s += q[i, c] * centroids[(v >> (8 - bits * (t + 1))) & mask]
+            tables[i, 256 * j + v] = s
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def scalar_score_kernel(tables, packed, out):
+    """``out[i, row] = sum_j tables[i, 256 j + packed[row, j]]``: the score from packed bytes.
+
+    Each byte of the compressed batch is read from memory once; the row stays
+    in L1 across the queries.
+    """
+    nq = tables.shape[0]
+    rows, nbytes = packed.shape
+    for row in prange(rows):
+        p = packed[row]
+        for i in range(nq):
+            t = tables[i]
+            s = tables.dtype.type(0)
+            for j in range(nbytes):
+                s += t[256 * j + int(p[j])]  # int(): uint8 + 256 j overflows in Python mode
+            out[i, row] = s
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def code_tables(q, centroids, tables):
+    """Per-query code tables for any width: ``tables[i, K j + k] = q[i, j] * centroids[k]``."""
+    nq, n = q.shape
+    ncodes = centroids.shape[0]
+    for task in prange(nq * n):
+        i = task // n
+        j = task % n
+        for k in range(ncodes):
+            tables[i, ncodes * j + k] = q[i, j] * centroids[k]
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def scalar_score_gather_kernel(tables, packed, bits, out):
+    """``out[i, row] = sum_j tables[i, K j + code_j]`` (``K = 2**bits``): one lookup per code.
+
+    For the widths whose codes straddle bytes (3, 5, 6, 7 bits); a row's codes
+    are unpacked into scratch once and shared by the queries.
+    """
+    nq = tables.shape[0]
+    rows, nbytes = packed.shape
+    ncodes = 1 << bits
+    n = tables.shape[1] // ncodes
+    nchunks = min(rows, CHUNKS)
+    for ch in prange(nchunks):
+        code = np.empty(max(n, 1), dtype=np.int32)
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _unpack(packed, row, 0, nbytes, n, bits, code)
+            for i in range(nq):
+                s = tables.dtype.type(0)
+                for j in range(n):
+                    s += tables[i, ncodes * j + code[j]]
+                out[i, row] = s
+
+
+# -- sign bits (QJL) -----------------------------------------------------------------------------
+@_kernel(parallel=True)
+def sign_encode_kernel(p, out):
+    """Packed sign bits of ``p (rows, m)``: bit 1 for ``p >= 0`` (0 and -0 give 1, NaN 0).
+
+    Eight comparisons per output byte; no fastmath (the comparison is the code).
+    """
+    rows, m = p.shape
+    full = m // 8
+    for row in prange(rows):
+        for k in range(full):
+            byte = 0
+            for t in range(8):
+                byte = (byte << 1) | (1 if p[row, 8 * k + t] >= 0 else 0)
+            out[row, k] = byte
+        if m % 8:
+            byte = 0
+            for t in range(8):
+                c = 8 * full + t
+                byte = (byte << 1) | (1 if c < m and p[row, c] >= 0 else 0)
+            out[row, full] = byte
+
+
+# -- the recursive polar transform (PolarQuant) -----------------------------------------------
+@_kernel(parallel=True)
+def polar_encode_kernel(y, boundaries, counts, bits, offsets, codes, radii, psi, ra, rb, code):
+    """Polar transform, angle codes and radii of ``y (rows, dim)``, row by row.
+
+    Level 1 pairs ``(y[2j], y[2j+1])``: ``psi = atan2(y[2j+1], y[2j])`` mapped to
+    ``[0, 2 pi)`` exactly as :func:`polarquant.polar.polar_transform` does (add
+    ``2 pi``, in the data's dtype, to negative angles, then send a sum that
+    rounded up to ``2 pi`` to 0) and radius ``hypot(y[2j], y[2j+1])``; level
+    ``l >= 2`` pairs the radii of level ``l - 1`` (angles in ``[0, pi/2]``), which
+    alternate between the scratch rows ``ra[ch]`` and ``rb[ch]``.  Each level's
+    angles (scratch ``psi[ch]``) are coded against ``boundaries[l-1]``
+    (``counts[l-1]`` thresholds padded with ``+inf``) and packed at
+    ``codes[row, offsets[l-1]:]``, ``bits[l-1]`` wide; the last level's radii go
+    to ``radii[row]``.  The scratch ``psi``, ``ra``, ``rb`` and ``code`` are
+    ``(nchunks, dim // 2)`` arguments, not local buffers: only then do the loops
+    vectorise (measured: 3x slower with local buffers).  No fastmath.
+    """
+    rows, dim = y.shape
+    levels = bits.shape[0]
+    half = dim // 2
+    two_pi = y.dtype.type(2.0 * math.pi)
+    zero = y.dtype.type(0.0)
+    nchunks = min(rows, psi.shape[0])
+    for ch in prange(nchunks):
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            for j in range(half):
+                t, r = _polar_pair(y[row, 2 * j], y[row, 2 * j + 1])
+                ra[ch, j] = r
+                t = t + two_pi if t < zero else t
+                psi[ch, j] = zero if t >= two_pi else t  # a tiny negative angle + 2 pi rounded up
+            _search(psi, ch, half, boundaries, 0, bits[0], code, ch)
+            _pack(code, ch, half, counts[0], bits[0], codes, row, offsets[0])
+            count = half
+            for level in range(1, levels):
+                count //= 2
+                if level % 2 == 1:  # paper levels 2, 4, ...: radii from ra to rb
+                    _pair_level(ra, rb, psi, ch, count)
+                else:
+                    _pair_level(rb, ra, psi, ch, count)
+                _search(psi, ch, count, boundaries, level, bits[level], code, ch)
+                _pack(code, ch, count, counts[level], bits[level], codes, row, offsets[level])
+            for j in range(count):
+                radii[row, j] = ra[ch, j] if levels % 2 == 1 else rb[ch, j]
+
+
+@_kernel(inline="always")
+def _pair_level(src, dst, psi, ch, count):
+    """One level ``l >= 2`` of the transform: ``psi_j, dst_j = atan2, hypot(src_2j, src_2j+1)``.
+
+    The radii are ``>= 0``, so the angles lie in ``[0, pi/2]``.
+    """
+    for j in range(count):
+        t, r = _polar_pair(src[ch, 2 * j], src[ch, 2 * j + 1])
+        psi[ch, j] = t
+        dst[ch, j] = r
+
+
+@_kernel(inline="always")
+def _expand(src, dst, code, count, cos_t, sin_t, level):
+    """One level of the inverse transform: ``r_j -> (r_j cos c[k_j], r_j sin c[k_j])``."""
+    for j in range(count):
+        r = src[j]
+        k = code[j]
+        dst[2 * j] = r * cos_t[level, k]
+        dst[2 * j + 1] = r * sin_t[level, k]
+
+
+@_kernel(inline="always")
+def _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, down_to, ra, rb, code):
+    """Inverse polar transform of one row from level ``L`` down to level ``down_to``, into ``ra``.
+
+    ``down_to = 1`` gives the coordinates; ``down_to = 2`` the radii of level 1.
+    The buffers alternate; the start is chosen so that the last level lands in ``ra``.
+    """
+    levels = bits.shape[0]
+    count = radii.shape[1]
+    first = (levels - down_to + 1) % 2  # an odd number of levels: start in rb
+    for j in range(count):
+        if first == 1:
+            rb[j] = radii[row, j]
+        else:
+            ra[j] = radii[row, j]
+    for level in range(levels - 1, down_to - 2, -1):
+        _unpack(codes, row, offsets[level], offsets[level + 1], count, bits[level], code)
+        if (levels - 1 - level + first) % 2 == 1:
+            _expand(rb, ra, code, count, cos_t, sin_t, level)
+        else:
+            _expand(ra, rb, code, count, cos_t, sin_t, level)
+        count *= 2
+
+
+@_kernel(parallel=True)
+def polar_values_kernel(codes, radii, cos_t, sin_t, bits, offsets, out):
+    """The reconstruction ``out (rows, dim)`` from the angle codes and the radii.
+
+    ``codes (rows, offsets[-1])`` holds the levels' streams one after the other
+    (level ``l`` at ``offsets[l-1]:offsets[l]``); ``cos_t``/``sin_t (L, 2**max_bits)``
+    are the cosines and sines of each level's centroids (computed by NumPy in the
+    centroids' dtype, as the reference does).  Products only and no fastmath: the
+    values equal the reference's bit for bit.
+    """
+    rows, dim = out.shape
+    nchunks = min(rows, CHUNKS)
+    for ch in prange(nchunks):
+        ra = np.empty(dim, dtype=out.dtype)
+        rb = np.empty(dim, dtype=out.dtype)
+        code = np.empty(dim // 2 + 8, dtype=np.int32)
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 1, ra, rb, code)
+            for j in range(dim):
+                out[row, j] = ra[j]
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def level1_tables(q, cos1, sin1, tables):
+    """``tables[i, K j + k] = q[i, 2j] cos c_k + q[i, 2j+1] sin c_k``: level 1 folded into the query."""
+    nq, dim = q.shape
+    ncodes = cos1.shape[0]
+    half = dim // 2
+    for task in prange(nq * half):
+        i = task // half
+        j = task % half
+        for k in range(ncodes):
+            tables[i, ncodes * j + k] = q[i, 2 * j] * cos1[k] + q[i, 2 * j + 1] * sin1[k]
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def polar_score_kernel(tables, codes, radii, cos_t, sin_t, bits, offsets, out):
+    """``out[i, row] = sum_j r_j tables[i, K j + k_j]``: the score from the codes.
+
+    ``r_j`` are the row's level-1 radii, rebuilt (levels ``L..2``) in scratch and
+    shared by the queries, ``k_j`` its level-1 codes and ``tables`` the queries
+    with level 1 folded in (:func:`level1_tables`, ``K = 2**bits[0]``).
+    """
+    nq = tables.shape[0]
+    rows = codes.shape[0]
+    levels = bits.shape[0]
+    half = radii.shape[1] << (levels - 1)
+    ncodes = tables.shape[1] // max(half, 1)
+    nchunks = min(rows, CHUNKS)
+    for ch in prange(nchunks):
+        ra = np.empty(max(half, 1), dtype=out.dtype)
+        rb = np.empty(max(half, 1), dtype=out.dtype)
+        code = np.empty(half + 8, dtype=np.int32)
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 2, ra, rb, code)
+            _unpack(codes, row, offsets[0], offsets[1], half, bits[0], code)
+            for i in range(nq):
+                s = out.dtype.type(0)
+                for j in range(half):
+                    s += ra[j] * tables[i, ncodes * j + code[j]]
+                out[i, row] = s

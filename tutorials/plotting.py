@@ -1,0 +1,214 @@
+"""Plotting helpers for the polarquant tutorials (matplotlib only; never imported by the library).
+
+Every helper draws on an ``Axes`` it is given (or creates one figure) and
+returns it, so a notebook cell reads as: compute with :mod:`polarquant`, then
+plot theory next to samples.  Nothing here computes a quantizer, a codebook or
+a density: those always come from the library.
+
+:func:`show` ends a figure.  In JupyterLab it displays it; under a
+non-interactive backend (``MPLBACKEND=Agg``, as in the test suite) it closes it
+quietly, after saving it as a PNG when ``POLARQUANT_TUTORIAL_FIGDIR`` names a
+folder (the tests use that to make sure every figure really renders, LaTeX
+labels included).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = [
+    "style",
+    "show",
+    "hist_vs_density",
+    "codebook_on_density",
+    "loglog_with_slope",
+    "distortion_vs_bits",
+    "scatter_estimates",
+    "tradeoff",
+]
+
+_counter = itertools.count(1)
+
+#: One colour per method, used by every notebook so that plots can be compared.
+COLORS = {
+    "theory": "black",
+    "TurboQuantMSE": "tab:blue",
+    "TurboQuantMSE debiased": "tab:cyan",
+    "TurboQuantProd": "tab:orange",
+    "PolarQuant": "tab:green",
+    "PolarQuantQJL": "tab:olive",
+    "QJL": "tab:red",
+    "min-max": "tab:gray",
+    "min-max g=32": "tab:pink",
+    "rotated min-max": "tab:brown",
+    "uniform": "tab:gray",
+    "quantile": "tab:purple",
+    "lloyd-max": "tab:blue",
+}
+
+
+def style() -> None:
+    """A compact, readable default style for the notebooks."""
+    plt.rcParams.update(
+        {
+            "figure.figsize": (7.0, 3.6),
+            "figure.dpi": 100,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.fontsize": 8,
+            "legend.frameon": False,
+            "axes.titlesize": 10,
+            "axes.labelsize": 9,
+        }
+    )
+
+
+def _interactive() -> bool:
+    backend = matplotlib.get_backend().lower()
+    return backend not in {"agg", "pdf", "ps", "svg", "cairo", "template"}
+
+
+def show(fig=None) -> None:
+    """Display the figure (JupyterLab) or, under a non-interactive backend, save/close it."""
+    fig = plt.gcf() if fig is None else fig
+    fig.tight_layout()
+    target = os.environ.get("POLARQUANT_TUTORIAL_FIGDIR")
+    if target:
+        path = Path(target)
+        path.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path / f"figure_{os.getpid()}_{next(_counter):03d}.png", dpi=60)
+    if _interactive():
+        plt.show()
+    else:
+        plt.close(fig)
+
+
+def hist_vs_density(ax, samples, grid, densities: dict, *, bins=60, label="samples", title=None):
+    """Histogram of ``samples`` (as a density) with theoretical curves ``{label: values on grid}``."""
+    samples = np.asarray(samples).ravel()
+    lo, hi = float(np.min(grid)), float(np.max(grid))
+    ax.hist(samples, bins=bins, range=(lo, hi), density=True, alpha=0.45, label=label)
+    styles = itertools.cycle(["-", "--", ":", "-."])
+    for (name, values), ls in zip(densities.items(), styles, strict=False):
+        ax.plot(grid, values, ls, lw=1.6, label=name)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def codebook_on_density(ax, grid, density, codebook, *, label="density", color="tab:blue"):
+    """A density with the cells (dotted boundaries) and centroids (ticks) of a codebook."""
+    ax.plot(grid, density, color=color, lw=1.5, label=label)
+    top = float(np.max(density))
+    for t in codebook.boundaries:
+        ax.axvline(t, color="gray", ls=":", lw=1)
+    ax.plot(
+        codebook.centroids,
+        np.zeros_like(codebook.centroids) + 0.03 * top,
+        "v",
+        color="tab:red",
+        ms=7,
+        label=f"centroids ({codebook.bits} bits)",
+    )
+    ax.set_ylim(bottom=0, top=1.3 * top)
+    ax.legend(loc="upper right")
+    return ax
+
+
+def loglog_with_slope(
+    ax, x, measured, theory, *, label="measured", theory_label="theory", err=None
+):
+    """Measured points (with optional error bars) against a theoretical curve, log-log."""
+    ax.loglog(x, theory, "-", color=COLORS["theory"], lw=1.2, label=theory_label)
+    if err is None:
+        ax.loglog(x, measured, "o", label=label)
+    else:
+        ax.errorbar(x, measured, yerr=err, fmt="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.legend()
+    return ax
+
+
+def distortion_vs_bits(
+    ax,
+    bits,
+    measured: dict,
+    *,
+    lower=None,
+    upper=None,
+    reference=None,
+    ylabel="distortion",
+    lower_label="lower bound",
+    upper_label="upper bound",
+):
+    """The paper-style figure: measured distortion per bit width against the bounds (log y).
+
+    ``measured``: ``{label: values}`` (one value per bit width); ``lower``/``upper``:
+    bound values per bit width; ``reference``: ``{label: values}`` of published numbers.
+    """
+    bits = np.asarray(bits)
+    fine = np.linspace(bits.min(), bits.max(), 200)
+    if lower is not None:
+        ax.semilogy(bits, lower, "--", color="tab:green", lw=1.2, label=lower_label)
+    if upper is not None:
+        ax.semilogy(bits, upper, "--", color="tab:red", lw=1.2, label=upper_label)
+    markers = itertools.cycle(["o", "s", "^", "D"])
+    for (name, values), mk in zip(measured.items(), markers, strict=False):
+        ax.semilogy(bits, values, mk + "-", color=COLORS.get(name), ms=6, lw=1, label=name)
+    for name, values in (reference or {}).items():
+        ax.semilogy(bits, values, "x", color="black", ms=9, mew=2, label=name)
+    ax.set_xticks(bits)
+    ax.set_xlim(fine[0] - 0.2, fine[-1] + 0.2)
+    ax.set_xlabel("bits per coordinate $b$")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return ax
+
+
+def scatter_estimates(ax, truth, estimate, *, label=None, max_points=4000, seed=0, slope=None):
+    """Estimated against true inner products, with the identity line (and a fitted slope)."""
+    truth = np.asarray(truth).ravel()
+    estimate = np.asarray(estimate).ravel()
+    if truth.size > max_points:
+        keep = np.random.default_rng(seed).choice(truth.size, max_points, replace=False)
+        truth, estimate = truth[keep], estimate[keep]
+    ax.scatter(truth, estimate, s=4, alpha=0.35, label=label)
+    lim = float(np.max(np.abs(np.concatenate([truth, estimate]))))
+    ax.plot([-lim, lim], [-lim, lim], "k-", lw=1, label="estimate = truth")
+    if slope is not None:
+        ax.plot([-lim, lim], [-slope * lim, slope * lim], "r--", lw=1, label=f"slope {slope:.3f}")
+    ax.set_xlabel(r"true $\langle q, x\rangle$")
+    ax.set_ylabel("estimate")
+    ax.legend()
+    return ax
+
+
+def tradeoff(ax, rows, *, x="bits", y="d_mse", logy=True, annotate=True):
+    """Pareto-style plot: one point per configuration, grouped (and coloured) by method.
+
+    ``rows``: dicts with keys ``method``, ``setting`` and the two plotted quantities.
+    """
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = itertools.cycle(["o", "s", "^", "D", "v", "P", "X", "*"])
+    for method, mk in zip(methods, markers, strict=False):
+        pts = sorted((r[x], r[y], r["setting"]) for r in rows if r["method"] == method)
+        xs, ys, names = zip(*pts, strict=True)
+        ax.plot(xs, ys, mk + "-", color=COLORS.get(method), label=method, ms=6, lw=1)
+        if annotate:
+            for xi, yi, name in zip(xs, ys, names, strict=True):
+                ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("bits per coordinate (measured from nbytes)")
+    ax.legend()
+    return ax
