@@ -116,13 +116,20 @@ def store_scalars(values, norm_dtype: str, what: str, option: str = "norm_dtype"
 def safe_norms(x):
     """Row norms ``||x||`` of ``(n, d)`` and the divisor (1 where the norm is 0).
 
-    Computed as ``s ||x / s||`` with ``s = max |x_i|`` so that finite inputs
-    near the top of the float range do not overflow while squaring.
+    Fast path ``sqrt(sum x_i^2)`` when every row's largest entry ``s = max |x_i|``
+    lies where squaring neither overflows (``d s^2`` below the dtype's max) nor
+    loses precision (``s^2`` above ``tiny / eps``); otherwise ``s ||x / s||``,
+    accurate for any finite input.
     """
     xp = namespace(x)
-    scale = xp.max(xp.abs(x), axis=-1)  # dim >= 2: never an empty reduction
-    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
-    norms = scale * xp.linalg.vector_norm(x / scale[:, None], axis=-1)
+    scale = xp.max(xp.abs(x), axis=-1)
+    info = xp.finfo(x.dtype)
+    low, high = math.sqrt(info.smallest_normal / info.eps), math.sqrt(info.max / (2 * x.shape[-1]))
+    if bool(xp.all((scale == 0) | ((scale >= low) & (scale <= high)))):
+        norms = xp.sqrt(xp.sum(x * x, axis=-1))
+    else:
+        scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+        norms = scale * xp.linalg.vector_norm(x / scale[:, None], axis=-1)
     safe = xp.where(norms > 0, norms, xp.ones_like(norms))
     return norms, safe
 

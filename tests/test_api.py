@@ -23,6 +23,14 @@ ALL = [
 IDS = ["turboquant-mse", "turboquant-prod", "qjl", "polarquant", "polarquant-qjl"]
 
 
+@pytest.fixture
+def reference_backend():
+    """Pin the array-API reference: only it accepts every namespace (numba wants NumPy arrays,
+    cupy wants CuPy arrays), whatever POLARQUANT_BACKEND says for the rest of the suite."""
+    with pq.use_backend("numpy"):
+        yield
+
+
 def _f32(q):
     """The same quantizer with float32 side information (for namespaces without float16)."""
     c = q.config()
@@ -31,6 +39,7 @@ def _f32(q):
 
 
 @pytest.mark.parametrize("make", ALL, ids=IDS)
+@pytest.mark.usefixtures("reference_backend")
 def test_array_api_strict_round_trip(make, rng):
     """array_api_strict in, array_api_strict out; same numbers as NumPy."""
     import array_api_strict as xs
@@ -51,6 +60,7 @@ def test_array_api_strict_round_trip(make, rng):
     np.testing.assert_allclose(np.asarray(s), q.score(y, cn), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.usefixtures("reference_backend")
 def test_array_api_strict_without_data_dependent_shapes(rng):
     """The core uses no boolean indexing or data-dependent shapes."""
     import array_api_strict as xs
@@ -68,6 +78,7 @@ def test_array_api_strict_without_data_dependent_shapes(rng):
 
 
 @pytest.mark.parametrize("make", ALL, ids=IDS)
+@pytest.mark.usefixtures("reference_backend")
 def test_torch_tensors(make):
     """torch tensors (where installed) in and out, bfloat16 included; codes equal NumPy's."""
     torch = pytest.importorskip("torch")
@@ -259,6 +270,7 @@ def test_decode_refuses_codes_from_another_quantizer():
         pq.PolarQuant(64).score(x, pq.TurboQuantMSE(64, 3).encode(x))
 
 
+@pytest.mark.usefixtures("reference_backend")
 def test_mixed_namespaces_are_refused(rng):
     import array_api_strict as xs
 
@@ -345,6 +357,7 @@ def test_backends_is_a_subpackage_not_a_top_level_module():
     assert os.path.basename(os.path.dirname(pq.backends.__file__)) == "backends"
 
 
+@pytest.mark.usefixtures("reference_backend")
 def test_non_default_device_is_kept(rng):
     """array_api_strict's second device stands in for a GPU: outputs stay on the input's device."""
     import array_api_strict as xs
@@ -360,6 +373,7 @@ def test_non_default_device_is_kept(rng):
         assert q.score(x[:2, ...], q.encode(x[0:0, ...])).device == dev
 
 
+@pytest.mark.usefixtures("reference_backend")
 def test_empty_batches_in_every_namespace():
     torch = pytest.importorskip("torch")
     for make in ALL:
