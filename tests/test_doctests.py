@@ -9,13 +9,18 @@ import pytest
 import polarquant
 
 MODULES = sorted(
-    m.name for m in pkgutil.iter_modules(polarquant.__path__, "polarquant.")
+    m.name
+    for path, prefix in [(polarquant.__path__, "polarquant."),
+                         (polarquant.backends.__path__, "polarquant.backends.")]
+    for m in pkgutil.iter_modules(path, prefix)
     if m.name not in ("polarquant.__main__",)
 )
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
+    if name.endswith("numba_backend"):
+        pytest.importorskip("numba")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     assert result.failed == 0

@@ -60,6 +60,7 @@ import numpy as np
 from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
+from .._checks import check_query_width, score_shape, work_dtype
 from . import _launch
 
 NAME = "cupy"
@@ -104,15 +105,7 @@ def _device_id(arrays) -> int:
 
 
 def _work_dtype(*dtypes) -> np.dtype:
-    """The kernel dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
-    dt = np.result_type(*dtypes)
-    if dt in _FLOATS:
-        return dt
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    if dt.kind in "biu":
-        return np.dtype(np.float64)
-    raise TypeError(f"the cupy backend computes on real floats, got dtype {dt}")
+    return work_dtype("cupy", *dtypes)
 
 
 def _rows(cp, a, n: int, dtype):
@@ -173,23 +166,8 @@ def _boundaries(cp, values, bits: int, name: str = "boundaries"):
 
 def _queries(cp, q, n: int, name: str = "q"):
     q = _device(q, name, cp)
-    if q.ndim == 0:
-        raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
-    if q.shape[-1] != n:
-        raise ValueError(
-            f"{name} has last dimension {q.shape[-1]}, but the codes hold {n} values per row "
-            f"(matmul mismatch: {q.shape} @ ({n}, rows))"
-        )
+    check_query_width(q, n, name)
     return q
-
-
-def _score_shape(q, rows_ndim: int, rows: int) -> tuple:
-    """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
-    if rows_ndim == 1:
-        return tuple(q.shape[:-1])
-    if rows_ndim != 2:
-        raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
-    return tuple(q.shape[:-1]) + (rows,)
 
 
 def _elementwise(name: str, work: int, args: tuple, shared: int, dev: int) -> None:
@@ -278,7 +256,7 @@ def scalar_score(q, packed, centroids, bits: int, n: int):
     centroids = _device(centroids, "centroids", cp)
     out_dtype = np.result_type(q.dtype, centroids.dtype)
     work = _work_dtype(out_dtype)
-    shape = _score_shape(q, packed.ndim, packed2.shape[0])
+    shape = score_shape(q, packed.ndim, packed2.shape[0])
     dev = _device_id((packed2, q, centroids))
     with cp.cuda.Device(dev):
         q2 = _rows(cp, q, n, work)
@@ -367,7 +345,7 @@ def sign_score(s, packed, m: int):
     packed2 = _packed(cp, packed, 1, m)
     s = _queries(cp, s, m, "s")
     work = _work_dtype(s.dtype)
-    shape = _score_shape(s, packed.ndim, packed2.shape[0])
+    shape = score_shape(s, packed.ndim, packed2.shape[0])
     dev = _device_id((packed2, s))
     with cp.cuda.Device(dev):
         s2 = _rows(cp, s, m, work)
@@ -560,7 +538,7 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     with cp.cuda.Device(dev):
         q2 = _rows(cp, q, dim, work)
         r2 = _rows(cp, radii, radii.shape[-1], work)
-        shape = _score_shape(q, len(batch) + 1, r2.shape[0])
+        shape = score_shape(q, len(batch) + 1, r2.shape[0])
         cents = [
             _codebook(cp, c, b, work, f"centroids of level {level}")
             for level, (c, b) in enumerate(zip(centroids, bits, strict=True), start=1)

@@ -58,6 +58,7 @@ import numpy as np
 from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
+from .._checks import check_query_width, score_shape, work_dtype
 from . import kernels
 
 NAME = "numba"
@@ -94,15 +95,7 @@ def _numpy(a, name: str) -> np.ndarray:
 
 
 def _work_dtype(*dtypes) -> np.dtype:
-    """The kernel dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
-    dt = np.result_type(*dtypes)
-    if dt in _FLOATS:
-        return dt
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    if dt.kind in "biu":
-        return np.dtype(np.float64)
-    raise TypeError(f"the numba backend computes on real floats, got dtype {dt}")
+    return work_dtype("numba", *dtypes)
 
 
 def _rows(a, n: int, dtype) -> np.ndarray:
@@ -155,23 +148,8 @@ def _boundaries(values, bits: int, dtype=None, name: str = "boundaries") -> np.n
 
 def _queries(q, n: int, name: str = "q") -> np.ndarray:
     q = _numpy(q, name)
-    if q.ndim == 0:
-        raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
-    if q.shape[-1] != n:
-        raise ValueError(
-            f"{name} has last dimension {q.shape[-1]}, but the codes hold {n} values per row "
-            f"(matmul mismatch: {q.shape} @ ({n}, rows))"
-        )
+    check_query_width(q, n, name)
     return q
-
-
-def _score_shape(q, rows_ndim: int, rows: int) -> tuple:
-    """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
-    if rows_ndim == 1:
-        return tuple(q.shape[:-1])
-    if rows_ndim != 2:
-        raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
-    return tuple(q.shape[:-1]) + (rows,)
 
 
 def _scratch(rows: int, size: int, dtype) -> np.ndarray:
@@ -249,7 +227,7 @@ def scalar_score(q, packed, centroids, bits: int, n: int):
     centroids = _numpy(centroids, "centroids")
     out_dtype = np.result_type(q.dtype, centroids.dtype)
     work = _work_dtype(out_dtype)
-    shape = _score_shape(q, packed.ndim, packed2.shape[0])
+    shape = score_shape(q, packed.ndim, packed2.shape[0])
     q2 = _rows(q, n, work)
     out = np.empty((q2.shape[0], packed2.shape[0]), dtype=work)
     _table_score(q2, packed2, _codebook(centroids, bits, work), bits, n, out)
@@ -291,7 +269,7 @@ def sign_score(s, packed, m: int):
     packed2 = _packed(packed, 1, m)
     s = _queries(s, m, "s")
     work = _work_dtype(s.dtype)
-    shape = _score_shape(s, packed.ndim, packed2.shape[0])
+    shape = score_shape(s, packed.ndim, packed2.shape[0])
     s2 = _rows(s, m, work)
     out = np.empty((s2.shape[0], packed2.shape[0]), dtype=work)
     _table_score(s2, packed2, _pm_one(work), 1, m, out)
@@ -420,7 +398,7 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     q = _queries(q, dim)
     out_dtype = np.result_type(q.dtype, *dtypes)
     work = _work_dtype(out_dtype)
-    shape = _score_shape(q, len(batch) + 1, codes.shape[0])
+    shape = score_shape(q, len(batch) + 1, codes.shape[0])
     cos_t, sin_t = _tables(centroids, bits, work)
     q2 = _rows(q, dim, work)
     r2 = _rows(radii, radii.shape[-1], work)

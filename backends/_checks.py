@@ -1,0 +1,45 @@
+"""Argument checks shared by the accelerated backends' entry points (library-independent).
+
+The numba and cupy entry points validate the same shapes and dtypes before
+launching kernels, so that the same bad input raises the same exception on
+every backend; what differs (NumPy vs CuPy arrays, devices) stays in each
+backend's module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def work_dtype(backend: str, *dtypes) -> np.dtype:
+    """The kernel dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
+    dt = np.result_type(*dtypes)
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind in "biu":
+        return np.dtype(np.float64)
+    raise TypeError(f"the {backend} backend computes on real floats, got dtype {dt}")
+
+
+def check_query_width(q, n: int, name: str = "q") -> None:
+    """``q`` must be ``(..., n)``: the number of values per row the codes hold."""
+    if q.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
+    if q.shape[-1] != n:
+        raise ValueError(
+            f"{name} has last dimension {q.shape[-1]}, but the codes hold {n} values per row "
+            f"(matmul mismatch: {q.shape} @ ({n}, rows))"
+        )
+
+
+def score_shape(q, rows_ndim: int, rows: int) -> tuple:
+    """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
+    if rows_ndim == 1:
+        return tuple(q.shape[:-1])
+    if rows_ndim != 2:
+        raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
+    return tuple(q.shape[:-1]) + (rows,)
