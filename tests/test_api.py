@@ -307,8 +307,11 @@ def test_unavailable_backends_say_why(name, monkeypatch):
     from polarquant import backends
 
     real_find_spec = backends.importlib.util.find_spec
-    monkeypatch.setattr(backends.importlib.util, "find_spec",
-                        lambda mod, *a: None if mod == name else real_find_spec(mod, *a))
+    monkeypatch.setattr(
+        backends.importlib.util,
+        "find_spec",
+        lambda mod, *a: None if mod == name else real_find_spec(mod, *a),
+    )
     why = pq.available_backends()[name]
     assert why is not None and f"the {name} package is not installed" in why
     assert "pip install 'polarquant-lab[" in why
@@ -332,8 +335,12 @@ def test_encoding_streams_in_chunks():
     import tracemalloc
 
     x = np.random.default_rng(0).standard_normal((150_000, 128)).astype(np.float32)
-    for q in (pq.TurboQuantMSE(128, 4), pq.TurboQuantProd(128, 4), pq.PolarQuant(128),
-              pq.QJL(128, 256)):
+    for q in (
+        pq.TurboQuantMSE(128, 4),
+        pq.TurboQuantProd(128, 4),
+        pq.PolarQuant(128),
+        pq.QJL(128, 256),
+    ):
         q.encode(x[:8])  # build constants and codebooks outside the measurement
         tracemalloc.start()
         q.encode(x)
@@ -389,8 +396,11 @@ def test_norms_near_the_float_range():
     values beyond the storage dtype's range are refused, never stored as inf or 0."""
     x = np.full((2, 32), 1e20, np.float32)
     x[1] *= -1
-    for q in (pq.TurboQuantMSE(32, 4, norm_dtype="float32"), pq.QJL(32, 64, norm_dtype="float32"),
-              pq.TurboQuantProd(32, 4, norm_dtype="float32")):
+    for q in (
+        pq.TurboQuantMSE(32, 4, norm_dtype="float32"),
+        pq.QJL(32, 64, norm_dtype="float32"),
+        pq.TurboQuantProd(32, 4, norm_dtype="float32"),
+    ):
         x_hat = q.decode(q.encode(x))
         assert np.isfinite(x_hat).all()
     x64 = x.astype(np.float64)
@@ -408,8 +418,13 @@ def test_indexing_compressed_vectors():
     q = pq.TurboQuantMSE(32, 3)
     x = np.random.default_rng(0).standard_normal((2, 3, 32))
     codes = q.encode(x)
-    for index, shape in [((..., 0), (2,)), ((0, ...), (3,)), (..., (2, 3)), ((slice(None), [0, 2]), (2, 2)),
-                         ((1, 2), ())]:
+    for index, shape in [
+        ((..., 0), (2,)),
+        ((0, ...), (3,)),
+        (..., (2, 3)),
+        ((slice(None), [0, 2]), (2, 2)),
+        ((1, 2), ()),
+    ]:
         sub = codes[index]
         assert sub.shape == shape
         ids = np.arange(6).reshape(2, 3)[index]  # the same selection applied to batch positions
@@ -430,7 +445,10 @@ def test_indexing_compressed_vectors():
         (lambda m, a: ({**m, "config": {**m["config"], "extra": 1}}, a), "invalid configuration"),
         (lambda m, a: ({**m, "batch_shape": [3]}, a), "batch shape"),
         (lambda m, a: (m, {**a, "norms": -a["norms"]}), "negative or non-finite"),
-        (lambda m, a: (m, {**a, "norms": np.full_like(a["norms"], np.nan)}), "negative or non-finite"),
+        (
+            lambda m, a: (m, {**a, "norms": np.full_like(a["norms"], np.nan)}),
+            "negative or non-finite",
+        ),
         (lambda m, a: (["not", "a", "dict"], a), "not a JSON object"),
     ],
 )

@@ -10,8 +10,10 @@ import polarquant
 
 MODULES = sorted(
     m.name
-    for path, prefix in [(polarquant.__path__, "polarquant."),
-                         (polarquant.backends.__path__, "polarquant.backends.")]
+    for path, prefix in [
+        (polarquant.__path__, "polarquant."),
+        (polarquant.backends.__path__, "polarquant.backends."),
+    ]
     for m in pkgutil.iter_modules(path, prefix)
     if m.name not in ("polarquant.__main__",)
 )
