@@ -25,6 +25,7 @@ import abc
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 from array_api_compat import device as array_device
 
 from ._array import as_vectors, check_finite, check_int, compute_dtype, namespace
@@ -116,22 +117,37 @@ def store_scalars(values, norm_dtype: str, what: str, option: str = "norm_dtype"
 def safe_norms(x):
     """Row norms ``||x||`` of ``(n, d)`` and the divisor (1 where the norm is 0).
 
-    Fast path ``sqrt(sum x_i^2)`` when every row's largest entry ``s = max |x_i|``
-    lies where squaring neither overflows (``d s^2`` below the dtype's max) nor
-    loses precision (``s^2`` above ``tiny / eps``); otherwise ``s ||x / s||``,
-    accurate for any finite input.
+    Fast path ``sqrt(x . x)``, taken when every squared norm is finite and at
+    least ``tiny / eps`` (no precision lost to underflow).  Otherwise (overflow,
+    tiny rows, or zero rows, since a tiny non-zero row can square to zero) the
+    careful path computes ``s ||x / s||`` with ``s = max |x_i|``, accurate for
+    any finite input.
     """
     xp = namespace(x)
-    scale = xp.max(xp.abs(x), axis=-1)
     info = xp.finfo(x.dtype)
-    low, high = math.sqrt(info.smallest_normal / info.eps), math.sqrt(info.max / (2 * x.shape[-1]))
-    if bool(xp.all((scale == 0) | ((scale >= low) & (scale <= high)))):
-        norms = xp.sqrt(xp.sum(x * x, axis=-1))
+    with _quiet_overflow(xp):
+        squares = xp.vecdot(x, x, axis=-1)
+    if bool(xp.all(xp.isfinite(squares) & (squares >= info.smallest_normal / info.eps))):
+        norms = xp.sqrt(squares)
     else:
+        scale = xp.max(xp.abs(x), axis=-1)
         scale = xp.where(scale > 0, scale, xp.ones_like(scale))
         norms = scale * xp.linalg.vector_norm(x / scale[:, None], axis=-1)
     safe = xp.where(norms > 0, norms, xp.ones_like(norms))
     return norms, safe
+
+
+def _quiet_overflow(xp):
+    """NumPy warns when a squared norm overflows; the careful path handles it, so silence it."""
+    import contextlib
+
+    from array_api_compat import is_numpy_namespace
+
+    return (
+        np.errstate(over="ignore", under="ignore")
+        if is_numpy_namespace(xp)
+        else contextlib.nullcontext()
+    )
 
 
 class Quantizer(abc.ABC):
