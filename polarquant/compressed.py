@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._array import namespace
@@ -69,7 +69,6 @@ class CompressedVectors:
     batch_shape: tuple
     dim: int
     dtype: str = "float32"
-    _extra: dict = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple:
