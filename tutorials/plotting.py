@@ -31,6 +31,7 @@ __all__ = [
     "distortion_vs_bits",
     "scatter_estimates",
     "tradeoff",
+    "grouped_bars",
 ]
 
 _counter = itertools.count(1)
@@ -211,4 +212,44 @@ def tradeoff(ax, rows, *, x="bits", y="d_mse", logy=True, annotate=True):
         ax.set_yscale("log")
     ax.set_xlabel("bits per coordinate (measured from nbytes)")
     ax.legend()
+    return ax
+
+
+def grouped_bars(
+    ax, groups, series: dict, *, logy=True, ref=None, ref_label=None, ylabel=None, fmt="{:.1f}x"
+):
+    """Grouped bar chart: one group per entry of ``groups``, one bar per ``{label: values}``.
+
+    Each bar is annotated with its value (``fmt``); ``ref`` draws a horizontal
+    reference line (e.g. 1 for "as fast as the baseline").
+    """
+    groups = list(groups)
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=float)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        for bar, v in zip(bars, values, strict=True):
+            ax.annotate(
+                fmt.format(v),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+    if ref is not None:
+        ax.axhline(ref, color=COLORS["theory"], lw=1, ls="--", label=ref_label)
+    top = max([float(np.max(v)) for v in series.values()] + [ref or 0.0])
+    if logy:
+        ax.set_yscale("log")
+        ax.set_ylim(top=top * 12)  # room for the labels and the legend above the bars
+    else:
+        ax.set_ylim(top=top * 1.4)
+    ax.set_xticks(x)
+    ax.set_xticklabels(groups, fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.legend(loc="upper center", ncol=2)
     return ax

@@ -48,7 +48,7 @@ On a machine with a CUDA device (skipped by doctest elsewhere):
 >>> from polarquant.backends import cupy_backend as cb
 >>> y, bnd = cp.array([[-1.0, 0.0, 0.5, 2.0]]), cp.array([-0.5, 0.0, 1.0])  # doctest: +SKIP
 >>> cb.scalar_encode(y, bnd, 2)  # doctest: +SKIP
-array([[27]], dtype=uint8)
+array([[43]], dtype=uint8)
 """
 
 from __future__ import annotations
