@@ -35,6 +35,7 @@ from contextvars import ContextVar
 
 __all__ = [
     "BACKENDS",
+    "OPERATIONS",
     "BackendUnavailableError",
     "available",
     "check_backend_name",
@@ -44,6 +45,20 @@ __all__ = [
 ]
 
 BACKENDS = ("numpy", "numba", "cupy")
+
+#: The operations every backend module provides, with the reference's signatures
+#: (see :mod:`polarquant.backends.numpy_backend`).
+OPERATIONS = (
+    "scalar_encode",
+    "scalar_values",
+    "scalar_score",
+    "sign_encode",
+    "sign_values",
+    "sign_score",
+    "polar_encode",
+    "polar_values",
+    "polar_score",
+)
 ENV_VAR = "POLARQUANT_BACKEND"
 
 _context: ContextVar[str | None] = ContextVar("polarquant_backend", default=None)

@@ -32,20 +32,11 @@ from polarquant.codebooks import cell_index, cell_value
 from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_signs
 from polarquant.polar import inverse_polar_transform, polar_transform
 
+from . import OPERATIONS
+
 NAME = "numpy"
 
-__all__ = [
-    "NAME",
-    "scalar_encode",
-    "scalar_values",
-    "scalar_score",
-    "sign_encode",
-    "sign_values",
-    "sign_score",
-    "polar_encode",
-    "polar_values",
-    "polar_score",
-]
+__all__ = ["NAME", *OPERATIONS]
 
 
 def scalar_encode(y, boundaries, bits: int):

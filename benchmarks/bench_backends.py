@@ -36,62 +36,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import time
 import tracemalloc
 
 import numpy as np
+from _common import best_of
+from _common import machine as common_machine
 
 import polarquant as pq
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def machine() -> dict:
     import numba
 
-    info = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
+    return {
+        **common_machine(),
         "numba": numba.__version__,
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": numba.config.THREADING_LAYER,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [
-            {k: p.get(k) for k in ("internal_api", "version", "num_threads")}
-            for p in threadpool_info()
-        ]
-    except ImportError:  # NumPy's build information instead
-        try:
-            deps = np.show_config(mode="dicts")["Build Dependencies"]
-            info["blas"] = {
-                k: deps[k].get("name") + " " + str(deps[k].get("version"))
-                for k in ("blas", "lapack")
-                if k in deps
-            }
-        except Exception:  # pragma: no cover - older NumPy
-            info["blas"] = "unknown (install threadpoolctl)"
-    return info
 
 
 def methods(d: int) -> dict:

@@ -19,45 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import time
 
 import numpy as np
+from _common import best_of, machine
 
 import polarquant as pq
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def machine() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [(p.get("internal_api"), p.get("num_threads")) for p in threadpool_info()]
-    except ImportError:
-        pass
-    return info
 
 
 def main() -> None:

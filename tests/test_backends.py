@@ -770,3 +770,18 @@ def test_backend_selection_paths(env, monkeypatch):
         for k, v in explicit.fields.items():
             np.testing.assert_array_equal(ctx.fields[k], v)
             np.testing.assert_array_equal(from_env.fields[k], v)
+
+
+def test_every_backend_module_provides_every_operation():
+    """The registry's OPERATIONS list is the contract: each backend module defines all of them."""
+    import importlib
+
+    from polarquant.backends import OPERATIONS
+
+    for name in ("numpy_backend", "numba_backend", "cupy_backend"):
+        if name == "numba_backend":
+            pytest.importorskip("numba")
+        module = importlib.import_module(f"polarquant.backends.{name}")
+        missing = [op for op in OPERATIONS if not callable(getattr(module, op, None))]
+        assert not missing, (name, missing)
+        assert set(module.__all__) == {"NAME", *OPERATIONS}

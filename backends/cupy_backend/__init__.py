@@ -60,23 +60,13 @@ import numpy as np
 from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
+from .. import OPERATIONS
 from .._checks import check_query_width, score_shape, work_dtype
 from . import _launch
 
 NAME = "cupy"
 
-__all__ = [
-    "NAME",
-    "scalar_encode",
-    "scalar_values",
-    "scalar_score",
-    "sign_encode",
-    "sign_values",
-    "sign_score",
-    "polar_encode",
-    "polar_values",
-    "polar_score",
-]
+__all__ = ["NAME", *OPERATIONS]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}

@@ -58,23 +58,13 @@ import numpy as np
 from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
+from .. import OPERATIONS
 from .._checks import check_query_width, score_shape, work_dtype
 from . import kernels
 
 NAME = "numba"
 
-__all__ = [
-    "NAME",
-    "scalar_encode",
-    "scalar_values",
-    "scalar_score",
-    "sign_encode",
-    "sign_values",
-    "sign_score",
-    "polar_encode",
-    "polar_values",
-    "polar_score",
-]
+__all__ = ["NAME", *OPERATIONS]
 
 #: Bytes of per-query score tables built at once (keeps them in the L2 cache).
 TABLE_BYTES = 1 << 20
