@@ -43,3 +43,14 @@ def score_shape(q, rows_ndim: int, rows: int) -> tuple:
     if rows_ndim != 2:
         raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
     return tuple(q.shape[:-1]) + (rows,)
+
+
+def check_polar_levels(packed, centroids, bits) -> tuple[list, list, list]:
+    """One packed code array, one codebook and one bit width per polar level, as lists."""
+    packed, centroids, bits = list(packed), list(centroids), list(bits)
+    if not len(packed) == len(centroids) == len(bits):
+        raise ValueError(
+            f"{len(packed)} levels of codes, {len(centroids)} codebooks and {len(bits)} bit "
+            "widths: one of each per level"
+        )
+    return packed, centroids, bits

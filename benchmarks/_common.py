@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -51,3 +52,12 @@ def machine() -> dict:
         except Exception:  # pragma: no cover - older NumPy
             info["blas"] = "unknown (install threadpoolctl)"
     return info
+
+
+def write_json(path: str, results: dict) -> None:
+    """Write ``results`` to ``path`` (folders created), if a path was given."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)

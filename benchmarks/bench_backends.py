@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tracemalloc
 
 import numpy as np
-from _common import best_of
+from _common import best_of, write_json
 from _common import machine as common_machine
 
 import polarquant as pq
@@ -224,23 +223,20 @@ def main() -> None:
                 f"{r['method']:<22}{r['backend']:<9}{r['peak_MB']:>9.1f}{r['peak_vs_input']:>9.2f}"
             )
 
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "n": args.n,
+            "dim": args.dim,
+            "repeat": args.repeat,
+            "exact_ms": base * 1e3,
+            "encode": enc,
+            "score": score,
+            "memory": mem,
+        },
+    )
     if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "n": args.n,
-                    "dim": args.dim,
-                    "repeat": args.repeat,
-                    "exact_ms": base * 1e3,
-                    "encode": enc,
-                    "score": score,
-                    "memory": mem,
-                },
-                f,
-                indent=2,
-            )
         print(f"\nwrote {args.json}")
 
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import numpy as np
-from _common import best_of, machine
+from _common import best_of, machine, write_json
 
 import polarquant as pq
 
@@ -88,20 +87,16 @@ def main() -> None:
             f"{r['decode_Mcoord_s']:>10.1f}{r['score1_ms']:>11.2f}{r['score1_vs_exact']:>9.1f}"
             f"{r['score32_ms']:>12.2f}{r['score32_vs_exact']:>9.1f}"
         )
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "machine": info,
-                    "n": args.n,
-                    "dim": d,
-                    "baseline_ms": {"score1": base1 * 1e3, "score32": base32 * 1e3},
-                    "rows": rows,
-                },
-                f,
-                indent=2,
-            )
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "n": args.n,
+            "dim": d,
+            "baseline_ms": {"score1": base1 * 1e3, "score32": base32 * 1e3},
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
 from .. import OPERATIONS
-from .._checks import check_query_width, score_shape, work_dtype
+from .._checks import check_polar_levels, check_query_width, score_shape, work_dtype
 from . import _launch
 
 NAME = "cupy"
@@ -189,6 +189,41 @@ def _scores(
     _launch.launch(name, grid, (_launch.THREADS,), args, shared, dev)
 
 
+def _scores_lut_or_gather(
+    kind: str,
+    lut_bits: int,
+    head: tuple,
+    rows: int,
+    nq: int,
+    nbytes: int,
+    n: int,
+    gather_shared: int,
+    out,
+    work,
+    dev: int,
+) -> None:
+    """Score with the per-query byte tables when they fit (1, 2, 4, 8 bits), else by gathering.
+
+    ``kind`` is ``"scalar"`` or ``"sign"``; ``lut_bits`` the code width seen by
+    :func:`_launch.use_lut` (1 for sign bits).
+    """
+    lim = _launch.device_limits(dev) if rows and nq and n else None
+    if lim is not None and _launch.use_lut(lut_bits, nbytes, rows, work.itemsize, lim):
+        stride = _launch.lut_stride(nbytes)
+        _scores(
+            f"{kind}_score_lut_{_SUFFIX[work]}",
+            rows,
+            nq,
+            nbytes,
+            (*head, np.int32(stride)),
+            out,
+            _launch.lut_shared_bytes(nbytes, work.itemsize),
+            dev,
+        )
+    else:
+        _scores(f"{kind}_score_gather_{_SUFFIX[work]}", rows, nq, n, head, out, gather_shared, dev)
+
+
 # -- scalar codebooks ---------------------------------------------------------------------------
 def scalar_encode(y, boundaries, bits: int):
     """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
@@ -253,31 +288,10 @@ def scalar_score(q, packed, centroids, bits: int, n: int):
         cents = _codebook(cp, centroids, bits, work)
         rows, nq, nbytes = packed2.shape[0], q2.shape[0], packed2.shape[1]
         out = (cp.zeros if n == 0 else cp.empty)((nq, rows), dtype=work)
-        lim = _launch.device_limits(dev) if rows and nq and n else None
         head = (q2, np.int64(nq), packed2, np.int64(rows), np.int32(n), np.int32(bits), cents)
-        if lim is not None and _launch.use_lut(bits, nbytes, rows, work.itemsize, lim):
-            stride = _launch.lut_stride(nbytes)
-            _scores(
-                f"scalar_score_lut_{_SUFFIX[work]}",
-                rows,
-                nq,
-                nbytes,
-                (*head, np.int32(stride)),
-                out,
-                _launch.lut_shared_bytes(nbytes, work.itemsize),
-                dev,
-            )
-        else:
-            _scores(
-                f"scalar_score_gather_{_SUFFIX[work]}",
-                rows,
-                nq,
-                n,
-                head,
-                out,
-                (1 << bits) * work.itemsize,
-                dev,
-            )
+        _scores_lut_or_gather(
+            "scalar", bits, head, rows, nq, nbytes, n, (1 << bits) * work.itemsize, out, work, dev
+        )
     return out.reshape(shape).astype(out_dtype, copy=False)
 
 
@@ -341,22 +355,8 @@ def sign_score(s, packed, m: int):
         s2 = _rows(cp, s, m, work)
         rows, nq, nbytes = packed2.shape[0], s2.shape[0], packed2.shape[1]
         out = (cp.zeros if m == 0 else cp.empty)((nq, rows), dtype=work)
-        lim = _launch.device_limits(dev) if rows and nq and m else None
         head = (s2, np.int64(nq), packed2, np.int64(rows), np.int32(m))
-        if lim is not None and _launch.use_lut(1, nbytes, rows, work.itemsize, lim):
-            stride = _launch.lut_stride(nbytes)
-            _scores(
-                f"sign_score_lut_{_SUFFIX[work]}",
-                rows,
-                nq,
-                nbytes,
-                (*head, np.int32(stride)),
-                out,
-                _launch.lut_shared_bytes(nbytes, work.itemsize),
-                dev,
-            )
-        else:
-            _scores(f"sign_score_gather_{_SUFFIX[work]}", rows, nq, m, head, out, 0, dev)
+        _scores_lut_or_gather("sign", 1, head, rows, nq, nbytes, m, 0, out, work, dev)
     return out.reshape(shape).astype(s.dtype, copy=False)
 
 
@@ -389,12 +389,7 @@ def _polar_codes(cp, packed, radii, centroids, bits, dim: int):
 
     Returns ``(parts (rows, nbytes_l) per level, radii, bits, batch, dtypes)``.
     """
-    packed, centroids, bits = list(packed), list(centroids), list(bits)
-    if not len(packed) == len(centroids) == len(bits):
-        raise ValueError(
-            f"{len(packed)} levels of codes, {len(centroids)} codebooks and {len(bits)} bit "
-            "widths: one of each per level"
-        )
+    packed, centroids, bits = check_polar_levels(packed, centroids, bits)
     levels = len(packed)
     if levels == 0:
         raise ValueError("the polar transform needs at least one level")

@@ -59,7 +59,7 @@ from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
 from .. import OPERATIONS
-from .._checks import check_query_width, score_shape, work_dtype
+from .._checks import check_polar_levels, check_query_width, score_shape, work_dtype
 from . import kernels
 
 NAME = "numba"
@@ -301,12 +301,7 @@ def _polar_codes(packed, radii, centroids, bits, dim: int):
 
     Returns ``(codes (rows, total), radii (rows, dim >> L), bits, offsets, batch, dtypes)``.
     """
-    packed, centroids, bits = list(packed), list(centroids), list(bits)
-    if not len(packed) == len(centroids) == len(bits):
-        raise ValueError(
-            f"{len(packed)} levels of codes, {len(centroids)} codebooks and {len(bits)} bit "
-            "widths: one of each per level"
-        )
+    packed, centroids, bits = check_polar_levels(packed, centroids, bits)
     levels = len(packed)
     radii = _numpy(radii, "radii")
     bits = np.array([check_bits(b) for b in bits], dtype=np.int64)
