@@ -58,6 +58,8 @@ OPERATIONS = (
     "polar_encode",
     "polar_values",
     "polar_score",
+    "scalar_weighted_sum",
+    "polar_weighted_sum",
 )
 ENV_VAR = "POLARQUANT_BACKEND"
 

@@ -7,19 +7,21 @@ is a composition of the readable core functions; the quantizers call nothing
 else on their hot paths.  Arguments are arrays of the data's namespace (all
 constants already cast to the data's dtype and device) and Python ints.
 
-=====================  ==================================================  =================================
-operation              computes                                            reference functions
-=====================  ==================================================  =================================
-``scalar_encode``      nearest-centroid codes of every coordinate, packed  ``codebooks.quantize``, ``packing.pack_codes``
-``scalar_values``      centroid values ``c[idx]`` of packed codes          ``packing.unpack_codes``, ``codebooks.dequantize``
-``scalar_score``       ``sum_j q_j c[idx_j]`` for every query and row      ``scalar_values`` then a product
-``sign_encode``        packed sign bits of ``p >= 0``                      ``packing.pack_signs``
-``sign_values``        the signs as +-1                                    ``packing.unpack_signs``
-``sign_score``         ``<s, sign>`` for every query and row               ``sign_values`` then a product
-``polar_encode``       polar transform, angle codes per level, radii       ``polar.polar_transform``, ``quantize``, ``pack_codes``
-``polar_values``       the reconstruction in the rotated domain            ``unpack_codes``, ``dequantize``, ``polar.inverse_polar_transform``
-``polar_score``        ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
-=====================  ==================================================  =================================
+=========================  ==================================================  =================================
+operation                  computes                                            reference functions
+=========================  ==================================================  =================================
+``scalar_encode``          nearest-centroid codes of every coordinate, packed  ``codebooks.quantize``, ``packing.pack_codes``
+``scalar_values``          centroid values ``c[idx]`` of packed codes          ``packing.unpack_codes``, ``codebooks.dequantize``
+``scalar_score``           ``sum_j q_j c[idx_j]`` for every query and row      ``scalar_values`` then a product
+``sign_encode``            packed sign bits of ``p >= 0``                      ``packing.pack_signs``
+``sign_values``            the signs as +-1                                    ``packing.unpack_signs``
+``sign_score``             ``<s, sign>`` for every query and row               ``sign_values`` then a product
+``polar_encode``           polar transform, angle codes per level, radii       ``polar.polar_transform``, ``quantize``, ``pack_codes``
+``polar_values``           the reconstruction in the rotated domain            ``unpack_codes``, ``dequantize``, ``polar.inverse_polar_transform``
+``polar_score``            ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
+``scalar_weighted_sum``    ``sum_rows w_row c[idx_row]`` for every weight row  ``scalar_values`` then a product
+``polar_weighted_sum``     ``sum_rows w_row y_hat_row`` for every weight row   ``polar_values`` then a product
+=========================  ==================================================  =================================
 
 The codebook of an operation is given by its ``boundaries`` (encode; ties go
 to the upper cell) or ``centroids`` (decode, score); ``bits`` is the code
@@ -90,3 +92,13 @@ def polar_values(packed, radii, centroids, bits, dim: int):
 def polar_score(q, packed, radii, centroids, bits, dim: int):
     """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
     return q @ polar_values(packed, radii, centroids, bits, dim).T
+
+
+def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
+    """``w (nw, rows) @ c[idx]`` -> ``(nw, n)``: the dual of ``scalar_score`` (attention values)."""
+    return w @ scalar_values(packed, centroids, bits, n)
+
+
+def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
+    """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
+    return w @ polar_values(packed, radii, centroids, bits, dim)

@@ -16,13 +16,14 @@ Every quantizer has ``encode`` / ``decode`` / ``score`` / ``save`` / ``load``;
 see the README and ``docs/``.
 """
 
-from . import datasets, metrics
+from . import datasets, kv, metrics
 from ._version import __version__
 from .backends import available as available_backends
 from .backends import current_backend, get_backend, use_backend
 from .composition import PolarQuantQJL
 from .compressed import CompressedVectors
 from .io import load, save
+from .kv import KVCache
 from .polar_quant import PolarQuant
 from .qjl import QJL
 from .quantizer import Quantizer, from_config
@@ -32,6 +33,8 @@ __all__ = [
     "__version__",
     "datasets",
     "metrics",
+    "kv",
+    "KVCache",
     "PolarQuant",
     "PolarQuantQJL",
     "QJL",

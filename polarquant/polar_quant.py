@@ -279,6 +279,16 @@ class PolarQuant(Quantizer):
     def _prepare_queries(self, q):
         return self.rotation.apply(q)
 
+    def _weighted_sum_rows(self, w, fields):
+        # sum_i w_i Q^T y_hat_i = Q^T sum_i w_i y_hat_i: accumulate in the rotated domain, rotate once
+        xp = namespace(w)
+        radii = xp.astype(fields["radii"], w.dtype)
+        cents = self._const("centroids", w)
+        sums = self._ops().polar_weighted_sum(
+            w, self._packed(fields), radii, cents, self.bits, self.out_dim
+        )
+        return self.rotation.inverse(sums)
+
     def _score_rows(self, qr, fields):
         xp = namespace(qr)
         radii = xp.astype(fields["radii"], qr.dtype)

@@ -12,6 +12,11 @@ four row-wise steps on 2-D arrays ``(n, dim)`` in the compute dtype:
 ``_score_rows(state, fields) -> scores``
     the estimated inner products ``(n_queries, n)`` computed from the codes.
 
+and may override ``_weighted_sum_rows(w, fields)``, the dual of scoring
+(``w @ x_hat``, the attention-weighted sum of values), whose default decodes
+the chunk; methods with a rotation accumulate in the rotated domain instead and
+rotate the ``(n_weights, D)`` result back once.
+
 This base class owns everything else, once: input validation (shape, dtype,
 NaN/Inf), batch dimensions ``(..., dim)``, dtype and namespace preservation,
 chunking of the scoring loop, configuration checks when codes are decoded,
@@ -212,6 +217,10 @@ class Quantizer(abc.ABC):
     @abc.abstractmethod
     def _score_rows(self, state, fields: dict): ...
 
+    def _weighted_sum_rows(self, w, fields):
+        """``w (nw, n) @ x_hat (n, dim)`` for a chunk of rows (default: decode the chunk)."""
+        return w @ self._decode_rows(fields, w.dtype)
+
     def _row_elements(self) -> int:
         """Widest per-row temporary of this method (``dim``; QJL's sketch is ``proj_dim`` wide)."""
         return max(self.dim, getattr(self, "proj_dim", 0) or 0)
@@ -342,6 +351,35 @@ class Quantizer(abc.ABC):
         else:
             s = xp.zeros((qc.shape[0], 0), dtype=qc.dtype, device=array_device(qc))
         return xp.reshape(xp.astype(s, q.dtype), qshape + tuple(codes.batch_shape))
+
+    def weighted_sum(self, weights, codes: CompressedVectors):
+        """``sum_i weights[..., i] x_hat_i``: weighted sums of the encoded vectors, from the codes.
+
+        The dual of :meth:`score`, and what attention does with values
+        (``softmax(...) @ V``).  ``weights`` has shape ``(..., *codes.shape)``;
+        the result ``(..., dim)`` is in the weights' dtype.  Methods with a
+        rotation accumulate the code values in the rotated domain and rotate the
+        sums back once (:class:`TurboQuantMSE`, :class:`PolarQuant`); the others
+        decode chunk by chunk.  Equal to ``weights @ decode(codes)`` up to
+        float rounding.
+        """
+        self.check_codes(codes)
+        xp = namespace(weights)
+        if not xp.isdtype(weights.dtype, "real floating"):
+            raise TypeError(f"weights must be a real floating array, got dtype {weights.dtype}")
+        batch = tuple(codes.batch_shape)
+        if tuple(weights.shape[weights.ndim - len(batch) :]) != batch or weights.ndim <= len(batch) - 1:
+            raise ValueError(
+                f"weights of shape {tuple(weights.shape)} do not end with the codes' shape {batch}"
+            )
+        check_finite(weights, "weights")
+        lead = tuple(weights.shape[: weights.ndim - len(batch)])
+        w = xp.reshape(xp.astype(weights, compute_dtype(xp, weights.dtype)), (-1, codes.n_vectors))
+        flat = self._flat_fields(codes)
+        out = xp.zeros((w.shape[0], self.dim), dtype=w.dtype, device=array_device(w))
+        for a, b in self._chunks(codes.n_vectors):
+            out = out + self._weighted_sum_rows(w[:, a:b], {k: v[a:b, ...] for k, v in flat.items()})
+        return xp.reshape(xp.astype(out, weights.dtype), lead + (self.dim,))
 
     def save(self, path, codes: CompressedVectors) -> None:
         """Write ``codes`` to ``path`` (``.npz``, no pickle; see :mod:`polarquant.io`)."""

@@ -102,6 +102,11 @@ class _ScalarStage:
         cents = self._const("centroids", qr)
         return self._ops().scalar_score(qr, codes, cents, self.bits, self.out_dim)
 
+    def weighted_sum(self, w, codes):
+        """``w (nw, n) @ c[idx]`` in the rotated domain -> ``(nw, D)``."""
+        cents = self._const("centroids", w)
+        return self._ops().scalar_weighted_sum(w, codes, cents, self.bits, self.out_dim)
+
     def decode(self, codes, dtype):
         """Unit-vector reconstruction ``Q^T c[idx]`` ``(n, d)``."""
         return self.rotation.inverse(self.rotated_values(codes, dtype))
@@ -223,6 +228,12 @@ class TurboQuantMSE(_TurboQuant):
 
     def _prepare_queries(self, q):
         return self.stage.rotation.apply(q)
+
+    def _weighted_sum_rows(self, w, fields):
+        # sum_i w_i ||x_i|| Q^T c[idx_i] = Q^T sum_i (w_i ||x_i||) c[idx_i]: one rotation per weight row
+        xp = namespace(w)
+        wn = w * xp.astype(fields["norms"], w.dtype)[None, :]
+        return self.stage.rotation.inverse(self.stage.weighted_sum(wn, fields["codes"]))
 
     def _score_rows(self, qr, fields):
         xp = namespace(qr)

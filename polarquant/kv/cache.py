@@ -1,0 +1,386 @@
+r"""A compressed key/value cache for one attention layer, append-only, scored from codes.
+
+What it does (the three papers' KV-cache setting: QJL Sec. 4, PolarQuant
+Sec. 5, TurboQuant Sec. 4.3):
+
+* holds keys and values shaped ``(batch, kv_heads, tokens, head_dim)``, any
+  ``head_dim`` the chosen methods support (64, 80, 96, 128, 256...);
+* **appends**: a prefill of ``T`` tokens or one-token decode steps; the newest
+  ``window`` tokens (default 128) stay in full precision (``window_dtype``,
+  float16 by default, the cache we are compared with); tokens that leave the
+  window are compressed **once**, in aligned groups of the codecs' ``group``
+  (1 for per-token methods, 32 for QJL's outlier groups and KIVI's per-channel
+  keys), and never re-quantized (field-notes, defect 6).  The window therefore
+  holds between ``window`` and ``window + group - 1`` tokens;
+* **attention from codes** (:meth:`KVCache.attention`): for the queries of the
+  last ``nq`` appended tokens, scores of compressed keys come from their codes
+  (each query rotated or projected once per stream), scores of the window are
+  exact, then ``scale``, the causal mask, a float32 softmax, and the weighted
+  sum of values, again from the codes (rotated-domain accumulation); no
+  decoded key or value is materialised;
+* **honest accounting** (:attr:`KVCache.nbytes`): codes, norms, per-group
+  metadata, the full-precision window, and each codec's state (a seed for a
+  rotation or sketch, data-dependent channel choices), compared with an fp16
+  cache of the same tokens.
+
+Compression is deterministic per token and per aligned group, and always
+starts from the window's stored copy, so the codes do not depend on how the
+tokens were split into appends (a prefill or token by token gives the same
+bytes).  Appends are atomic: bad input raises before anything changes.
+
+Example
+-------
+>>> import numpy as np, polarquant
+>>> rng = np.random.default_rng(0)
+>>> cache = polarquant.KVCache(64, key_method="turboquant-mse", key_bits=4, window=16)
+>>> k, v = rng.standard_normal((2, 1, 3, 100, 64)).astype(np.float32)
+>>> cache.append(k, v)
+>>> len(cache), cache.compressed_tokens
+(100, 84)
+>>> q = rng.standard_normal((1, 9, 1, 64)).astype(np.float32)  # 9 query heads, 3 kv heads
+>>> cache.attention(q).shape
+(1, 9, 1, 64)
+>>> round(cache.fp16_ratio, 2)
+2.68
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._array import check_int
+from .attention import (
+    causal_mask,
+    check_attention_inputs,
+    group_queries,
+    softmax,
+    ungroup_outputs,
+)
+from .methods import make_codec, store_tokens
+
+__all__ = ["KVCache"]
+
+#: Attention is computed for blocks of query rows so that the score matrix
+#: stays near this many float32 elements (16 MB) whatever the prefill length.
+SCORE_ELEMENTS = 1 << 22
+
+
+class _Growable:
+    """An array that grows along axis 1 with amortised O(1) appends (capacity doubling)."""
+
+    def __init__(self):
+        self._data = None
+        self.size = 0
+
+    def extend(self, a: np.ndarray) -> None:
+        if self._data is None:
+            self._data = np.empty(a.shape[:1] + (max(16, a.shape[1]),) + a.shape[2:], a.dtype)
+        need = self.size + a.shape[1]
+        if need > self._data.shape[1]:
+            cap = max(need, 2 * self._data.shape[1])
+            grown = np.empty(a.shape[:1] + (cap,) + a.shape[2:], a.dtype)
+            grown[:, : self.size] = self._data[:, : self.size]
+            self._data = grown
+        self._data[:, self.size : need] = a
+        self.size = need
+
+    def view(self) -> np.ndarray:
+        return self._data[:, : self.size]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored items (the spare capacity is allocator slack, not cache content)."""
+        return 0 if self._data is None else self.view().nbytes
+
+
+class KVCache:
+    r"""Compressed KV cache of one attention layer (see the module docstring).
+
+    Parameters
+    ----------
+    head_dim : int
+        Dimension of each key and value vector.
+    key_method, value_method : str
+        Compression of keys and of values, chosen independently (see
+        :mod:`polarquant.kv.methods` for the names and what ``bits`` means for
+        each): ``"qjl"``, ``"turboquant-mse"``, ``"turboquant-prod"``,
+        ``"polarquant"``, ``"polarquant-qjl"`` (keys only for the unbiased
+        estimators), ``"kivi"``, ``"hadamard-rtn"``, ``"fp8"``, ``"none"``.
+    key_bits, value_bits : int, float or tuple
+        Bit width of each method's codes.
+    window : int
+        Newest tokens kept in full precision (default 128; 0 compresses every token).
+    window_dtype : {"float16", "float32"}
+        Storage of the window (and of ``"none"``).
+    seed : int
+        Seed of the rotations and sketches (keys use ``seed``, values ``seed + 1``).
+    backend : str, optional
+        Kernel backend (``"numpy"``, ``"numba"``...) for the codecs.
+    key_options, value_options : dict, optional
+        Method options (``rotation``, ``codebook``, ``levels``, ``outliers``, ``group_size``...).
+
+    Attributes
+    ----------
+    batch, kv_heads : int or None
+        Fixed by the first :meth:`append`.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        key_method: str = "turboquant-mse",
+        key_bits=4,
+        value_method: str = "turboquant-mse",
+        value_bits=4,
+        *,
+        window: int = 128,
+        window_dtype: str = "float16",
+        seed: int = 0,
+        backend: str | None = None,
+        key_options: dict | None = None,
+        value_options: dict | None = None,
+    ):
+        self.head_dim = check_int(head_dim, "head_dim", low=2)
+        self.window = check_int(window, "window", low=0)
+        if window_dtype not in ("float16", "float32"):
+            raise ValueError(f"window_dtype must be 'float16' or 'float32', got {window_dtype!r}")
+        self.window_dtype = window_dtype
+        self.seed = check_int(seed, "seed", low=0)
+        common = {"seed": self.seed, "backend": backend, "window_dtype": window_dtype}
+        self.key_codec = make_codec(
+            key_method, key_bits, self.head_dim, role="key", options=key_options, **common
+        )
+        common["seed"] = self.seed + 1
+        self.value_codec = make_codec(
+            value_method, value_bits, self.head_dim, role="value", options=value_options, **common
+        )
+        self.group = math.lcm(self.key_codec.group, self.value_codec.group)
+        self.batch: int | None = None
+        self.kv_heads: int | None = None
+        self._keys = {}  # field name -> _Growable (compressed keys)
+        self._values = {}
+        self._win_k = None  # (B*H, Tw, d) window_dtype
+        self._win_v = None
+        self.compressed_tokens = 0
+
+    # -- description ------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return (
+            f"KVCache(head_dim={self.head_dim}, keys={self.key_codec.method!r}, "
+            f"values={self.value_codec.method!r}, window={self.window}, tokens={len(self)})"
+        )
+
+    def config(self) -> dict:
+        """The configuration of both codecs and the window."""
+        return {
+            "head_dim": self.head_dim,
+            "window": self.window,
+            "window_dtype": self.window_dtype,
+            "keys": self.key_codec.config(),
+            "values": self.value_codec.config(),
+        }
+
+    def __len__(self) -> int:
+        """Tokens held (compressed and in the window)."""
+        return self.compressed_tokens + self.window_tokens
+
+    @property
+    def window_tokens(self) -> int:
+        return 0 if self._win_k is None else self._win_k.shape[1]
+
+    # -- appending --------------------------------------------------------------------------------
+    def _check_block(self, a, name: str) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(
+                f"{name} must be a NumPy array, got {type(a).__module__}.{type(a).__qualname__} "
+                "(convert torch tensors with .detach().cpu().numpy())"
+            )
+        if a.dtype.kind != "f":
+            raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
+        if a.ndim != 4:
+            raise ValueError(
+                f"{name} must have shape (batch, kv_heads, tokens, head_dim), got {tuple(a.shape)}"
+            )
+        b, h, t, d = a.shape
+        if d != self.head_dim:
+            raise ValueError(f"{name} have head_dim {d}, the cache was built for {self.head_dim}")
+        if t < 1 or b < 1 or h < 1:
+            raise ValueError(f"{name} must hold at least one token, batch and head, got {a.shape}")
+        if self.batch is not None and (b, h) != (self.batch, self.kv_heads):
+            raise ValueError(
+                f"{name} have batch {b} and {h} kv heads, the cache holds batch {self.batch} "
+                f"and {self.kv_heads} kv heads"
+            )
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contain NaN or Inf")
+        return a
+
+    def append(self, keys, values) -> None:
+        """Append ``keys, values (batch, kv_heads, T, head_dim)``: a prefill or a decode step.
+
+        Tokens older than the newest ``window`` are compressed once, in aligned
+        groups.  Raises ``TypeError`` / ``ValueError`` (mismatched shapes, wrong
+        dtype, NaN/Inf, values outside the storage range) before changing anything.
+        """
+        keys = self._check_block(keys, "keys")
+        values = self._check_block(values, "values")
+        if keys.shape != values.shape:
+            raise ValueError(
+                f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same shape"
+            )
+        b, h, t, d = keys.shape
+        new_k = store_tokens(keys.reshape(b * h, t, d), self.window_dtype)
+        new_v = store_tokens(values.reshape(b * h, t, d), self.window_dtype)
+        win_k = new_k if self._win_k is None else np.concatenate([self._win_k, new_k], axis=1)
+        win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
+        excess = win_k.shape[1] - self.window
+        flush = (excess // self.group) * self.group if excess > 0 else 0
+        if flush:  # encode first: a failure leaves the cache as it was
+            kf = self.key_codec.encode(win_k[:, :flush].astype(np.float32))
+            vf = self.value_codec.encode(win_v[:, :flush].astype(np.float32))
+        # commit
+        self.batch, self.kv_heads = b, h
+        if flush:
+            for store, fields in ((self._keys, kf), (self._values, vf)):
+                for name, a in fields.items():
+                    store.setdefault(name, _Growable()).extend(a)
+            self.compressed_tokens += flush
+            win_k, win_v = win_k[:, flush:], win_v[:, flush:]
+        self._win_k, self._win_v = np.ascontiguousarray(win_k), np.ascontiguousarray(win_v)
+
+    def key_fields(self) -> dict:
+        """The compressed keys' fields, ``(B*H, items, ...)`` each (read-only views)."""
+        return {k: _readonly(g.view()) for k, g in self._keys.items()}
+
+    def value_fields(self) -> dict:
+        """The compressed values' fields, ``(B*H, items, ...)`` each (read-only views)."""
+        return {k: _readonly(g.view()) for k, g in self._values.items()}
+
+    # -- attention --------------------------------------------------------------------------------
+    def _check_queries(self, queries) -> int:
+        if self.batch is None:
+            raise ValueError("the cache is empty: append keys and values before attending")
+        return check_attention_inputs(queries, self.head_dim, self.batch, self.kv_heads, len(self))
+
+    def _block_scores(self, qs, kf, rows: slice, nq: int, groups: int, scale: float):
+        """Scaled, masked scores of query rows ``rows`` against every token: ``(B*H, r, N)``."""
+        n = len(self)
+        q = np.ascontiguousarray(qs[:, rows])
+        parts = []
+        if self.compressed_tokens:  # each query transformed once, then scored from the codes
+            parts.append(self.key_codec.score(self.key_codec.prepare(q), kf))
+        parts.append(q @ self._win_k.astype(np.float32).transpose(0, 2, 1))
+        s = (np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]) * np.float32(scale)
+        mask = causal_mask(n, nq, groups)
+        if mask is not None:
+            s = np.where(mask[None, rows], s, np.float32(-np.inf))
+        return s
+
+    def _attend(self, queries, scale):
+        groups = self._check_queries(queries)
+        nq = queries.shape[2]
+        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+        qs = group_queries(queries, self.kv_heads)
+        kf = self.key_fields()
+        step = max(1, SCORE_ELEMENTS // max(1, len(self) * qs.shape[0]))
+        for start in range(0, qs.shape[1], step):
+            rows = slice(start, min(start + step, qs.shape[1]))
+            yield rows, self._block_scores(qs, kf, rows, nq, groups, scale)
+
+    def scores(self, queries, scale: float | None = None) -> np.ndarray:
+        """Scaled, causally masked attention logits ``(batch, q_heads, nq, tokens)`` (``-inf`` masked)."""
+        blocks = [s for _, s in self._attend(queries, scale)]
+        s = np.concatenate(blocks, axis=1)
+        b, hq, nq, _ = queries.shape
+        return s.reshape(b, self.kv_heads, hq // self.kv_heads, nq, -1).reshape(b, hq, nq, -1)
+
+    def attention(self, queries, scale: float | None = None) -> np.ndarray:
+        """Attention output ``(batch, q_heads, nq, head_dim)`` float32 for the last ``nq`` tokens.
+
+        ``queries (batch, q_heads, nq, head_dim)``: ``q_heads`` a multiple of
+        ``kv_heads`` (grouped-query attention: query head ``h`` reads kv head
+        ``h // G``); the queries are the last ``nq`` appended tokens, so they
+        are causally masked among themselves; ``scale`` defaults to
+        ``1/sqrt(head_dim)``.  Keys and values older than the window are used
+        through their codes only.
+        """
+        nc = self.compressed_tokens
+        vf = self.value_fields()
+        win_v = self._win_v.astype(np.float32) if self._win_v is not None else None
+        outs = []
+        for _, s in self._attend(queries, scale):
+            p = softmax(s)
+            out = p[:, :, nc:] @ win_v
+            if nc:
+                out = out + self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
+            outs.append(out)
+        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        return ungroup_outputs(out.astype(np.float32, copy=False), self.batch, self.kv_heads, queries.shape[2])
+
+    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values as attention sees them, ``(batch, kv_heads, tokens, head_dim)`` float32.
+
+        Decodes the compressed part (for tests, fidelity studies and the
+        decode-then-attend baseline); :meth:`attention` never calls it.
+        """
+        if self.batch is None:
+            raise ValueError("the cache is empty")
+        ks, vs = [], []
+        if self.compressed_tokens:
+            ks.append(self.key_codec.decode(self.key_fields()).astype(np.float32))
+            vs.append(self.value_codec.decode(self.value_fields()).astype(np.float32))
+        ks.append(self._win_k.astype(np.float32))
+        vs.append(self._win_v.astype(np.float32))
+        shape = (self.batch, self.kv_heads, len(self), self.head_dim)
+        return np.concatenate(ks, axis=1).reshape(shape), np.concatenate(vs, axis=1).reshape(shape)
+
+    # -- accounting -------------------------------------------------------------------------------
+    def memory(self) -> dict:
+        """Bytes held, by part: compressed keys and values, window, codec state, and the total."""
+        streams = 0 if self.batch is None else self.batch * self.kv_heads
+        parts = {
+            "key_codes": sum(g.nbytes for g in self._keys.values()),
+            "value_codes": sum(g.nbytes for g in self._values.values()),
+            "window": 0 if self._win_k is None else self._win_k.nbytes + self._win_v.nbytes,
+            "state": self.key_codec.state_nbytes(streams) + self.value_codec.state_nbytes(streams),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually held: codes, norms, metadata, the full-precision window, codec state."""
+        return self.memory()["total"]
+
+    @property
+    def coordinates(self) -> int:
+        """Key and value coordinates held: ``2 * batch * kv_heads * tokens * head_dim``."""
+        return 0 if self.batch is None else 2 * self.batch * self.kv_heads * len(self) * self.head_dim
+
+    @property
+    def bits_per_coordinate(self) -> float:
+        """``8 * nbytes / coordinates``: every held bit, window and state included."""
+        return 8.0 * self.nbytes / self.coordinates if self.coordinates else 0.0
+
+    @property
+    def fp16_ratio(self) -> float:
+        """Bytes of an fp16 cache of the same tokens divided by :attr:`nbytes`."""
+        return 2.0 * self.coordinates / self.nbytes if self.nbytes else float("nan")
+
+    @property
+    def key_bits_per_coordinate(self) -> float:
+        """Stored bits per coordinate of a compressed key (codes, norms, per-group metadata)."""
+        return self.key_codec.bits_per_coordinate
+
+    @property
+    def value_bits_per_coordinate(self) -> float:
+        """Stored bits per coordinate of a compressed value."""
+        return self.value_codec.bits_per_coordinate
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v

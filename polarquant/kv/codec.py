@@ -1,0 +1,94 @@
+r"""The contract between the KV cache and a compression method: a *token codec*.
+
+A :class:`~polarquant.kv.KVCache` holds one attention layer's keys and values,
+shaped ``(batch, kv_heads, tokens, head_dim)``.  It merges batch and heads into
+one axis of ``H = batch * kv_heads`` "streams" and hands tokens that leave its
+full-precision window to two codecs, one for keys and one for values.  A codec
+compresses a block of tokens **once** (tokens are never re-quantized) into a
+dict of arrays, the *fields*; the cache appends each field along axis 1 and
+later passes the whole accumulated fields back for scoring or summing.
+
+Array conventions (all NumPy / array-API arrays of one namespace):
+
+* ``x``: ``(H, T, d)`` float32, finite, ``T`` a multiple of :attr:`TokenCodec.group`;
+* every field is shaped ``(H, items, ...)``: ``items = T`` for per-token fields
+  or ``T // group`` for per-group fields (e.g. outlier channel indices shared by
+  a group of 32 tokens); fields are appended along axis 1;
+* ``q``: ``(H, nq, d)`` float32, the queries of each stream (with grouped-query
+  attention the ``G`` query heads sharing a kv head are stacked into ``nq``);
+* ``p``: ``(H, nq, T)`` float32 attention weights over the compressed tokens.
+
+A codec's own state (rotation, sketch, codebooks, channel choice) is built from
+its configuration and seed; :meth:`TokenCodec.state_nbytes` counts the bytes a
+cache must keep to rebuild it (8 bytes per seed; fitted tables at their size;
+channel choices made from data at their size), so that ``KVCache.nbytes`` is
+the memory actually held.
+"""
+
+from __future__ import annotations
+
+import abc
+
+__all__ = ["TokenCodec", "KeyCodec", "ValueCodec", "field_nbytes", "SEED_NBYTES"]
+
+#: Bytes charged for a seeded rotation or sketch: the seed (a 64-bit integer).
+SEED_NBYTES = 8
+
+
+def field_nbytes(fields: dict) -> int:
+    """Bytes held by a dict of arrays."""
+    return int(sum(a.size * a.dtype.itemsize for a in fields.values()))
+
+
+class TokenCodec(abc.ABC):
+    """Compresses blocks of tokens of one layer, once; see the module docstring."""
+
+    #: Tokens are compressed in aligned groups of this many (1: token by token).
+    group: int = 1
+
+    #: Short name used in tables (e.g. ``"turboquant-mse"``, ``"kivi"``).
+    method: str = ""
+
+    def __init__(self, head_dim: int):
+        self.head_dim = head_dim
+
+    @abc.abstractmethod
+    def encode(self, x) -> dict:
+        """Compress ``x (H, T, d)``; return fields shaped ``(H, items, ...)``."""
+
+    @abc.abstractmethod
+    def decode(self, fields: dict):
+        """Reconstruct ``(H, T, d)`` float32 from all fields (tests and the decode-then-attend baseline)."""
+
+    @abc.abstractmethod
+    def config(self) -> dict:
+        """JSON-able description: method, bits, seed, options."""
+
+    def state_nbytes(self, heads: int) -> int:
+        """Bytes of state outside the fields (seeds, fitted tables, channel choices) for ``heads`` streams."""
+        return SEED_NBYTES
+
+    @property
+    @abc.abstractmethod
+    def bits_per_coordinate(self) -> float:
+        """Stored bits per coordinate of the fields (codes, norms, per-group metadata), excluding state."""
+
+
+class KeyCodec(TokenCodec):
+    """A codec whose tokens can be scored against queries from the codes."""
+
+    @abc.abstractmethod
+    def prepare(self, q):
+        """Transform queries ``(H, nq, d)`` once (rotate, project); returns an opaque state."""
+
+    @abc.abstractmethod
+    def score(self, state, fields: dict):
+        """Estimated ``<q, k>`` for every query and compressed token: ``(H, nq, T)`` float32."""
+
+
+class ValueCodec(TokenCodec):
+    """A codec whose tokens can be summed with attention weights from the codes."""
+
+    @abc.abstractmethod
+    def weighted_sum(self, p, fields: dict):
+        """``sum_t p[h, i, t] v_hat[h, t]``: ``(H, nq, d)`` float32."""
