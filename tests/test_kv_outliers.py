@@ -178,7 +178,7 @@ def test_qjl_outlier_bad_input():
 def test_fractional_bits_count_every_stored_bit(bits, variant, expected):
     """32/128 channels: (3, 2) stores 3*32 + 2*96 code bits + two float16 norms = 320 bits = 2.5 per
     coordinate; (4, 3) 3.5.  prod adds sign bits and residual norms; an integer split (3, 3) 3.25."""
-    codec = ChannelSplitTurboQuant(128, bits, variant=variant)
+    codec = ChannelSplitTurboQuant(128, bits, variant=variant, calibration_tokens=8)
     assert codec.outlier_channels == 32 and codec.label == f"{bits:g}"
     assert codec.bits_per_coordinate == expected
     x = np.random.default_rng(0).standard_normal((2, 8, 128)).astype(np.float32)
@@ -254,7 +254,7 @@ def test_split_scores_and_sums_from_codes(d, variant):
     """Per stream: score = q . decode and weighted_sum = p @ decode; layout = fields; any head_dim."""
     rng = np.random.default_rng(d + 1)
     h, t, nq = 2, 24, 3
-    codec = ChannelSplitTurboQuant(d, 3.5, variant=variant, seed=5)
+    codec = ChannelSplitTurboQuant(d, 3.5, variant=variant, seed=5, calibration_tokens=t)
     x = rng.standard_normal((h, t, d)).astype(np.float32)
     x[:, :, 1::7] *= 6
     q = rng.standard_normal((h, nq, d)).astype(np.float32)
@@ -284,7 +284,13 @@ def test_prod_split_is_unbiased_over_seeds():
     est = np.empty((n, 8))
     for seed in range(n):
         codec = ChannelSplitTurboQuant(
-            d, 2.5, variant="prod", seed=seed, outlier_channels=4, norm_dtype="float32"
+            d,
+            2.5,
+            variant="prod",
+            seed=seed,
+            outlier_channels=4,
+            norm_dtype="float32",
+            calibration_tokens=8,
         )
         est[seed] = codec.score(codec.prepare(q), codec.encode(x))[0, 0]
     sem = est.std(axis=0, ddof=1) / math.sqrt(n)

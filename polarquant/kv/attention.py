@@ -30,6 +30,7 @@ __all__ = [
     "group_queries",
     "ungroup_outputs",
     "check_attention_inputs",
+    "stream_matmul",
 ]
 
 
@@ -100,6 +101,18 @@ def causal_mask(n_keys: int, nq: int, groups: int, start: int = 0, stop: int | N
     return np.arange(start, stop)[None, :] <= pos[:, None]
 
 
+def stream_matmul(a, b) -> np.ndarray:
+    """``a[h] @ b[h]`` for every stream ``h``, one 2-D BLAS call each.
+
+    NumPy's stacked ``matmul`` does not hand transposed operands to BLAS (it
+    was 10-50x slower here on ``(8, 4, 128) @ (8, 128, 32768)``), so attention
+    loops over streams; there are few of them (batch x kv heads).
+    """
+    if a.shape[0] == 0:
+        return np.zeros((0, a.shape[1], b.shape[2]), dtype=np.result_type(a, b))
+    return np.stack([a[h] @ b[h] for h in range(a.shape[0])])
+
+
 def softmax(scores, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax (``-inf`` entries get probability 0)."""
     m = np.max(scores, axis=axis, keepdims=True)
@@ -129,8 +142,8 @@ def exact_attention(queries, keys, values, scale: float | None = None) -> np.nda
     q = group_queries(queries, h)
     k = keys.astype(np.float32, copy=False).reshape(b * h, n, d)
     v = values.astype(np.float32, copy=False).reshape(b * h, n, d)
-    s = (q @ k.transpose(0, 2, 1)) * np.float32(scale)
+    s = stream_matmul(q, k.transpose(0, 2, 1)) * np.float32(scale)
     mask = causal_mask(n, nq, g)
     if mask is not None:
         s = np.where(mask[None], s, -np.inf)
-    return ungroup_outputs(softmax(s) @ v, b, h, nq)
+    return ungroup_outputs(stream_matmul(softmax(s), v), b, h, nq)

@@ -56,6 +56,7 @@ from .attention import (
     check_attention_inputs,
     group_queries,
     softmax,
+    stream_matmul,
     ungroup_outputs,
 )
 from .methods import make_codec, store_tokens
@@ -237,9 +238,14 @@ class KVCache:
         win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
         excess = win_k.shape[1] - self.window
         flush = (excess // self.group) * self.group if excess > 0 else 0
-        if flush:  # encode first: a failure leaves the cache as it was
-            kf = self.key_codec.encode(win_k[:, :flush].astype(np.float32))
-            vf = self.value_codec.encode(win_v[:, :flush].astype(np.float32))
+        if flush:  # encode first: a failure leaves the cache (and its codecs) as they were
+            key_state = dict(vars(self.key_codec))
+            kf = self._encode(self.key_codec, win_k[:, :flush], "key")
+            try:
+                vf = self._encode(self.value_codec, win_v[:, :flush], "value")
+            except Exception:
+                _restore(self.key_codec, key_state)
+                raise
         # commit
         self.batch, self.kv_heads = b, h
         if flush:
@@ -249,6 +255,24 @@ class KVCache:
             self.compressed_tokens += flush
             win_k, win_v = win_k[:, flush:], win_v[:, flush:]
         self._win_k, self._win_v = np.ascontiguousarray(win_k), np.ascontiguousarray(win_v)
+
+    def _encode(self, codec, block, role: str) -> dict:
+        """``codec.encode`` of a block, restoring the codec's attributes if it fails.
+
+        Some codecs fix data-dependent state on their first block (the channel
+        split's outlier channels); a failed append must not keep it.
+        """
+        saved = dict(vars(codec))
+        try:
+            return codec.encode(block.astype(np.float32))
+        except ValueError as exc:
+            _restore(codec, saved)
+            raise ValueError(
+                f"cannot compress these {role}s: {exc} (method options go in {role}_options=...)"
+            ) from exc
+        except Exception:
+            _restore(codec, saved)
+            raise
 
     def key_fields(self) -> dict:
         """The compressed keys' fields, ``(B*H, items, ...)`` each (read-only views)."""
@@ -271,7 +295,7 @@ class KVCache:
         parts = []
         if self.compressed_tokens:  # each query transformed once, then scored from the codes
             parts.append(self.key_codec.score(self.key_codec.prepare(q), kf))
-        parts.append(q @ self._win_k.astype(np.float32).transpose(0, 2, 1))
+        parts.append(stream_matmul(q, self._win_k.astype(np.float32).transpose(0, 2, 1)))
         s = (np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]) * np.float32(scale)
         mask = causal_mask(n, nq, groups)
         if mask is not None:
@@ -312,12 +336,14 @@ class KVCache:
         outs = []
         for _, s in self._attend(queries, scale):
             p = softmax(s)
-            out = p[:, :, nc:] @ win_v
+            out = stream_matmul(p[:, :, nc:], win_v)
             if nc:
                 out = out + self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
             outs.append(out)
         out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
-        return ungroup_outputs(out.astype(np.float32, copy=False), self.batch, self.kv_heads, queries.shape[2])
+        return ungroup_outputs(
+            out.astype(np.float32, copy=False), self.batch, self.kv_heads, queries.shape[2]
+        )
 
     def decoded(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values as attention sees them, ``(batch, kv_heads, tokens, head_dim)`` float32.
@@ -357,7 +383,9 @@ class KVCache:
     @property
     def coordinates(self) -> int:
         """Key and value coordinates held: ``2 * batch * kv_heads * tokens * head_dim``."""
-        return 0 if self.batch is None else 2 * self.batch * self.kv_heads * len(self) * self.head_dim
+        return (
+            0 if self.batch is None else 2 * self.batch * self.kv_heads * len(self) * self.head_dim
+        )
 
     @property
     def bits_per_coordinate(self) -> float:
@@ -378,6 +406,12 @@ class KVCache:
     def value_bits_per_coordinate(self) -> float:
         """Stored bits per coordinate of a compressed value."""
         return self.value_codec.bits_per_coordinate
+
+
+def _restore(codec, saved: dict) -> None:
+    """Put back the attributes ``codec`` had when ``saved = dict(vars(codec))`` was taken."""
+    vars(codec).clear()
+    vars(codec).update(saved)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -48,7 +48,9 @@ def _exact_scores(queries, keys, scale):
     return s
 
 
-def attention_fidelity(cache: KVCache, keys, values, queries, *, scale=None, top_k: int = 8) -> dict:
+def attention_fidelity(
+    cache: KVCache, keys, values, queries, *, scale=None, top_k: int = 8
+) -> dict:
     """Fidelity of ``cache`` (holding ``keys, values (B, H, N, d)``) for ``queries (B, G*H, nq, d)``.
 
     The queries are the last ``nq`` tokens.  Returns a dict of the

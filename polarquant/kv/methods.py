@@ -29,6 +29,7 @@ Method-specific options (``rotation``, ``codebook``, ``levels``, ``outliers``,
 
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 
@@ -40,6 +41,7 @@ from ..compressed import CompressedVectors
 from ..polar_quant import PolarQuant
 from ..qjl import QJL
 from ..turboquant import TurboQuantMSE, TurboQuantProd
+from .attention import stream_matmul
 from .codec import SEED_NBYTES, KeyCodec, ValueCodec
 
 __all__ = [
@@ -171,10 +173,10 @@ class FullPrecision(KeyCodec, ValueCodec):
         return q
 
     def score(self, state, fields: dict):
-        return state @ fields["x"].astype(np.float32).transpose(0, 2, 1)
+        return stream_matmul(state, fields["x"].astype(np.float32).transpose(0, 2, 1))
 
     def weighted_sum(self, p, fields: dict):
-        return p @ fields["x"].astype(np.float32)
+        return stream_matmul(p, fields["x"].astype(np.float32))
 
 
 def store_tokens(x, dtype: str) -> np.ndarray:
@@ -190,6 +192,7 @@ def store_tokens(x, dtype: str) -> np.ndarray:
 
 
 # -- PolarQuant presets --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
 def polar_preset(nominal: float, head_dim: int, levels: int = 4, residual: bool = False) -> tuple:
     """The ``levels``-level angle bits whose stored bits per coordinate are closest to ``nominal``.
 
@@ -280,9 +283,10 @@ def make_codec(
 
 def _sketch_size(bits, head_dim: int) -> int:
     if not isinstance(bits, numbers.Real) or isinstance(bits, bool) or not bits > 0:
-        raise ValueError(f"qjl bits (sign bits per coordinate) must be a positive number, got {bits!r}")
+        raise ValueError(
+            f"qjl bits (sign bits per coordinate) must be a positive number, got {bits!r}"
+        )
     m = round(float(bits) * head_dim)
     if m < 1:
         raise ValueError(f"qjl bits={bits} gives no sign bit at head_dim {head_dim}")
     return m
-

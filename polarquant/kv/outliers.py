@@ -388,9 +388,11 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
     rule: with ``n_out = 32`` of 128, ``(3, 2)`` stores exactly 2.5 bits per
     coordinate and ``(4, 3)`` 3.5, sub-vector norms included.
 
-    Channel choice: **once**, from the first block of tokens the codec
-    encodes, per stream: the ``n_out`` channels of largest RMS over that block
-    (ties to the lower index), sorted.  It is kept for every later block (so
+    Channel choice: **once**, per stream, from the first ``calibration_tokens``
+    tokens (default 32; tokens are compressed in aligned groups of that size, so
+    these are always the same tokens, whether they arrived as one prefill or
+    one by one): the ``n_out`` channels of largest RMS over them (ties to the
+    lower index), sorted.  It is kept for every later block (so
     nothing already stored is ever re-quantized), stored as codec state
     (:attr:`channels`, ``(H, n_out)``) and counted by :meth:`state_nbytes`.
     One codec instance therefore serves one cache layer; a later block with a
@@ -419,6 +421,9 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
     outlier_channels : int, optional
         ``n_out``, default ``head_dim // 4`` (32 at 128: the paper's split);
         ``2 <= n_out <= head_dim - 2``.
+    calibration_tokens : int
+        Tokens the channel choice is made from, also the codec's ``group``
+        (default 32).
     rotation, codebook, norm_dtype
         Passed to both sub-quantizers (defaults: Haar, exact Beta codebook, float16).
 
@@ -441,11 +446,13 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
         backend=None,
         variant: str = "mse",
         outlier_channels: int | None = None,
+        calibration_tokens: int = 32,
         rotation: str = "haar",
         codebook: str = "exact",
         norm_dtype: str = "float16",
     ):
         hi, lo = split_bits(bits)
+        self.group = check_int(calibration_tokens, "calibration_tokens", low=1)
         super().__init__(head_dim, bits, seed, backend)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
@@ -479,6 +486,7 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
         return {
             "variant": self.variant,
             "outlier_channels": self.outlier_channels,
+            "calibration_tokens": self.group,
             "rotation": self.rotation,
             "codebook": self.codebook,
             "norm_dtype": self.norm_dtype,
@@ -549,7 +557,7 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
                 for name, (shape, dtype, _) in self.field_layout().items()
             }
         if self.channels is None:
-            self.choose_channels(x)
+            self.choose_channels(x[:, : self.group])
         self._check_streams(x.shape[0])
         fields = {}
         for (prefix, quant), part in zip(self._parts(), self._split(x), strict=True):
