@@ -13,6 +13,7 @@ MODULES = sorted(
     for path, prefix in [
         (polarquant.__path__, "polarquant."),
         (polarquant.backends.__path__, "polarquant.backends."),
+        (polarquant.kv.__path__, "polarquant.kv."),
     ]
     for m in pkgutil.iter_modules(path, prefix)
     if m.name not in ("polarquant.__main__",)
@@ -23,6 +24,9 @@ MODULES = sorted(
 def test_docstring_examples(name):
     if name.endswith("numba_backend"):
         pytest.importorskip("numba")
+    if name in ("polarquant.kv.hf", "polarquant.kv.evaluation"):
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     assert result.failed == 0

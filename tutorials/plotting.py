@@ -45,8 +45,6 @@ COLORS = {
     "PolarQuant": "tab:green",
     "PolarQuantQJL": "tab:olive",
     "QJL": "tab:red",
-    "min-max": "tab:gray",
-    "min-max g=32": "tab:pink",
     "rotated min-max": "tab:brown",
     "uniform": "tab:gray",
     "quantile": "tab:purple",
@@ -253,3 +251,59 @@ def grouped_bars(
         ax.set_ylabel(ylabel)
     ax.legend(loc="upper center", ncol=2)
     return ax
+
+
+# -- KV cache (notebook 7) ----------------------------------------------------------------------
+#: Colours of the KV-cache method names (``polarquant.kv.KEY_METHODS``), appended to :data:`COLORS`.
+COLORS.update(
+    {
+        "turboquant-mse": "tab:blue",
+        "turboquant-prod": "tab:orange",
+        "qjl": "tab:red",
+        "polarquant": "tab:green",
+        "polarquant-qjl": "tab:olive",
+        "kivi": "tab:purple",
+        "hadamard-rtn": "tab:brown",
+        "fp8": "tab:gray",
+        "none": "black",
+    }
+)
+__all__ += ["bits_vs_tokens"]
+
+
+def bits_vs_tokens(ax, tokens, measured: dict, predicted: dict, *, window=None, fp16=16.0):
+    """Stored bits per coordinate of a cache against the number of tokens it holds (log x).
+
+    ``measured``: ``{label: values}`` (one value per entry of ``tokens``, from the
+    cache's ``bits_per_coordinate``), drawn as markers; ``predicted``: ``{label:
+    values}`` on the same ``tokens`` (the accounting formula), drawn as lines of
+    the same colour.  ``window`` marks the full-precision window with a dotted
+    vertical line; ``fp16`` the uncompressed cache with a dashed horizontal one.
+    """
+    tokens = np.asarray(tokens)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = itertools.cycle(["o", "s", "^", "D", "v"])
+    for i, ((name, values), mk) in enumerate(zip(measured.items(), markers, strict=False)):
+        color = COLORS.get(name.split(" ")[0], cycle[i % len(cycle)])
+        ax.plot(tokens, values, mk, color=color, ms=4, label=f"{name} (measured)")
+        if name in predicted:
+            ax.plot(tokens, predicted[name], "-", color=color, lw=1)
+    ax.axhline(fp16, color=COLORS["theory"], ls="--", lw=1, label="fp16 cache")
+    if window:
+        ax.axvline(window, color="gray", ls=":", lw=1, label=f"window = {window}")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens held")
+    ax.set_ylabel("bits per coordinate (keys + values)")
+    ax.legend()
+    return ax
+
+
+# -- the baselines of polarquant.kv.baselines, as named in notebook 6 --------------------------------
+COLORS.update(
+    {
+        "KIVIValues 1 group": "tab:gray",
+        "KIVIValues g=32": "tab:pink",
+        "KIVIKeys g=32": "tab:purple",
+        "HadamardRTN g=32": "tab:brown",
+    }
+)

@@ -7,7 +7,7 @@
   channel split) and :mod:`.baselines` (KIVI, Hadamard + RTN, fp8);
 * :mod:`.attention` -- exact reference attention, masks, grouped-query layout;
 * :mod:`.fidelity` -- how far a compressed cache's attention is from exact;
-* :mod:`.hf` -- a Hugging Face transformers cache (optional ``hf`` extra,
+* ``polarquant.kv.hf`` -- a Hugging Face transformers cache (optional ``hf`` extra,
   imported only when used).
 """
 

@@ -33,7 +33,7 @@ Conventions shared by every codec here
   for every coordinate, a hard bound the tests check.  Values beyond the
   float16 range (65504) are refused with an error instead of becoming ``inf``.
 * ``bits_per_coordinate`` is computed from the stored layout
-  (:meth:`field_layout`): codes, scales, minima, counting per-group fields
+  (``field_layout``): codes, scales, minima, counting per-group fields
   once per group, ``8 * field bytes / (tokens * head_dim)``.
 * ``backend`` is validated and accepted for a uniform constructor, but these
   baselines have only this NumPy reference path.
@@ -98,7 +98,7 @@ def spans(n: int, per_item: int, align: int = 1) -> list[tuple[int, int]]:
 class BaseCodec(TokenCodec):
     """Validation, layout-derived bits, configuration: what the codecs of this package share.
 
-    Subclasses set ``method`` and implement :meth:`field_layout` (name ->
+    Subclasses set ``method`` and implement ``field_layout`` (name ->
     ``(shape per item, dtype, tokens per item)``; ``tokens per item`` is 1 for
     per-token fields and the group size for per-group fields) and
     :meth:`options` (the JSON-able method options).
@@ -125,7 +125,7 @@ class BaseCodec(TokenCodec):
 
     @property
     def bits_per_coordinate(self) -> float:
-        """``8 * stored bytes / (tokens * head_dim)`` predicted by :meth:`field_layout`."""
+        """``8 * stored bytes / (tokens * head_dim)`` predicted by ``field_layout``."""
         total = 0.0
         for shape, dtype, per in self.field_layout().values():
             total += math.prod(shape) * np.dtype(dtype).itemsize / per
@@ -625,7 +625,7 @@ class FP8(BaseCodec, KeyCodec, ValueCodec):
     Encoding is **round to nearest representable, ties to even** (the IEEE
     default, what hardware casts do): the magnitude is located among the 127
     sorted non-negative values with the midpoint boundaries
-    (:func:`polarquant.codebooks.cell_index`, which sends a tie to the upper
+    (``polarquant.codebooks.cell_index``, which sends a tie to the upper
     value), and a tie is moved down when the upper neighbour has an odd
     mantissa.  Magnitudes below ``2**-10`` flush to (signed) zero; the sign
     bit of ``-0.0`` and of negative values rounding to zero is kept.

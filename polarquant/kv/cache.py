@@ -41,7 +41,7 @@ Example
 >>> cache.attention(q).shape
 (1, 9, 1, 64)
 >>> round(cache.fp16_ratio, 2)
-2.68
+2.61
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ class KVCache:
 
     Attributes
     ----------
-    batch, kv_heads : int or None
+    batch : int or None
+        Fixed by the first :meth:`append`.
+    kv_heads : int or None
         Fixed by the first :meth:`append`.
     """
 

@@ -31,7 +31,7 @@ import abc
 
 __all__ = ["TokenCodec", "KeyCodec", "ValueCodec", "field_nbytes", "SEED_NBYTES"]
 
-#: Bytes charged for a seeded rotation or sketch: the seed (a 64-bit integer).
+#: Bytes charged for a seeded rotation or sketch (the seed, a 64-bit integer).
 SEED_NBYTES = 8
 
 
@@ -43,7 +43,7 @@ def field_nbytes(fields: dict) -> int:
 class TokenCodec(abc.ABC):
     """Compresses blocks of tokens of one layer, once; see the module docstring."""
 
-    #: Tokens are compressed in aligned groups of this many (1: token by token).
+    #: Tokens are compressed in aligned groups of this many (1 means token by token).
     group: int = 1
 
     #: Short name used in tables (e.g. ``"turboquant-mse"``, ``"kivi"``).

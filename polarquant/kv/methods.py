@@ -3,22 +3,22 @@ r"""Which compression method a KV cache uses for keys and for values, by name.
 :func:`make_codec` turns ``(method, bits, role)`` into a token codec (see
 :mod:`polarquant.kv.codec`).  The methods and what ``bits`` means for each:
 
-=====================  =====  =====  ==========================================================
-method                 keys   values ``bits``
-=====================  =====  =====  ==========================================================
-``"turboquant-mse"``   yes    yes    int 1..8 (Algorithm 1); ``k + 0.5`` = the paper's outlier
-                                     channel split (Sec. 4.3, :mod:`polarquant.kv.outliers`)
-``"turboquant-prod"``  yes    no     as above, Algorithm 2 (``b - 1`` MSE bits + 1 QJL bit)
-``"qjl"``              yes    no     sign bits per coordinate, ``m = bits * head_dim``; with
-                                     the per-group outlier split of QJL Sec. 4 by default
-``"polarquant"``       yes    yes    tuple of per-level angle bits, or a nominal number (the
-                                     ``L = 4`` tuple whose stored bits are closest to it)
-``"polarquant-qjl"``   yes    no     as polarquant, plus a 1-bit QJL residual (``m = d``)
-``"kivi"``             yes    yes    int 1..8, KIVI-style asymmetric uniform (baseline)
-``"hadamard-rtn"``     yes    yes    int 2..8, Hadamard + round-to-nearest (baseline)
-``"fp8"``              yes    yes    8 (emulated e4m3, baseline)
-``"none"``             yes    yes    ignored: tokens stay at the window's dtype (fp16 default)
-=====================  =====  =====  ==========================================================
+=====================  =====  ======  ==========================================================
+method                 keys   values  ``bits``
+=====================  =====  ======  ==========================================================
+``"turboquant-mse"``   yes    yes     int 1..8 (Algorithm 1); ``k + 0.5`` = the paper's outlier
+                                      channel split (Sec. 4.3, :mod:`polarquant.kv.outliers`)
+``"turboquant-prod"``  yes    no      as above, Algorithm 2 (``b - 1`` MSE bits + 1 QJL bit)
+``"qjl"``              yes    no      sign bits per coordinate, ``m = bits * head_dim``; with
+                                      the per-group outlier split of QJL Sec. 4 by default
+``"polarquant"``       yes    yes     tuple of per-level angle bits, or a nominal number (the
+                                      ``L = 4`` tuple whose stored bits are closest to it)
+``"polarquant-qjl"``   yes    no      as polarquant, plus a 1-bit QJL residual (``m = d``)
+``"kivi"``             yes    yes     int 1..8, KIVI-style asymmetric uniform (baseline)
+``"hadamard-rtn"``     yes    yes     int 2..8, Hadamard + round-to-nearest (baseline)
+``"fp8"``              yes    yes     8 (emulated e4m3, baseline)
+``"none"``             yes    yes     ignored: tokens stay at the window's dtype (fp16 default)
+=====================  =====  ======  ==========================================================
 
 Values are combined linearly by attention, so only mean-squared-error
 quantizers serve as value methods: the unbiased inner-product estimators

@@ -121,7 +121,7 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
         Sign bits per coordinate of the inlier sketch: ``m = round(bits * head_dim)``
         (QJL's official configuration: ``m = 256`` at head_dim 128, i.e. 2; 512
         in the first layers, i.e. 4).  The stored cost is larger; see
-        :attr:`bits_per_coordinate`.
+        ``bits_per_coordinate``.
     seed : int
         Seed of the sketch ``S`` (the stream of :class:`polarquant.QJL`).
     backend : str, optional
@@ -394,7 +394,7 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
     one by one): the ``n_out`` channels of largest RMS over them (ties to the
     lower index), sorted.  It is kept for every later block (so
     nothing already stored is ever re-quantized), stored as codec state
-    (:attr:`channels`, ``(H, n_out)``) and counted by :meth:`state_nbytes`.
+    (``channels``, ``(H, n_out)``) and counted by :meth:`state_nbytes`.
     One codec instance therefore serves one cache layer; a later block with a
     different number of streams is refused.
 
