@@ -27,9 +27,17 @@ What "the same" means, per kind of output:
   ``||q|| ||row||`` (scores, the Cauchy-Schwarz scale of an inner product).
   Rounding in a float32 sum of ``n <= 256`` terms is ``~ sqrt(n) 6e-8 ~ 1e-6``
   of that scale, so 1e-5 fails on any real bug and never on summation order.
+* **weighted sums** ``w @ values``: within ``RTOL`` relative to
+  ``sum_r |w_r| ||row_r||``, the triangle-inequality bound of every coordinate
+  of the sum.  Over ``R`` rows the rounding is ``~ sqrt(R) 6e-8`` of the
+  largest term at worst-case-free random signs, below 3e-6 of that scale for
+  the ``R <= 1001`` rows used here; a wrong code (a centroid off by one cell)
+  moves a coordinate by ``|w_r|`` times a cell width, ~1e-2 of the scale.
+  With one-hot weights a weighted sum is the decoded row itself: equal to the
+  backend's own ``*_values`` bit for bit.
 * **errors**: the same exception type for the same bad input.
 
-``test_kernels_run_as_python`` reruns the ``tiny`` tests of this file in a
+``test_kernels_run_as_python`` reruns the ``TINY`` tests of this file in a
 subprocess with ``NUMBA_DISABLE_JIT=1``, so that the kernel bodies themselves
 run as Python (coverage, debugging) and stay correct there.
 """
@@ -61,6 +69,8 @@ MARGIN = 1e-4
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 #: (levels, bits per level) of the PolarQuant configurations tested; valid for every dim in DIMS.
 POLAR_CONFIGS = [(4, (4, 2, 2, 2)), (1, (3,)), (2, (5, 7)), (3, (8, 1, 6))]
+#: The tests small enough to run with the kernel bodies as Python (``test_kernels_run_as_python``).
+TINY = ("test_tiny_ops", "test_tiny_weighted_sums")
 
 
 # -- the backends under test -------------------------------------------------------------------
@@ -199,6 +209,16 @@ def _assert_scores(got, want, q, rows, what: str) -> None:
     rn = np.linalg.norm(np.asarray(rows, dtype=np.float64), axis=-1)[None, :]
     err = np.abs(got.astype(np.float64) - want) / (qn * rn + 1e-30)
     assert err.max(initial=0.0) <= RTOL[want.dtype], (what, err.max())
+
+
+def _assert_weighted(got, want, w, rows, what: str) -> None:
+    """Weighted sums within ``RTOL * sum_r |w_r| ||row_r||`` of the reference (triangle inequality)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (what, got.shape, want.shape)
+    rn = np.linalg.norm(np.asarray(rows, dtype=np.float64), axis=-1)
+    scale = np.abs(np.asarray(w, dtype=np.float64)) @ rn
+    err = np.abs(got.astype(np.float64) - want) / (scale[..., None] + 1e-30)
+    assert err.max(initial=0.0) <= RTOL[want.dtype], (what, err.max(initial=0.0))
 
 
 # -- 1. packed bytes identical to the reference (operations) ---------------------------------------
@@ -527,6 +547,74 @@ def test_op_values_and_scores_float64(env):
     )
 
 
+def _one_hot(rows: int, picks) -> np.ndarray:
+    """Weights ``(len(picks), rows)`` selecting one row each: ``w @ values`` is those rows."""
+    w = np.zeros((len(picks), rows))
+    w[np.arange(len(picks)), picks] = 1.0
+    return w
+
+
+def _check_weighted_sums(env, rng, d: int, rows_list, bits_list, polar_configs, dtype) -> None:
+    """The body of the weighted-sum tests: both operations, every ``rows`` and ``bits``, one and
+    three weight rows (and 1-D weights), against the reference; one-hot weights against the
+    backend's own decode, exactly."""
+    for rows in rows_list:
+        y = _unit_rows(rng, rows, d, dtype)
+        shapes = [(rows,), (1, rows), (3, rows)]
+        weights = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+        picks = sorted({0, rows // 2, rows - 1}) if rows else []
+        for bits in bits_list:
+            cb = coordinate_codebook(d, bits)
+            cents = np.asarray(cb.centroids, dtype=dtype)
+            packed = ref.scalar_encode(y, np.asarray(cb.boundaries, dtype=dtype), bits)
+            vals = ref.scalar_values(packed, cents, bits, d)
+            dev = (env.put(packed), env.put(cents))
+            for w in weights:
+                got = env.host(env.ops.scalar_weighted_sum(env.put(w), *dev, bits, d))
+                want = ref.scalar_weighted_sum(w, packed, cents, bits, d)
+                _assert_weighted(got, want, w, vals, f"scalar {d=} {rows=} {bits=} {w.shape}")
+            if picks:
+                got = env.host(
+                    env.ops.scalar_weighted_sum(
+                        env.put(_one_hot(rows, picks).astype(dtype)), *dev, bits, d
+                    )
+                )
+                own = env.host(env.ops.scalar_values(*dev, bits, d))
+                np.testing.assert_array_equal(got, own[picks], err_msg=f"one-hot {d=} {bits=}")
+        for levels, bits in polar_configs:
+            bnd, cents = _polar_consts(levels, bits, dtype)
+            packed, radii = ref.polar_encode(y, levels, bnd, bits)
+            vals = ref.polar_values(packed, radii, cents, bits, d)
+            dev = ([env.put(p) for p in packed], env.put(radii), [env.put(c) for c in cents])
+            for w in weights:
+                got = env.host(env.ops.polar_weighted_sum(env.put(w), *dev, bits, d))
+                want = ref.polar_weighted_sum(w, packed, radii, cents, bits, d)
+                _assert_weighted(got, want, w, vals, f"polar {d=} {rows=} {levels=} {w.shape}")
+            if picks:
+                got = env.host(
+                    env.ops.polar_weighted_sum(
+                        env.put(_one_hot(rows, picks).astype(dtype)), *dev, bits, d
+                    )
+                )
+                own = env.host(env.ops.polar_values(*dev, bits, d))
+                np.testing.assert_array_equal(
+                    got, own[picks], err_msg=f"one-hot polar {d=} {levels=}"
+                )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("d", (*DIMS, 77))
+def test_op_weighted_sums(env, d, dtype):
+    """``w @ values`` from the codes (``scalar_weighted_sum``, ``polar_weighted_sum``): every width
+    1..8, every PolarQuant configuration, 0, 1, 7 and 1001 rows (several rows per parallel chunk,
+    chunks not a multiple of four rows), one and three weight rows: within RTOL of the reference.
+    d = 77 (scalar codes only; PolarQuant needs a multiple of 2**levels): the last byte of a row
+    is part padding for 1, 2, 4 bits and 3, 5, 6, 7-bit rows end mid-group."""
+    rng = np.random.default_rng(300 + d)
+    configs = POLAR_CONFIGS if d % 8 == 0 else []
+    _check_weighted_sums(env, rng, d, (0, 1, 7, 1001), range(1, 9), configs, dtype)
+
+
 # -- 4. codes written by any backend decode on any other --------------------------------------
 @pytest.mark.parametrize(("writer", "reader"), PAIRS)
 def test_cross_backend_decode_and_score(writer, reader):
@@ -603,6 +691,32 @@ def _bad_op_calls(env: Env):
             "polar query width",
             lambda: ops.polar_score(put(z((1, 15))), two, put(z((2, 4))), cents2, (1, 1), 16),
         ),
+        (
+            "weights per row",
+            lambda: ops.scalar_weighted_sum(put(z((1, 3))), put(z((2, 8), u8)), put(z(16)), 4, 16),
+        ),
+        (
+            "0-d weights",
+            lambda: ops.scalar_weighted_sum(put(z(())), put(z((2, 8), u8)), put(z(16)), 4, 16),
+        ),
+        (
+            "weighted codes not uint8",
+            lambda: ops.scalar_weighted_sum(
+                put(z((1, 2))), put(z((2, 8), np.int64)), put(z(16)), 4, 16
+            ),
+        ),
+        (
+            "weighted bytes per row",
+            lambda: ops.scalar_weighted_sum(put(z((1, 2))), put(z((2, 7), u8)), put(z(16)), 4, 16),
+        ),
+        (
+            "polar weights per row",
+            lambda: ops.polar_weighted_sum(put(z((1, 3))), two, put(z((2, 4))), cents2, (1, 1), 16),
+        ),
+        (
+            "polar weighted radii shape",
+            lambda: ops.polar_weighted_sum(put(z((1, 2))), two, put(z((2, 3))), cents2, (1, 1), 16),
+        ),
     ]
 
 
@@ -664,6 +778,11 @@ def test_numba_refuses_other_namespaces(name):
             ops.sign_encode(other)
     with pytest.raises(TypeError, match="numba backend runs on NumPy arrays"):
         ops.scalar_encode(y, xs.asarray(bnd), 2)
+    packed, cents = np.zeros((2, 4), dtype=np.uint8), np.zeros(4, dtype=np.float32)
+    with pytest.raises(TypeError, match="numba backend runs on NumPy arrays"):
+        ops.scalar_weighted_sum([1.0, 2.0], packed, cents, 2, 16)
+    with pytest.raises(TypeError, match="numba backend runs on NumPy arrays"):
+        ops.scalar_weighted_sum(xs.asarray(np.ones((1, 2))), packed, cents, 2, 16)
     with pytest.raises(TypeError, match="numba backend runs on NumPy arrays"):
         pq.TurboQuantMSE(16, 2, backend=name, norm_dtype="float32").encode(xs.asarray(y))
 
@@ -728,9 +847,20 @@ def test_tiny_ops(env):
                 )
 
 
+def test_tiny_weighted_sums(env):
+    """Both weighted sums on tiny inputs (dims 16, 24 and 13; 0, 1 and 203 rows: with 64 chunks,
+    four-row blocks and leftover rows), float32 and float64: within RTOL, one-hot exact.  Cheap
+    enough to run with ``NUMBA_DISABLE_JIT=1``."""
+    rng = np.random.default_rng(98)
+    for d in (16, 24, 13):
+        for dtype in (np.float32, np.float64):
+            configs = [(1, (3,)), (3, (4, 2, 5))] if d % 8 == 0 else []
+            _check_weighted_sums(env, rng, d, (0, 1, 203), range(1, 9), configs, dtype)
+
+
 @pytest.mark.parametrize("name", [_param("numba")])
 def test_kernels_run_as_python(name):
-    """``NUMBA_DISABLE_JIT=1``: the tiny tests pass with the kernel bodies interpreted as Python."""
+    """``NUMBA_DISABLE_JIT=1``: the ``TINY`` tests pass with the kernel bodies interpreted as Python."""
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     cmd = [
         sys.executable,
@@ -741,12 +871,12 @@ def test_kernels_run_as_python(name):
         "no:cacheprovider",
         str(Path(__file__)),
         "-k",
-        f"test_tiny_ops and {name}",
+        f"({' or '.join(TINY)}) and {name}",
     ]
     root = Path(__file__).resolve().parents[1]  # the repository: its pytest configuration
     out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "1 passed" in out.stdout, out.stdout[-3000:]
+    assert f"{len(TINY)} passed" in out.stdout, out.stdout[-3000:]
 
 
 # -- 7. the three ways of choosing a backend ------------------------------------------------------

@@ -441,6 +441,57 @@ int emu_polar_score(int gx, int gy, int bx, long long smem, const T* q, long lon
     return OK;
 }
 
+/* The weighted-sum kernels: block (bx, by) takes its run of rows and the weight-row tiles
+ * by * PQ_WS_TILE, + gy * PQ_WS_TILE, ...; its threads run one after the other (their
+ * atomicAdds become plain additions). */
+template <typename T>
+int emu_scalar_weighted_sum(int gx, int gy, int bx, long long smem, const T* w, long long nw,
+                            const unsigned char* packed, long long rows, int n, int bits,
+                            const T* cents, T* out) {
+    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
+    EMU_CHECK(smem >= (1LL << bits) * static_cast<long long>(sizeof(T)), BAD_SHARED);
+    SharedBuf sh(smem);
+    T* s = sh.as<T>();
+    stage(s, cents, 1 << bits, 0, 1);
+    for (int by = 0; by < gy; ++by)
+        for (int b = 0; b < gx; ++b) {
+            long long start, stop;
+            block_rows(rows, b, gx, start, stop);
+            for (long long i0 = static_cast<long long>(by) * PQ_WS_TILE; i0 < nw;
+                 i0 += static_cast<long long>(gy) * PQ_WS_TILE)
+                for (int t = 0; t < bx; ++t)
+                    scalar_weighted_sum_block(w, nw, packed, rows, n, bits, s, out, i0, start, stop,
+                                              t, bx);
+        }
+    return OK;
+}
+
+template <typename T>
+int emu_polar_weighted_sum(int gx, int gy, int bx, long long smem, const T* w, long long nw,
+                           const T* radii, long long rows, int dim, int levels,
+                           unsigned long long bits_word, const unsigned char* const* packed,
+                           const T* const* cents, T* out) {
+    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
+    EMU_CHECK(levels_ok(levels, packed) && levels_ok(levels, cents), BAD_POINTERS);
+    EMU_CHECK(smem >= polar_trig_total(bits_word, levels) * static_cast<long long>(sizeof(T)),
+              BAD_SHARED);
+    SharedBuf sh(smem);
+    PolarCodes<T> pc;
+    polar_codes_init(pc, packed, dim, levels, bits_word, sh.as<T>());
+    polar_trig_build(pc, cents, 0, 1);
+    for (int by = 0; by < gy; ++by)
+        for (int b = 0; b < gx; ++b) {
+            long long start, stop;
+            block_rows(rows, b, gx, start, stop);
+            for (long long i0 = static_cast<long long>(by) * PQ_WS_TILE; i0 < nw;
+                 i0 += static_cast<long long>(gy) * PQ_WS_TILE)
+                for (int t = 0; t < bx; ++t)
+                    polar_weighted_sum_block(pc, w, nw, radii, rows, dim, out, i0, start, stop, t,
+                                             bx);
+        }
+    return OK;
+}
+
 }  // namespace
 """
 
@@ -858,6 +909,70 @@ def test_polar_encode_values_score(fake_cupy, rng, dtype, dim, levels, bits):
     )
 
 
+def _assert_weighted(got, want, w, values, rtol):
+    """Within ``rtol * sum_r |w_r| ||row_r||`` (the bound of every coordinate of ``w @ values``)."""
+    got = host(got)
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape)
+    scale = np.abs(np.asarray(w, np.float64)) @ np.linalg.norm(
+        np.asarray(values, np.float64), axis=-1
+    )
+    err = np.abs(got.astype(np.float64) - want) / (scale[..., None] + 1e-30)
+    assert err.max(initial=0.0) <= rtol, err.max(initial=0.0)
+
+
+#: float32 / float64 tolerances of the weighted sums, relative to ``sum_r |w_r| ||row_r||``:
+#: rounding over a few hundred rows is ~1e-6 (float32) of that scale, a wrong code ~1e-2.
+WS_RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize(("rows", "n", "nw"), [(300, 45, 3), (130, 128, 9), (1, 300, 1), (5, 1, 2)])
+def test_scalar_weighted_sum(fake_cupy, rng, dtype, bits, rows, n, nw):
+    """``w @ c[idx]`` against the reference: several blocks of rows (300 rows: 5 blocks), weight
+    rows beyond one tile of 8 (9: two ``y`` blocks), ``n`` above the block's 256 threads (300:
+    threads take two coordinates), a one-coordinate row (255 threads idle)."""
+    cents, _ = _codebook(rng, bits, dtype)
+    codes = rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8)
+    from polarquant.packing import pack_codes
+
+    packed = pack_codes(codes, bits)
+    w = rng.standard_normal((nw, rows)).astype(dtype)
+    got = cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), bits, n)
+    want = ref.scalar_weighted_sum(w, packed, cents, bits, n)
+    _assert_weighted(got, want, w, ref.scalar_values(packed, cents, bits, n), WS_RTOL[dtype])
+    (launch,) = fake_cupy.launches
+    assert launch.kernel == f"scalar_weighted_sum_{'f32' if dtype == np.float32 else 'f64'}"
+    assert launch.grid == (-(-rows // 64), -(-nw // 8))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize(("dim", "levels", "bits"), POLAR_CASES)
+def test_polar_weighted_sum(fake_cupy, rng, dtype, dim, levels, bits):
+    """``w @ polar_values(...)`` against the reference, 1-D and 2-D weights, 200 rows (4 blocks)."""
+    bnds, cents = _polar_books(dim, levels, bits, dtype)
+    y = rng.standard_normal((200, dim)).astype(dtype)
+    packed, radii = ref.polar_encode(y, levels, bnds, bits)
+    values = ref.polar_values(packed, radii, cents, bits, dim)
+    args = ([dev(p) for p in packed], dev(radii), [dev(c) for c in cents], bits, dim)
+    for shape in [(200,), (10, 200)]:
+        w = rng.standard_normal(shape).astype(dtype)
+        got = cb.polar_weighted_sum(dev(w), *args)
+        want = ref.polar_weighted_sum(w, packed, radii, cents, bits, dim)
+        _assert_weighted(got, want, w, values, WS_RTOL[dtype])
+    assert fake_cupy.launches[-1].grid == (4, 2)
+
+
+def test_weighted_sum_one_hot_is_the_decode(fake_cupy, rng):
+    """One-hot weights pick rows: the sums are the decoded rows, exactly (only zeros are added)."""
+    cents, bnd = _codebook(rng, 3, np.float32)
+    packed = ref.scalar_encode(rng.standard_normal((150, 40)).astype(np.float32), bnd, 3)
+    w = np.zeros((3, 150), np.float32)
+    w[[0, 1, 2], [0, 77, 149]] = 1.0
+    got = host(cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), 3, 40))
+    np.testing.assert_array_equal(got, ref.scalar_values(packed, cents, 3, 40)[[0, 77, 149]])
+
+
 def test_batch_shapes_and_single_rows(fake_cupy, rng):
     """Leading batch axes pass through; a 1-D row scores to ``q.shape[:-1]`` (matmul rules)."""
     cents, bnd = _codebook(rng, 3, np.float32)
@@ -942,6 +1057,12 @@ def test_grid_caps_for_huge_problems():
     assert _launch.polar_encode_threads(16) == 32 and _launch.polar_encode_threads(128) == 64
     assert _launch.polar_encode_threads(4096) == 256
     assert _launch.level_bits_word([4, 2, 2, 2]) == np.uint64(0x2224)
+    # weighted sums: >= 64 rows per block, resident blocks (8 per SM) shared by the weight tiles
+    assert _launch.weighted_sum_grid(1, 1, lim) == (1, 1)
+    assert _launch.weighted_sum_grid(32768, 3, lim) == (512, 1)
+    assert _launch.weighted_sum_grid(10**9, 8, lim) == (8 * 132, 1)
+    assert _launch.weighted_sum_grid(10**9, 9, lim) == (4 * 132, 2)
+    assert _launch.weighted_sum_grid(10**9, 10**7, lim) == (1, 65535)
 
 
 def test_empty_problems_launch_nothing(recorder):
@@ -958,6 +1079,19 @@ def test_empty_problems_launch_nothing(recorder):
     assert s.shape == (0, 5)
     v = cb.sign_values(dev(z((0, 2), np.uint8)), 16, np.float32)
     assert v.shape == (0, 16)
+    ws = cb.scalar_weighted_sum(
+        dev(z((3, 0), np.float32)), dev(z((0, 4), np.uint8)), dev(z(4, np.float32)), 2, 16
+    )
+    assert ws.shape == (3, 16) and np.all(host(ws) == 0)  # a sum over no rows is 0
+    ws = cb.polar_weighted_sum(
+        dev(z((2, 0), np.float64)),
+        [dev(z((0, 1), np.uint8))],
+        dev(z((0, 4), np.float64)),
+        [dev(z(2, np.float64))],
+        [1],
+        8,
+    )
+    assert ws.shape == (2, 8) and ws.dtype == np.float64 and np.all(host(ws) == 0)
     assert recorder.launches == []
 
 
@@ -1031,6 +1165,40 @@ def test_polar_launch_plans(recorder, rng):
     )  # 8 rows per block
 
 
+def test_weighted_sum_launch_plans(recorder):
+    """Arguments typed as the C signatures, the zeroed output written, shared memory sized."""
+    rows, n, nw = 32768, 128, 3
+    packed = np.zeros((rows, 64), np.uint8)
+    cents = np.zeros(16, np.float32)
+    w = np.zeros((nw, rows), np.float32)
+    out = cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), 4, n)
+    assert out.shape == (nw, n) and out.dtype == np.float32
+    (launch,) = recorder.launches
+    assert launch.kernel == "scalar_weighted_sum_f32"
+    assert launch.grid == (512, 1) and launch.block == (256,)
+    assert launch.shared_mem == 16 * 4
+    w_, nw_, p_, rows_, n_, bits_, c_, o_ = launch.args
+    assert (type(nw_), type(rows_), type(n_), type(bits_)) == (
+        np.int64,
+        np.int64,
+        np.int32,
+        np.int32,
+    )
+    assert (int(nw_), int(rows_), int(n_), int(bits_)) == (nw, rows, n, 4)
+    assert np.shares_memory(o_, out) and np.all(host(out) == 0)  # zeros: the kernel adds into it
+    bits = (4, 2, 2, 2)
+    packed = [dev(np.zeros((100, (128 >> lv) * b // 8), np.uint8)) for lv, b in enumerate(bits, 1)]
+    cents = [dev(np.zeros(1 << b, np.float64)) for b in bits]
+    w = dev(np.zeros((20, 100), np.float64))
+    out = cb.polar_weighted_sum(w, packed, dev(np.zeros((100, 8), np.float64)), cents, bits, 128)
+    launch = recorder.launches[-1]
+    assert launch.kernel == "polar_weighted_sum_f64" and launch.grid == (2, 3)
+    assert launch.shared_mem == 2 * (16 + 4 + 4 + 4) * 8
+    assert type(launch.args[6]) is np.uint64 and int(launch.args[6]) == 0x2224
+    assert all(a is _launch.NULL for a in launch.args[7 + 4 : 7 + 16])
+    assert np.shares_memory(launch.args[-1], out) and out.shape == (20, 128)
+
+
 def test_arrays_on_another_device_run_there(recorder, rng):
     """Output and launch follow the inputs' device; inputs spread over devices are refused."""
     y = dev(np.zeros((4, 8), np.float32))
@@ -1061,6 +1229,18 @@ def _numpy_input_calls():
             "radii",
             lambda: cb.polar_values(
                 [dev(np.zeros((2, 1), np.uint8))], np.zeros((2, 4), np.float32), [dev(c)], [2], 8
+            ),
+        ),
+        ("w", lambda: cb.scalar_weighted_sum(np.zeros((1, 2), np.float32), dev(u), dev(c), 2, 8)),
+        (
+            "w",
+            lambda: cb.polar_weighted_sum(
+                np.zeros((1, 2), np.float32),
+                [dev(np.zeros((2, 1), np.uint8))],
+                dev(np.zeros((2, 4), np.float32)),
+                [dev(c)],
+                [2],
+                8,
             ),
         ),
     ]
@@ -1111,6 +1291,14 @@ def test_bad_dtypes_and_shapes(recorder):
         cb.polar_values(
             [dev(np.zeros((2, 1), np.uint8))], dev(np.zeros((2, 3), np.float32)), [c], [2], 8
         )
+    with pytest.raises(ValueError, match="matmul mismatch"):
+        cb.scalar_weighted_sum(dev(np.zeros((1, 3), np.float32)), u, c, 2, 8)
+    with pytest.raises(ValueError, match="0-d"):
+        cb.scalar_weighted_sum(np.array(1.0, np.float32).view(FakeArray), u, c, 2, 8)
+    with pytest.raises(ValueError, match=r"codes shaped \(rows, nbytes\)"):
+        cb.scalar_weighted_sum(dev(np.zeros(8, np.float32)), dev(np.zeros(2, np.uint8)), c, 2, 8)
+    with pytest.raises(TypeError, match="real floats"):
+        cb.scalar_weighted_sum(dev(np.zeros((1, 2), np.complex64)), u, c, 2, 8)
     assert recorder.launches == []
 
 
@@ -1237,6 +1425,40 @@ def test_gpu_polar_ops(cp, rng, dtype, dim, levels, bits):
         rtol=1e-4 if dtype == np.float32 else 1e-10,
         atol=1e-3 if dtype == np.float32 else 1e-10,
     )
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_gpu_weighted_sums(cp, rng, dtype, bits):
+    """Both weighted sums on the device against the reference (20,000 rows, 1 and 12 weight rows:
+    many blocks adding with atomics, two weight tiles)."""
+    rows, n = 20000, 128
+    cents, bnd = _codebook(rng, bits, dtype)
+    packed = ref.scalar_encode(rng.standard_normal((rows, n)).astype(dtype), bnd, bits)
+    values = ref.scalar_values(packed, cents, bits, n)
+    for nw in (1, 12):
+        w = rng.standard_normal((nw, rows)).astype(dtype)
+        got = cb.scalar_weighted_sum(cp.asarray(w), cp.asarray(packed), cp.asarray(cents), bits, n)
+        want = ref.scalar_weighted_sum(w, packed, cents, bits, n)
+        _assert_weighted(cp.asnumpy(got), want, w, values, WS_RTOL[dtype])
+    lv, pb = 4, (bits, 2, 2, 2)
+    bnds, pcents = _polar_books(n, lv, pb, dtype)
+    pk, radii = ref.polar_encode(rng.standard_normal((rows, n)).astype(dtype), lv, bnds, pb)
+    w = rng.standard_normal((12, rows)).astype(dtype)
+    got = cb.polar_weighted_sum(
+        cp.asarray(w),
+        [cp.asarray(p) for p in pk],
+        cp.asarray(radii),
+        [cp.asarray(c) for c in pcents],
+        pb,
+        n,
+    )
+    want = ref.polar_weighted_sum(w, pk, radii, pcents, pb, n)
+    # cos/sin of the centroids come from the device (1 ulp): float64 within 1e-10 of the scale
+    rtol = WS_RTOL[dtype] if dtype == np.float32 else 1e-10
+    _assert_weighted(cp.asnumpy(got), want, w, ref.polar_values(pk, radii, pcents, pb, n), rtol)
 
 
 def _quantizers():

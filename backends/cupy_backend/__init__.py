@@ -1,4 +1,4 @@
-"""The CuPy backend: the reference's nine operations as raw CUDA kernels.
+"""The CuPy backend: the reference's eleven operations as raw CUDA kernels.
 
 Same names, signatures and results as :mod:`polarquant.backends.numpy_backend`
 (the reference; read its table first): packed bytes identical to the
@@ -14,31 +14,43 @@ device, launch, reshape.  The CUDA C is in ``kernels.cu`` (package data,
 compiled once per process on first use); launch sizes and shared memory are
 planned by :mod:`._launch`.
 
-=====================  ==============================================  ================================
-operation              kernels (``_f32`` / ``_f64``)                   differs from the reference
-=====================  ==============================================  ================================
-``scalar_encode``      ``scalar_encode``                               never (exact comparisons)
-``scalar_values``      ``scalar_values``                               never (a gather)
-``scalar_score``       ``scalar_score_lut`` (1, 2, 4, 8 bits, table    summation order (rtol ~1e-6)
-                       fits, >= 1024 rows), else
-                       ``scalar_score_gather``
-``sign_encode``        ``sign_encode``                                 never
-``sign_values``        ``sign_values``                                 never
-``sign_score``         ``sign_score_lut``, else ``sign_score_gather``  summation order
-``polar_encode``       ``polar_encode`` (a block per row)              ``atan2``/``hypot`` last bits:
-                                                                       angles within ~1e-6 of a
-                                                                       boundary may differ by one code
-``polar_values``       ``polar_values``                                ``cos``/``sin`` of the centroids
-                                                                       computed on the device (1 ulp)
-``polar_score``        ``polar_score`` (never writes decoded rows)     as above, and summation order
-=====================  ==============================================  ================================
+=======================  ==============================================  ================================
+operation                kernels (``_f32`` / ``_f64``)                   differs from the reference
+=======================  ==============================================  ================================
+``scalar_encode``        ``scalar_encode``                               never (exact comparisons)
+``scalar_values``        ``scalar_values``                               never (a gather)
+``scalar_score``         ``scalar_score_lut`` (1, 2, 4, 8 bits, table    summation order (rtol ~1e-6)
+                         fits, >= 1024 rows), else
+                         ``scalar_score_gather``
+``sign_encode``          ``sign_encode``                                 never
+``sign_values``          ``sign_values``                                 never
+``sign_score``           ``sign_score_lut``, else ``sign_score_gather``  summation order
+``polar_encode``         ``polar_encode`` (a block per row)              ``atan2``/``hypot`` last bits:
+                                                                         angles within ~1e-6 of a
+                                                                         boundary may differ by one code
+``polar_values``         ``polar_values``                                ``cos``/``sin`` of the centroids
+                                                                         computed on the device (1 ulp)
+``polar_score``          ``polar_score`` (never writes decoded rows)     as above, and summation order
+``scalar_weighted_sum``  ``scalar_weighted_sum`` (a run of rows per      summation order, which varies
+                         block, partial sums added with ``atomicAdd``    from run to run (atomics)
+                         into a zeroed output)
+``polar_weighted_sum``   ``polar_weighted_sum`` (the same; rows          as ``polar_values``, and
+                         decoded as in ``polar_values``)                 summation order (atomics)
+=======================  ==============================================  ================================
 
 Validation follows the reference and the numba backend (same exception types
 for the same bad input), with two stricter checks: a codebook with fewer than
 ``2**bits`` centroids raises ``IndexError`` up front, one with more than
-``2**bits - 1`` boundaries ``ValueError``; and two limits of the kernels:
-``polar_encode`` needs exactly ``2**b - 1`` boundaries per level (what every
-codebook has) and at most 16 levels.
+``2**bits - 1`` boundaries ``ValueError``, and the weighted sums take codes
+of one ``(rows, nbytes)`` batch only (``ValueError`` otherwise); and two
+limits of the kernels: ``polar_encode`` needs exactly ``2**b - 1`` boundaries
+per level (what every codebook has) and at most 16 levels.
+
+GPU execution is unverified (``docs/performance.md``), the weighted sums'
+included: the CUDA sources are compile-checked with nvcc for sm_80 and sm_90,
+and the host side and the kernels' arithmetic are tested with the launch
+mocked and the kernels emulated on the CPU (``tests/test_cuda.py``); the
+``gpu`` tests there need a CUDA device.
 
 Examples
 --------
@@ -543,3 +555,92 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
         )
         _scores(f"polar_score_{_SUFFIX[work]}", rows, nq, dim // 2, head, out, shared, dev)
     return out.reshape(shape).astype(out_dtype, copy=False)
+
+
+# -- weighted sums of decoded rows (attention values) ----------------------------------------------
+def _weights(cp, w, rows: int, codes_ndim: int, name: str = "w"):
+    """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
+
+    Stricter than the reference's ``w @ values``, as in the numba backend:
+    codes of other shapes are a ``ValueError``.
+    """
+    w = _device(w, name, cp)
+    if codes_ndim != 2:
+        raise ValueError(
+            f"weighted sums need codes shaped (rows, nbytes), got {codes_ndim} dimensions"
+        )
+    if w.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {rows}), got a 0-d array")
+    if w.shape[-1] != rows:
+        raise ValueError(
+            f"{name} has last dimension {w.shape[-1]}, but there are {rows} rows of codes "
+            f"(matmul mismatch: {w.shape} @ ({rows}, n))"
+        )
+    return w
+
+
+def _weighted_sums(name: str, rows: int, nw: int, cols: int, args: tuple, out, shared, dev):
+    """Launch a weighted-sum kernel into the zeroed ``out`` (nothing to add for empty problems)."""
+    if rows == 0 or nw == 0 or cols == 0:
+        return
+    grid = _launch.weighted_sum_grid(rows, nw, _launch.device_limits(dev))
+    _launch.launch(name, grid, (_launch.THREADS,), (*args, out), shared, dev)
+
+
+def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
+    """``w (nw, rows) @ c[idx]`` -> ``(nw, n)``: the dual of ``scalar_score`` (attention values)."""
+    cp = _launch.get_cupy()
+    bits = check_bits(bits)
+    n = check_int(n, "n", low=0)
+    packed2 = _packed(cp, packed, bits, n)
+    rows = packed2.shape[0]
+    w = _weights(cp, w, rows, packed.ndim)
+    centroids = _device(centroids, "centroids", cp)
+    out_dtype = np.result_type(w.dtype, centroids.dtype)
+    work = _work_dtype(out_dtype)
+    dev = _device_id((packed2, w, centroids))
+    with cp.cuda.Device(dev):
+        w2 = _rows(cp, w, rows, work)
+        cents = _codebook(cp, centroids, bits, work)
+        nw = w2.shape[0]
+        out = cp.zeros((nw, n), dtype=work)
+        args = (w2, np.int64(nw), packed2, np.int64(rows), np.int32(n), np.int32(bits), cents)
+        shared = (1 << bits) * work.itemsize
+        _weighted_sums(f"scalar_weighted_sum_{_SUFFIX[work]}", rows, nw, n, args, out, shared, dev)
+    return out.reshape(*w.shape[:-1], n).astype(out_dtype, copy=False)
+
+
+def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
+    """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
+    cp = _launch.get_cupy()
+    parts, radii, bits, batch, dtypes = _polar_codes(cp, packed, radii, centroids, bits, dim)
+    levels = len(bits)
+    rows = math.prod(batch)
+    w = _weights(cp, w, rows, len(batch) + 1)
+    out_dtype = np.result_type(w.dtype, *dtypes)
+    work = _work_dtype(out_dtype)
+    dev = _device_id((w, radii, *parts, *centroids))
+    shared = _launch.polar_trig_shared_bytes(bits, work.itemsize)
+    with cp.cuda.Device(dev):
+        w2 = _rows(cp, w, rows, work)
+        r2 = _rows(cp, radii, radii.shape[-1], work)
+        cents = [
+            _codebook(cp, c, b, work, f"centroids of level {level}")
+            for level, (c, b) in enumerate(zip(centroids, bits, strict=True), start=1)
+        ]
+        nw = w2.shape[0]
+        out = cp.zeros((nw, dim), dtype=work)
+        args = (
+            w2,
+            np.int64(nw),
+            r2,
+            np.int64(rows),
+            np.int32(dim),
+            np.int32(levels),
+            _launch.level_bits_word(bits),
+            *_level_pointers(parts),
+            *_level_pointers(cents),
+        )
+        name = f"polar_weighted_sum_{_SUFFIX[work]}"
+        _weighted_sums(name, rows, nw, dim // 2, args, out, shared, dev)
+    return out.reshape(*w.shape[:-1], dim).astype(out_dtype, copy=False)

@@ -13,7 +13,9 @@ points of :mod:`polarquant.backends.cupy_backend`:
   threads), 32 * SM count)`` for one-thread-per-element kernels, a block per
   row (same cap) for ``polar_encode``, and for the score kernels as many
   blocks as stay resident (threads and shared memory per SM), shared between
-  the queries on ``gridDim.y``;
+  the queries on ``gridDim.y``; the weighted-sum kernels likewise, with at
+  least ``WS_MIN_ROWS`` rows per block and weight rows ``WS_TILE`` at a time
+  on ``gridDim.y``;
 * **how much shared memory**: per kernel, from the sizes the kernel lays out
   (the formulas mirror ``kernels.cu``); above the 48 KiB default a kernel is
   opted in (``max_dynamic_shared_size_bytes``) up to the device's limit.
@@ -49,6 +51,11 @@ LUT_MAX_SHARED_BYTES = 64 * 1024
 LUT_MIN_ROWS = 1024
 #: ``gridDim.y`` limit (queries beyond it loop inside the kernel).
 MAX_GRID_Y = 65535
+#: Weight rows one thread of a weighted-sum kernel accumulates at once (``PQ_WS_TILE``).
+WS_TILE = 8
+#: Fewest rows per block of a weighted-sum kernel: a block ends with one ``atomicAdd``
+#: per output element it touches, worth it over 64 rows (as many loads per element).
+WS_MIN_ROWS = 64
 #: Per-row sizes are ``int`` in the kernels.
 INT32_MAX = 2**31 - 1
 #: A null pointer argument (unused polar levels): eight zero bytes.
@@ -69,6 +76,8 @@ _OPERATIONS = (
     "polar_encode",
     "polar_values",
     "polar_score",
+    "scalar_weighted_sum",
+    "polar_weighted_sum",
 )
 #: Every kernel the host code may request (checked against the source by the tests).
 KERNELS = tuple(f"{op}_{suffix}" for op in _OPERATIONS for suffix in ("f32", "f64"))
@@ -221,6 +230,22 @@ def score_grid(
     resident = per_sm * lim.sm_count
     rows_per_block = threads // group
     gx = max(1, min(ceil_div(rows, rows_per_block), max(1, ceil_div(resident, gy))))
+    return gx, gy
+
+
+def weighted_sum_grid(
+    rows: int, nw: int, lim: DeviceLimits, threads: int = THREADS
+) -> tuple[int, int]:
+    """``(gridDim.x, gridDim.y)`` of a weighted-sum kernel.
+
+    Weight rows go on ``y``, ``WS_TILE`` per block (at most 65535 blocks; the
+    kernel loops over the rest).  On ``x``: a contiguous run of at least
+    ``WS_MIN_ROWS`` rows per block, and no more blocks than stay resident,
+    divided among the ``y`` blocks.
+    """
+    gy = max(1, min(ceil_div(nw, WS_TILE), MAX_GRID_Y))
+    resident = max(1, lim.max_threads_per_sm // threads) * lim.sm_count
+    gx = max(1, min(ceil_div(rows, WS_MIN_ROWS), ceil_div(resident, gy)))
     return gx, gy
 
 

@@ -30,6 +30,12 @@
  *                                                         the cos/sin path from level L down to 1
  *   polar_score_x                 polar_score             a group of lanes sums <q, pair> of one row,
  *                                                         never writing the decoded row
+ *   scalar_weighted_sum_x         scalar_weighted_sum     one coordinate j of the block's run of rows,
+ *                                                         for PQ_WS_TILE weight rows at once:
+ *                                                         sum_r w[i, r] c[code_rj] in registers, then
+ *                                                         one atomicAdd per (i, j) into the zeroed output
+ *   polar_weighted_sum_x          polar_weighted_sum      the same for one level-1 pair (2 coordinates)
+ *                                                         of the block's rows, decoded as polar_values
  *
  * Float kernels come as two extern "C" variants (_f32, _f64) of one C++
  * template, rather than templates fetched with name_expressions: the names
@@ -54,6 +60,12 @@
  * output byte (8 comparisons), which yields the canonical MSB-first byte
  * directly; a __ballot_sync version would need __brev and a byte split.
  *
+ * Weighted-sum kernels split the rows into one contiguous run per block (gridDim.x; any
+ * grid is correct), take weight rows PQ_WS_TILE at a time on gridDim.y (looping past
+ * 65535) and add each block's partial sums to the output with atomicAdd (double atomicAdd
+ * needs sm_60 or later): the output must be zeroed, and the order of the additions, hence
+ * the last bits of the sums, varies from run to run.
+ *
  * Index widths: per-row sizes (codes, bytes, dimensions) are int (the host
  * checks n * bits < 2**31); row counts, flat element indices and strides are
  * long long, so rows * n may exceed 2**31.
@@ -61,9 +73,11 @@
 
 #if defined(__CUDACC__)
 #define PQ_HD __host__ __device__ __forceinline__
+#define PQ_UNROLL _Pragma("unroll")
 #else
 #include <cmath>
 #define PQ_HD inline
+#define PQ_UNROLL
 #endif
 
 #define PQ_MAX_LEVELS 16
@@ -487,6 +501,106 @@ PQ_HD T polar_row_partial(const PolarCodes<T>& pc, const T* q, const T* radii, l
     return acc;
 }
 
+/* ---------------------------------------------------------------- weighted sums */
+/* Weight rows a thread accumulates at once: each code it decodes serves that many. */
+#define PQ_WS_TILE 8
+
+/* *out += v: atomicAdd on the device (the blocks add their partial sums), a plain
+ * addition in the CPU emulation (which runs the threads one after the other). */
+template <typename T>
+PQ_HD void pq_atomic_add(T* out, T v) {
+#if defined(__CUDA_ARCH__)
+    atomicAdd(out, v);
+#else
+    *out += v;
+#endif
+}
+
+/* Rows [start, stop) of block `block` of `nblocks`: contiguous runs of ceil(rows / nblocks). */
+PQ_HD void block_rows(long long rows, long long block, long long nblocks, long long& start,
+                      long long& stop) {
+    const long long per = (rows + nblocks - 1) / nblocks;
+    start = block * per < rows ? block * per : rows;
+    stop = start + per < rows ? start + per : rows;
+}
+
+/* Threads of a block over (columns, rows): thread tid takes column tid % cols (and every
+ * cols-th one after it) of rows start + lane, + lanes, ...; cols = min(ncols, nthreads),
+ * lanes = nthreads / cols; threads with lane >= lanes have nothing to do. */
+struct WsLanes {
+    int cols, lanes, col, lane;
+};
+
+PQ_HD WsLanes ws_lanes(int ncols, int tid, int nthreads) {
+    WsLanes l;
+    l.cols = ncols < nthreads ? ncols : nthreads;
+    l.lanes = nthreads / l.cols;
+    l.col = tid % l.cols;
+    l.lane = tid / l.cols;
+    return l;
+}
+
+/* Weight rows i0 .. i0 + PQ_WS_TILE - 1 (those < nw) of scalar_weighted_sum over rows
+ * [start, stop), by thread tid of nthreads: out[i, j] += sum_r w[i, r] c[code_rj]. */
+template <typename T>
+PQ_HD void scalar_weighted_sum_block(const T* w, long long nw, const unsigned char* packed,
+                                     long long rows, int n, int bits, const T* cents, T* out,
+                                     long long i0, long long start, long long stop, int tid,
+                                     int nthreads) {
+    if (n == 0) return;
+    const int nbytes = packed_nbytes(n, bits);
+    const int tile = nw - i0 < PQ_WS_TILE ? static_cast<int>(nw - i0) : PQ_WS_TILE;
+    const WsLanes l = ws_lanes(n, tid, nthreads);
+    if (l.lane >= l.lanes) return;
+    for (int j = l.col; j < n; j += l.cols) {
+        T acc[PQ_WS_TILE];
+        PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) acc[k] = T(0);
+        for (long long row = start + l.lane; row < stop; row += l.lanes) {
+            const T v = cents[read_code(packed + row * nbytes, j, bits)];
+            PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) {
+                if (k < tile) acc[k] += w[(i0 + k) * rows + row] * v;
+            }
+        }
+        PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) {
+            if (k < tile) pq_atomic_add(out + (i0 + k) * n + j, acc[k]);
+        }
+    }
+}
+
+/* The same for polar_weighted_sum: a thread takes level-1 pair p (coordinates 2p, 2p + 1),
+ * decoded by polar_pair as in polar_values. */
+template <typename T>
+PQ_HD void polar_weighted_sum_block(const PolarCodes<T>& pc, const T* w, long long nw,
+                                    const T* radii, long long rows, int dim, T* out, long long i0,
+                                    long long start, long long stop, int tid, int nthreads) {
+    const int half = dim >> 1, nr = dim >> pc.levels;
+    if (half == 0) return;
+    const int tile = nw - i0 < PQ_WS_TILE ? static_cast<int>(nw - i0) : PQ_WS_TILE;
+    const WsLanes l = ws_lanes(half, tid, nthreads);
+    if (l.lane >= l.lanes) return;
+    for (int p = l.col; p < half; p += l.cols) {
+        T acc0[PQ_WS_TILE], acc1[PQ_WS_TILE];
+        PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) acc0[k] = acc1[k] = T(0);
+        for (long long row = start + l.lane; row < stop; row += l.lanes) {
+            T x0, x1;
+            polar_pair(pc, row, radii + row * nr, p, x0, x1);
+            PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) {
+                if (k < tile) {
+                    const T wk = w[(i0 + k) * rows + row];
+                    acc0[k] += wk * x0;
+                    acc1[k] += wk * x1;
+                }
+            }
+        }
+        PQ_UNROLL for (int k = 0; k < PQ_WS_TILE; ++k) {
+            if (k < tile) {
+                pq_atomic_add(out + (i0 + k) * dim + 2 * p, acc0[k]);
+                pq_atomic_add(out + (i0 + k) * dim + 2 * p + 1, acc1[k]);
+            }
+        }
+    }
+}
+
 /* ================================================================ CUDA kernels */
 #if defined(__CUDACC__)
 
@@ -663,6 +777,37 @@ __device__ void polar_score_kernel(const T* q, long long nq, const T* radii, lon
     }
 }
 
+/* A run of rows per block (blockIdx.x), weight rows PQ_WS_TILE at a time (blockIdx.y). */
+template <typename T>
+__device__ void scalar_weighted_sum_kernel(const T* w, long long nw, const unsigned char* packed,
+                                           long long rows, int n, int bits, const T* cents,
+                                           T* out) {
+    T* s_c = reinterpret_cast<T*>(pq_smem);
+    stage(s_c, cents, 1 << bits, threadIdx.x, blockDim.x);
+    __syncthreads();
+    long long start, stop;
+    block_rows(rows, blockIdx.x, gridDim.x, start, stop);
+    for (long long i0 = static_cast<long long>(blockIdx.y) * PQ_WS_TILE; i0 < nw;
+         i0 += static_cast<long long>(gridDim.y) * PQ_WS_TILE)
+        scalar_weighted_sum_block(w, nw, packed, rows, n, bits, s_c, out, i0, start, stop,
+                                  static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+}
+
+template <typename T>
+__device__ void polar_weighted_sum_kernel(const T* w, long long nw, const T* radii, long long rows,
+                                          int dim, int levels, unsigned long long bits_word,
+                                          const unsigned char* const* packed,
+                                          const T* const* cents, T* out) {
+    __shared__ PolarCodes<T> pc;
+    polar_codes_setup(pc, packed, cents, dim, levels, bits_word);
+    long long start, stop;
+    block_rows(rows, blockIdx.x, gridDim.x, start, stop);
+    for (long long i0 = static_cast<long long>(blockIdx.y) * PQ_WS_TILE; i0 < nw;
+         i0 += static_cast<long long>(gridDim.y) * PQ_WS_TILE)
+        polar_weighted_sum_block(pc, w, nw, radii, rows, dim, out, i0, start, stop,
+                                 static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+}
+
 /* ---------------------------------------------------------------- extern "C" entry points */
 extern "C" __global__ void scalar_encode_f32(const float* y, long long rows, int n, const float* bnd,
                                              int nbnd, int bits, unsigned char* out) {
@@ -800,6 +945,39 @@ extern "C" __global__ void polar_score_f64(const double* q, long long nq, const 
     const unsigned char* const p[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(packed);
     const double* const c[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(cents);
     polar_score_kernel(q, nq, radii, rows, dim, levels, bits_word, p, c, group, out);
+}
+
+extern "C" __global__ void scalar_weighted_sum_f32(const float* w, long long nw,
+                                                   const unsigned char* packed, long long rows,
+                                                   int n, int bits, const float* cents, float* out) {
+    scalar_weighted_sum_kernel(w, nw, packed, rows, n, bits, cents, out);
+}
+extern "C" __global__ void scalar_weighted_sum_f64(const double* w, long long nw,
+                                                   const unsigned char* packed, long long rows,
+                                                   int n, int bits, const double* cents,
+                                                   double* out) {
+    scalar_weighted_sum_kernel(w, nw, packed, rows, n, bits, cents, out);
+}
+
+extern "C" __global__ void polar_weighted_sum_f32(const float* w, long long nw, const float* radii,
+                                                  long long rows, int dim, int levels,
+                                                  unsigned long long bits_word,
+                                                  PQ_LEVEL_PARAMS(const unsigned char*, packed),
+                                                  PQ_LEVEL_PARAMS(const float*, cents),
+                                                  float* out) {
+    const unsigned char* const p[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(packed);
+    const float* const c[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(cents);
+    polar_weighted_sum_kernel(w, nw, radii, rows, dim, levels, bits_word, p, c, out);
+}
+extern "C" __global__ void polar_weighted_sum_f64(const double* w, long long nw,
+                                                  const double* radii, long long rows, int dim,
+                                                  int levels, unsigned long long bits_word,
+                                                  PQ_LEVEL_PARAMS(const unsigned char*, packed),
+                                                  PQ_LEVEL_PARAMS(const double*, cents),
+                                                  double* out) {
+    const unsigned char* const p[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(packed);
+    const double* const c[PQ_MAX_LEVELS] = PQ_LEVEL_ARRAY(cents);
+    polar_weighted_sum_kernel(w, nw, radii, rows, dim, levels, bits_word, p, c, out);
 }
 
 #endif /* __CUDACC__ */

@@ -1,4 +1,4 @@
-"""The Numba CPU-JIT backend: the reference's nine operations as parallel kernels.
+"""The Numba CPU-JIT backend: the reference's eleven operations as parallel kernels.
 
 Same names, signatures and results as :mod:`polarquant.backends.numpy_backend`
 (the reference; read its table first): packed bytes identical to the
@@ -17,28 +17,37 @@ and the per-level packed angle codes travel to the kernels as one
 Python list of arrays of run-time length; a ``numba.typed.List`` could, at
 0.4 s of uncached compilation per process).
 
-=====================  ===============================================  ==============================
-operation              kernels                                          differs from the reference
-=====================  ===============================================  ==============================
-``scalar_encode``      ``scalar_encode_kernel``                         never (exact comparisons)
-``scalar_values``      ``scalar_values_kernel``                         never (a gather)
-``scalar_score``       ``byte_tables`` + ``scalar_score_kernel``        summation order (rtol ~1e-6)
-                       (1, 2, 4, 8 bits), else ``code_tables`` +
-                       ``scalar_score_gather_kernel``
-``sign_encode``        ``sign_encode_kernel``                           never
-``sign_values``        ``scalar_values_kernel``, codebook ``(-1, +1)``  never
-``sign_score``         ``byte_tables`` + ``scalar_score_kernel``        summation order
-``polar_encode``       ``polar_encode_kernel``                          ``atan2`` last bits: codes of
-                                                                        angles within ~1e-6 of a
-                                                                        boundary may differ by one
-``polar_values``       ``polar_values_kernel``                          never (same products)
-``polar_score``        ``polar_score_kernel``                           summation order
-=====================  ===============================================  ==============================
+=======================  ===============================================  ==============================
+operation                kernels                                          differs from the reference
+=======================  ===============================================  ==============================
+``scalar_encode``        ``scalar_encode_kernel``                         never (exact comparisons)
+``scalar_values``        ``scalar_values_kernel``                         never (a gather)
+``scalar_score``         ``byte_tables`` + ``scalar_score_kernel``        summation order (rtol ~1e-6)
+                         (1, 2, 4, 8 bits), else ``code_tables`` +
+                         ``scalar_score_gather_kernel``
+``sign_encode``          ``sign_encode_kernel``                           never
+``sign_values``          ``scalar_values_kernel``, codebook ``(-1, +1)``  never
+``sign_score``           ``byte_tables`` + ``scalar_score_kernel``        summation order
+``polar_encode``         ``polar_encode_kernel``                          ``atan2`` last bits: codes of
+                                                                          angles within ~1e-6 of a
+                                                                          boundary may differ by one
+``polar_values``         ``polar_values_kernel``                          never (same products)
+``polar_score``          ``polar_score_kernel``                           summation order
+``scalar_weighted_sum``  ``scalar_weighted_sum_kernel``: one              summation order
+                         ``(nw, n)`` partial sum per chunk of rows,
+                         added up here; 1, 2, 4, 8-bit rows decoded
+                         from a byte table (``_value_table``)
+``polar_weighted_sum``   ``polar_weighted_sum_kernel``: partial sums      summation order
+                         as above, rows rebuilt as in ``polar_values``
+=======================  ===============================================  ==============================
 
-Two checks are stricter than the reference's: a codebook with too few
+Three checks are stricter than the reference's: a codebook with too few
 centroids for ``bits`` raises ``IndexError`` (the reference raises it only
-when a code actually points past the end) and one with too many boundaries
-raises ``ValueError`` (the reference raises it only when a code overflows).
+when a code actually points past the end), one with too many boundaries
+raises ``ValueError`` (the reference raises it only when a code overflows),
+and the weighted sums take codes of one ``(rows, nbytes)`` batch only
+(``ValueError`` otherwise; the reference's ``w @ values`` would contract a
+single 1-D row with ``w``'s last axis, or broadcast stacks of batches).
 
 Examples
 --------
@@ -52,6 +61,8 @@ array([[-1. ,  0.2,  0.2,  1. ]])
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -90,7 +101,8 @@ def _work_dtype(*dtypes) -> np.dtype:
 
 def _rows(a, n: int, dtype) -> np.ndarray:
     """``a (..., n)`` as a C-contiguous ``(rows, n)`` array of ``dtype`` (a view when possible)."""
-    return np.ascontiguousarray(a.reshape(-1, n), dtype=dtype)
+    rows = math.prod(a.shape[:-1])  # not reshape(-1, n): ambiguous for n = 0
+    return np.ascontiguousarray(a.reshape(rows, n), dtype=dtype)
 
 
 def _packed(packed, bits: int, n: int, name: str = "packed codes") -> np.ndarray:
@@ -398,3 +410,85 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
             tables, codes, r2, cos_t, sin_t, bits, offsets, out[start : start + block]
         )
     return out.reshape(shape).astype(out_dtype, copy=False)
+
+
+# -- weighted sums of decoded rows (attention values) ----------------------------------------------
+def _weights(w, rows: int, codes_ndim: int, name: str = "w") -> np.ndarray:
+    """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
+
+    Stricter than the reference's ``w @ values``: codes of other shapes are a
+    ``ValueError`` (for one 1-D row ``@`` would contract ``w`` with the row's
+    coordinates instead, and stacks of batches would broadcast).
+    """
+    w = _numpy(w, name)
+    if codes_ndim != 2:
+        raise ValueError(
+            f"weighted sums need codes shaped (rows, nbytes), got {codes_ndim} dimensions"
+        )
+    if w.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {rows}), got a 0-d array")
+    if w.shape[-1] != rows:
+        raise ValueError(
+            f"{name} has last dimension {w.shape[-1]}, but there are {rows} rows of codes "
+            f"(matmul mismatch: {w.shape} @ ({rows}, n))"
+        )
+    return w
+
+
+def _value_table(cents, bits: int) -> np.ndarray:
+    """``table[per v + t]``: the centroid of code ``t`` of byte value ``v``, for 1, 2, 4, 8 bits.
+
+    ``per = 8 // bits`` codes per byte, code ``t`` sitting ``8 - bits (t + 1)``
+    bits up (:mod:`polarquant.packing`); ``256 per`` values, the decode table of
+    :func:`.kernels.scalar_weighted_sum_kernel`.  Other widths get an empty table
+    (their codes straddle bytes).
+    """
+    if 8 % bits:
+        return np.zeros(0, dtype=cents.dtype)
+    per = 8 // bits
+    shifts = 8 - bits * (np.arange(per) + 1)
+    codes = (np.arange(256)[:, None] >> shifts) & ((1 << bits) - 1)
+    return np.ascontiguousarray(cents[codes].reshape(-1))
+
+
+def _partial_sums(rows: int, nw: int, n: int, dtype) -> np.ndarray:
+    """One ``(nw, n)`` accumulator per parallel chunk of rows (summed by the caller)."""
+    return np.empty((min(rows, kernels.CHUNKS), nw, n), dtype=dtype)
+
+
+def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
+    """``w (nw, rows) @ c[idx]`` -> ``(nw, n)``: the dual of ``scalar_score`` (attention values)."""
+    bits = check_bits(bits)
+    n = check_int(n, "n", low=0)
+    packed2 = _packed(packed, bits, n)
+    rows = packed2.shape[0]
+    w = _weights(w, rows, packed.ndim)
+    centroids = _numpy(centroids, "centroids")
+    out_dtype = np.result_type(w.dtype, centroids.dtype)
+    work = _work_dtype(out_dtype)
+    cents = _codebook(centroids, bits, work)
+    w2 = _rows(w, rows, work)
+    partial = _partial_sums(rows, w2.shape[0], n, work)
+    if partial.size:
+        kernels.scalar_weighted_sum_kernel(
+            w2, packed2, cents, _value_table(cents, bits), bits, partial
+        )
+    out = partial.sum(axis=0)
+    return out.reshape(*w.shape[:-1], n).astype(out_dtype, copy=False)
+
+
+def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
+    """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
+    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    rows = codes.shape[0]
+    w = _weights(w, rows, len(batch) + 1)
+    out_dtype = np.result_type(w.dtype, *dtypes)
+    work = _work_dtype(out_dtype)
+    cos_t, sin_t = _tables(centroids, bits, work)
+    w2 = _rows(w, rows, work)
+    r2 = _rows(radii, radii.shape[-1], work)
+    partial = _partial_sums(rows, w2.shape[0], dim, work)
+    if partial.size:
+        kernels.polar_weighted_sum_kernel(w2, codes, r2, cos_t, sin_t, bits, offsets, partial)
+    out = partial.sum(axis=0)
+    return out.reshape(*w.shape[:-1], dim).astype(out_dtype, copy=False)
