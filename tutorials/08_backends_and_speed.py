@@ -101,9 +101,10 @@ else:
 # | **array namespace**: which library holds the data | always the input | NumPy, CuPy, torch, any array-API library |
 # | **kernel backend**: who runs the hot loops | you | `numpy` (reference), `numba` (CPU JIT), `cupy` (CUDA) |
 #
-# Every backend implements the same **nine operations** (`polarquant.backends.numpy_backend`
+# Every backend implements the same **eleven operations** (`polarquant.backends.numpy_backend`
 # lists them): encode, values and score, for scalar codes (TurboQuant), sign bits (QJL) and polar
-# codes (PolarQuant).  The quantizers call nothing else on their hot paths, and all backends
+# codes (PolarQuant), and the weighted sums of scalar and polar codes that attention over
+# compressed values needs (tutorial 7).  The quantizers call nothing else on their hot paths, and all backends
 # write **one packed format** from the **same seeded constants**, so codes written by one backend
 # decode on any other.
 #
@@ -651,7 +652,7 @@ plotting.show(fig)
 # %% [markdown]
 # ## 5. The GPU path
 #
-# The `cupy` backend implements the same nine operations as raw CUDA kernels
+# The `cupy` backend implements the same eleven operations as raw CUDA kernels
 # (`backends/cupy_backend/kernels.cu`, shipped with the package and compiled at first use by
 # CuPy's NVRTC, cached by CuPy):
 #
