@@ -54,3 +54,24 @@ def check_polar_levels(packed, centroids, bits) -> tuple[list, list, list]:
             "widths: one of each per level"
         )
     return packed, centroids, bits
+
+
+def check_weight_width(w, rows: int, codes_ndim: int, name: str = "w"):
+    """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
+
+    Stricter than the reference's ``w @ values``: codes of other shapes are a
+    ``ValueError`` (for one 1-D row ``@`` would contract ``w`` with the row's
+    coordinates instead, and stacks of batches would broadcast).
+    """
+    if codes_ndim != 2:
+        raise ValueError(
+            f"weighted sums need codes shaped (rows, nbytes), got {codes_ndim} dimensions"
+        )
+    if w.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {rows}), got a 0-d array")
+    if w.shape[-1] != rows:
+        raise ValueError(
+            f"{name} has last dimension {w.shape[-1]}, but there are {rows} rows of codes "
+            f"(matmul mismatch: {w.shape} @ ({rows}, n))"
+        )
+    return w

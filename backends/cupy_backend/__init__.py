@@ -73,7 +73,13 @@ from polarquant._array import check_bits, check_int
 from polarquant.polar import check_levels
 
 from .. import OPERATIONS
-from .._checks import check_polar_levels, check_query_width, score_shape, work_dtype
+from .._checks import (
+    check_polar_levels,
+    check_query_width,
+    check_weight_width,
+    score_shape,
+    work_dtype,
+)
 from . import _launch
 
 NAME = "cupy"
@@ -559,24 +565,8 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
 
 # -- weighted sums of decoded rows (attention values) ----------------------------------------------
 def _weights(cp, w, rows: int, codes_ndim: int, name: str = "w"):
-    """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
-
-    Stricter than the reference's ``w @ values``, as in the numba backend:
-    codes of other shapes are a ``ValueError``.
-    """
-    w = _device(w, name, cp)
-    if codes_ndim != 2:
-        raise ValueError(
-            f"weighted sums need codes shaped (rows, nbytes), got {codes_ndim} dimensions"
-        )
-    if w.ndim == 0:
-        raise ValueError(f"{name} must have shape (..., {rows}), got a 0-d array")
-    if w.shape[-1] != rows:
-        raise ValueError(
-            f"{name} has last dimension {w.shape[-1]}, but there are {rows} rows of codes "
-            f"(matmul mismatch: {w.shape} @ ({rows}, n))"
-        )
-    return w
+    """``w (..., rows)`` of this backend's arrays; see ``_checks.check_weight_width``."""
+    return check_weight_width(_device(w, name, cp), rows, codes_ndim, name)
 
 
 def _weighted_sums(name: str, rows: int, nw: int, cols: int, args: tuple, out, shared, dev):

@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 
-def _float_array(a, name: str) -> np.ndarray:
+def check_float_array(a, name: str) -> np.ndarray:
+    """``a`` if it is a floating NumPy array, else ``TypeError`` naming what it is."""
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a NumPy array, got {type(a).__module__}.{type(a).__qualname__} "
@@ -47,7 +48,7 @@ def _float_array(a, name: str) -> np.ndarray:
 
 def check_attention_inputs(queries, head_dim: int, batch: int, kv_heads: int, tokens: int):
     """Validate ``queries (batch, q_heads, nq, head_dim)`` against a cache; return ``G``."""
-    q = _float_array(queries, "queries")
+    q = check_float_array(queries, "queries")
     if q.ndim != 4:
         raise ValueError(
             f"queries must have shape (batch, q_heads, nq, head_dim), got {tuple(q.shape)}"
@@ -127,8 +128,8 @@ def exact_attention(queries, keys, values, scale: float | None = None) -> np.nda
     themselves); returns ``(B, G*H, nq, d)`` float32.  This is the "exact"
     side of every fidelity measurement and benchmark.
     """
-    keys = _float_array(keys, "keys")
-    values = _float_array(values, "values")
+    keys = check_float_array(keys, "keys")
+    values = check_float_array(values, "values")
     if keys.ndim != 4 or keys.shape != values.shape:
         raise ValueError(
             f"keys and values must share a shape (batch, kv_heads, tokens, head_dim), got "

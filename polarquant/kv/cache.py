@@ -54,6 +54,7 @@ from .._array import check_int
 from .attention import (
     causal_mask,
     check_attention_inputs,
+    check_float_array,
     group_queries,
     softmax,
     stream_matmul,
@@ -195,13 +196,7 @@ class KVCache:
 
     # -- appending --------------------------------------------------------------------------------
     def _check_block(self, a, name: str) -> np.ndarray:
-        if not isinstance(a, np.ndarray):
-            raise TypeError(
-                f"{name} must be a NumPy array, got {type(a).__module__}.{type(a).__qualname__} "
-                "(convert torch tensors with .detach().cpu().numpy())"
-            )
-        if a.dtype.kind != "f":
-            raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
+        a = check_float_array(a, name)
         if a.ndim != 4:
             raise ValueError(
                 f"{name} must have shape (batch, kv_heads, tokens, head_dim), got {tuple(a.shape)}"
