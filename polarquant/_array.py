@@ -22,17 +22,20 @@ constants travel, towards the input's device.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import numbers
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import array_namespace, is_array_api_obj, is_numpy_namespace
 from array_api_compat import device as array_device
 
 __all__ = [
     "namespace",
     "as_vectors",
     "check_finite",
+    "quiet_overflow",
     "compute_dtype",
     "host_to_like",
     "to_host",
@@ -64,9 +67,27 @@ def _is_real_floating(xp, dtype) -> bool:
         return dtype in (xp.float32, xp.float64)
 
 
+def quiet_overflow(xp):
+    """Silence NumPy's overflow/invalid warnings where the caller handles the outcome."""
+    return (
+        np.errstate(over="ignore", under="ignore", invalid="ignore")
+        if is_numpy_namespace(xp)
+        else contextlib.nullcontext()
+    )
+
+
 def check_finite(x, name: str = "x") -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf values."""
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf values.
+
+    Fast path: a NaN or an Inf anywhere makes the sum NaN or infinite, so a
+    finite sum proves every value finite without a boolean temporary of the
+    input's size; only when the sum is not finite (bad values, or an overflow
+    of the sum itself) are the values checked one by one.
+    """
     xp = namespace(x)
+    with quiet_overflow(xp):
+        if math.prod(x.shape) == 0 or bool(xp.isfinite(xp.sum(x))):
+            return
     finite = xp.isfinite(x)
     if not bool(xp.all(finite)):
         bad = int(xp.sum(xp.astype(xp.logical_not(finite), xp.int64)))

@@ -30,10 +30,9 @@ import abc
 import math
 from typing import Any, ClassVar
 
-import numpy as np
 from array_api_compat import device as array_device
 
-from ._array import as_vectors, check_finite, check_int, compute_dtype, namespace
+from ._array import as_vectors, check_finite, check_int, compute_dtype, namespace, quiet_overflow
 from ._seeding import check_seed
 from .compressed import CompressedVectors
 
@@ -130,7 +129,7 @@ def safe_norms(x):
     """
     xp = namespace(x)
     info = xp.finfo(x.dtype)
-    with _quiet_overflow(xp):
+    with quiet_overflow(xp):
         squares = xp.vecdot(x, x, axis=-1)
     if bool(xp.all(xp.isfinite(squares) & (squares >= info.smallest_normal / info.eps))):
         norms = xp.sqrt(squares)
@@ -140,19 +139,6 @@ def safe_norms(x):
         norms = scale * xp.linalg.vector_norm(x / scale[:, None], axis=-1)
     safe = xp.where(norms > 0, norms, xp.ones_like(norms))
     return norms, safe
-
-
-def _quiet_overflow(xp):
-    """NumPy warns when a squared norm overflows; the careful path handles it, so silence it."""
-    import contextlib
-
-    from array_api_compat import is_numpy_namespace
-
-    return (
-        np.errstate(over="ignore", under="ignore")
-        if is_numpy_namespace(xp)
-        else contextlib.nullcontext()
-    )
 
 
 class Quantizer(abc.ABC):
@@ -368,7 +354,10 @@ class Quantizer(abc.ABC):
         if not xp.isdtype(weights.dtype, "real floating"):
             raise TypeError(f"weights must be a real floating array, got dtype {weights.dtype}")
         batch = tuple(codes.batch_shape)
-        if tuple(weights.shape[weights.ndim - len(batch) :]) != batch or weights.ndim <= len(batch) - 1:
+        if (
+            tuple(weights.shape[weights.ndim - len(batch) :]) != batch
+            or weights.ndim <= len(batch) - 1
+        ):
             raise ValueError(
                 f"weights of shape {tuple(weights.shape)} do not end with the codes' shape {batch}"
             )
@@ -378,7 +367,9 @@ class Quantizer(abc.ABC):
         flat = self._flat_fields(codes)
         out = xp.zeros((w.shape[0], self.dim), dtype=w.dtype, device=array_device(w))
         for a, b in self._chunks(codes.n_vectors):
-            out = out + self._weighted_sum_rows(w[:, a:b], {k: v[a:b, ...] for k, v in flat.items()})
+            out = out + self._weighted_sum_rows(
+                w[:, a:b], {k: v[a:b, ...] for k, v in flat.items()}
+            )
         return xp.reshape(xp.astype(out, weights.dtype), lead + (self.dim,))
 
     def save(self, path, codes: CompressedVectors) -> None:

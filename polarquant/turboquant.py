@@ -87,9 +87,16 @@ class _ScalarStage:
         host = self.codebook.boundaries if name == "boundaries" else self.codebook.centroids
         return self._consts.get(name, host, like, dtype)
 
-    def encode(self, u):
-        """Packed codes of unit rows ``u``."""
-        y = self.rotation.apply(u)
+    def encode(self, x, divisor=None):
+        """Packed codes of the unit rows ``x / divisor[:, None]`` (``x`` itself if no divisor).
+
+        The rotation is linear, so ``Q (x / r) = (Q x) / r``: the division is
+        done in place on the rotated copy, which saves a pass over the input
+        and a temporary of its size.
+        """
+        y = self.rotation.apply(x)
+        if divisor is not None:
+            y /= divisor[:, None]
         return self._ops().scalar_encode(y, self._const("boundaries", y), self.bits)
 
     def rotated_values(self, codes, dtype):
@@ -217,7 +224,7 @@ class TurboQuantMSE(_TurboQuant):
     def _encode_rows(self, x) -> dict:
         norms, safe = safe_norms(x)
         return {
-            "codes": self.stage.encode(x / safe[:, None]),
+            "codes": self.stage.encode(x, safe),
             "norms": store_scalars(norms, self.norm_dtype, "norms"),
         }
 

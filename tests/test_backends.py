@@ -68,7 +68,14 @@ DIMS = (64, 80, 96, 128, 256)
 MARGIN = 1e-4
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 #: (levels, bits per level) of the PolarQuant configurations tested; valid for every dim in DIMS.
-POLAR_CONFIGS = [(4, (4, 2, 2, 2)), (1, (3,)), (2, (5, 7)), (3, (8, 1, 6))]
+POLAR_CONFIGS = [
+    (4, (4, 2, 2, 2)),
+    (1, (3,)),
+    (2, (5, 7)),
+    (3, (8, 1, 6)),
+    (3, (3, 2, 1)),
+    (2, (2, 4)),
+]
 #: The tests small enough to run with the kernel bodies as Python (``test_kernels_run_as_python``).
 TINY = ("test_tiny_ops", "test_tiny_weighted_sums")
 

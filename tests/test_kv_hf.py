@@ -36,7 +36,7 @@ def test_grid_covers_every_method_and_pairs_values_with_mse_quantizers():
         else:
             assert c["value_method"] == c["key_method"]
     assert [c["nominal_bits"] for c in grid if c["key_method"] == "fp8"] == [8.0]
-    assert [c["nominal_bits"] for c in grid if c["key_method"] == "kivi"] == [3.0, 4.0]
+    assert [c["nominal_bits"] for c in grid if c["key_method"] == "kivi"] == [2.0, 3.0, 4.0]
     assert [c["nominal_bits"] for c in grid if c["key_method"] == "turboquant-mse"] == [
         2.5,
         3.0,
@@ -59,14 +59,16 @@ def test_grid_filters_and_rejects_unknown_methods():
     assert [(c["key_method"], c["nominal_bits"]) for c in g] == [("polarquant", 4.0)]
     g = ev.default_grid(methods=["none", "fp8"])
     assert [(c["key_method"], c["nominal_bits"]) for c in g] == [("none", 16.0), ("fp8", 8.0)]
-    assert ev.default_grid(methods=["kivi"], bits=[2.5], include_none=False) == []
+    # integer-only baselines take each nominal width rounded down, once
+    g = ev.default_grid(methods=["kivi"], bits=[2.5, 3, 3.5], include_none=False)
+    assert [(c["key_bits"], c["nominal_bits"]) for c in g] == [(2, 2.0), (3, 3.0)]
     with pytest.raises(ValueError, match="unknown methods.*'rabitq'"):
         ev.default_grid(methods=["rabitq"])
 
 
 def test_format_table_has_one_row_per_configuration():
     row = {
-        "key_method": "turboquant-mse",
+        "key_method": "polarquant",
         "key_bits": 4,
         "value_method": "turboquant-mse",
         "value_bits": 4,
@@ -76,14 +78,16 @@ def test_format_table_has_one_row_per_configuration():
         "bits_overall": 6.0,
         "fp16_ratio": 16 / 6,
         "top1": 0.98,
+        "mean_abs_logp_diff": 0.05,
+        "key_config": {"method": "polarquant", "dim": 64, "bits": [4, 3, 1, 1]},
         "ppl": 10.1,
         "ppl_change": 0.01,
     }
     table = ev.format_table({"meta": {"ppl_reference": 10.0}, "results": [row, row]})
     lines = table.strip().splitlines()
     assert len(lines) == 2 + 1 + 2
-    assert "| turboquant-mse | turboquant-mse | 4 | 4 | 4.250 |" in lines[-1]
-    assert lines[-1].endswith("| 0.9800 | 10.100 | +1.00% |")
+    assert "| polarquant | turboquant-mse | 4 | (4,3,1,1) | 4 | 4.250 |" in lines[-1]
+    assert lines[-1].endswith("| 0.9800 | 0.0500 | 10.100 | +1.00% |")
 
 
 def test_import_polarquant_does_not_import_torch_or_transformers():

@@ -11,11 +11,13 @@ Each operation here is a thin typed entry point: validate the arguments as the
 reference would, normalise dtype and layout (C-contiguous float32 or float64,
 one compiled signature per dtype), allocate the output, call the kernel of
 :mod:`.kernels`, reshape.  Constants that arrive as lists (the per-level
-boundaries and centroids of PolarQuant) become padded 2-D arrays plus counts,
-and the per-level packed angle codes travel to the kernels as one
-``(rows, sum of nbytes)`` buffer with byte offsets (a Numba kernel cannot take a
-Python list of arrays of run-time length; a ``numba.typed.List`` could, at
-0.4 s of uncached compilation per process).
+boundaries and centroids of PolarQuant) become padded 2-D arrays plus counts.
+The per-level packed angle codes travel to the decoding kernels as a tuple of
+``(rows, nbytes_l)`` arrays, indexed by level at run time (a Numba kernel cannot
+take a Python list; a tuple of arrays of one type can, at one compiled kernel
+per number of levels; copying the levels into one buffer instead cost a third
+of the score's time); the encode kernel writes one ``(rows, sum of nbytes)``
+buffer with byte offsets, split per level afterwards.
 
 =======================  ===============================================  ==============================
 operation                kernels                                          differs from the reference
@@ -32,7 +34,11 @@ operation                kernels                                          differ
                                                                           angles within ~1e-6 of a
                                                                           boundary may differ by one
 ``polar_values``         ``polar_values_kernel``                          never (same products)
-``polar_score``          ``polar_score_kernel``                           summation order
+``polar_score``          ``level1_tables`` + ``level2_tables`` +          summation order
+                         ``polar_score_folded_kernel`` (levels 1 and 2
+                         in the query's table, up to ``FOLD_ENTRIES``
+                         entries per node), else ``level1_tables`` +
+                         ``polar_score_kernel``
 ``scalar_weighted_sum``  ``scalar_weighted_sum_kernel``: one              summation order
                          ``(nw, n)`` partial sum per chunk of rows,
                          added up here; 1, 2, 4, 8-bit rows decoded
@@ -85,6 +91,9 @@ __all__ = ["NAME", *OPERATIONS]
 
 #: Bytes of per-query score tables built at once (keeps them in the L2 cache).
 TABLE_BYTES = 1 << 20
+#: Largest table per level-2 node (``4**bits[0] * 2**bits[1]`` entries) for which
+#: ``polar_score`` folds levels 1 and 2 into the query: 1024 for the paper's (4, 2, ...).
+FOLD_ENTRIES = 4096
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -317,17 +326,18 @@ def _tables(centroids, bits, dtype):
 def _polar_codes(packed, radii, centroids, bits, dim: int):
     """Validate the inputs of ``polar_values``/``polar_score`` as the reference would.
 
-    Returns ``(codes (rows, total), radii (rows, dim >> L), bits, offsets, batch, dtypes)``.
+    Returns ``(codes, radii (rows, dim >> L), bits, batch, dtypes)``, ``codes`` the tuple
+    of the levels' C-contiguous ``(rows, nbytes_l)`` streams (no copy when they already are).
     """
     packed, centroids, bits = check_polar_levels(packed, centroids, bits)
     levels = len(packed)
     radii = _numpy(radii, "radii")
     bits = np.array([check_bits(b) for b in bits], dtype=np.int64)
     counts = [dim >> level for level in range(1, levels + 1)]
-    parts = [
-        _packed(p, int(b), n, f"angle codes of level {level}")
+    parts = tuple(
+        np.ascontiguousarray(_packed(p, int(b), n, f"angle codes of level {level}"))
         for level, (p, n, b) in enumerate(zip(packed, counts, bits, strict=True), start=1)
-    ]
+    )
     batch = tuple(radii.shape[:-1])
     if (
         radii.ndim == 0
@@ -338,11 +348,10 @@ def _polar_codes(packed, radii, centroids, bits, dim: int):
             f"radii of shape {radii.shape} and angle codes of shapes "
             f"{[tuple(p.shape) for p in packed]} do not match dim={dim} with {levels} levels"
         )
-    codes = parts[0] if levels == 1 else np.concatenate(parts, axis=1)
     for c in centroids:
         _numpy(c, "centroids")
     dtypes = [radii.dtype, *(c.dtype for c in centroids)]
-    return codes, radii, bits, _offsets(counts, bits), batch, dtypes
+    return parts, radii, bits, batch, dtypes
 
 
 def polar_encode(y, levels: int, boundaries, bits):
@@ -385,36 +394,46 @@ def polar_encode(y, levels: int, boundaries, bits):
 
 def polar_values(packed, radii, centroids, bits, dim: int):
     """Inverse polar transform of the decoded angles and the radii -> ``(rows, dim)``."""
-    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    codes, radii, bits, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
     out_dtype = np.result_type(*dtypes)
     work = _work_dtype(out_dtype)
     cos_t, sin_t = _tables(centroids, bits, work)
     r2 = _rows(radii, radii.shape[-1], work)
     out = np.empty((r2.shape[0], dim), dtype=work)
-    kernels.polar_values_kernel(codes, r2, cos_t, sin_t, bits, offsets, out)
+    kernels.polar_values_kernel(codes, r2, cos_t, sin_t, bits, out)
     return out.reshape(*batch, dim).astype(out_dtype, copy=False)
 
 
 def polar_score(q, packed, radii, centroids, bits, dim: int):
     """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
-    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    codes, radii, bits, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
     q = _queries(q, dim)
     out_dtype = np.result_type(q.dtype, *dtypes)
     work = _work_dtype(out_dtype)
-    shape = score_shape(q, len(batch) + 1, codes.shape[0])
+    shape = score_shape(q, len(batch) + 1, codes[0].shape[0])
     cos_t, sin_t = _tables(centroids, bits, work)
     q2 = _rows(q, dim, work)
     r2 = _rows(radii, radii.shape[-1], work)
     out = np.empty((q2.shape[0], r2.shape[0]), dtype=work)
     ncodes = 1 << int(bits[0])
-    block = max(1, TABLE_BYTES // max(dim // 2 * ncodes * q2.itemsize, 1))
-    for start in range(0, q2.shape[0], block):  # level 1 folded into a block of queries
+    fold = len(bits) >= 2 and ncodes * ncodes << int(bits[1]) <= FOLD_ENTRIES
+    width = dim // 4 * (ncodes * ncodes << int(bits[1])) if fold else dim // 2 * ncodes
+    block = max(1, TABLE_BYTES // max(width * q2.itemsize, 1))
+    for start in range(0, q2.shape[0], block):  # level 1 (and 2) folded into a block of queries
         qb = q2[start : start + block]
         tables = np.empty((qb.shape[0], dim // 2 * ncodes), dtype=work)
         kernels.level1_tables(qb, cos_t[0, :ncodes], sin_t[0, :ncodes], tables)
-        kernels.polar_score_kernel(
-            tables, codes, r2, cos_t, sin_t, bits, offsets, out[start : start + block]
-        )
+        if fold:
+            folded = np.empty((qb.shape[0], width), dtype=work)
+            ncodes2 = 1 << int(bits[1])
+            kernels.level2_tables(tables, ncodes, cos_t[1, :ncodes2], sin_t[1, :ncodes2], folded)
+            kernels.polar_score_folded_kernel(
+                folded, codes, r2, cos_t, sin_t, bits, out[start : start + block]
+            )
+        else:
+            kernels.polar_score_kernel(
+                tables, codes, r2, cos_t, sin_t, bits, out[start : start + block]
+            )
     return out.reshape(shape).astype(out_dtype, copy=False)
 
 
@@ -468,8 +487,8 @@ def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
 
 def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
     """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
-    codes, radii, bits, offsets, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
-    rows = codes.shape[0]
+    codes, radii, bits, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
+    rows = codes[0].shape[0]
     w = _weights(w, rows, len(batch) + 1)
     out_dtype = np.result_type(w.dtype, *dtypes)
     work = _work_dtype(out_dtype)
@@ -478,6 +497,6 @@ def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
     r2 = _rows(radii, radii.shape[-1], work)
     partial = _partial_sums(rows, w2.shape[0], dim, work)
     if partial.size:
-        kernels.polar_weighted_sum_kernel(w2, codes, r2, cos_t, sin_t, bits, offsets, partial)
+        kernels.polar_weighted_sum_kernel(w2, codes, r2, cos_t, sin_t, bits, partial)
     out = partial.sum(axis=0)
     return out.reshape(*w.shape[:-1], dim).astype(out_dtype, copy=False)

@@ -186,14 +186,23 @@ def _search(x, row, count, boundaries, level, bits, code, ch):
     """``code[ch, j]`` = number of ``boundaries[level]`` that are ``<= x[row, j]``, ``j < count``.
 
     ``boundaries[level]`` holds the level's sorted thresholds padded with ``+inf``
-    to at least ``2**bits - 1`` entries.  ``bits`` halving steps, all coordinates
-    at once: after the step of size ``s`` each code is right to within ``s``.
+    to at least ``2**bits - 1`` entries.  Up to 4 bits the ``2**bits - 1``
+    thresholds are compared with every coordinate and the passes counted (loops
+    over ``j`` that vectorise); wider codes take ``bits`` halving steps, all
+    coordinates at once: after the step of size ``s`` each code is right to
+    within ``s``.  Both give ``searchsorted(..., side="right")``.
     ``not (x < b)`` rather than ``b <= x``: the same on numbers, and NaN goes past
     every boundary, as in ``np.searchsorted``.  Written as one expression so that
     LLVM selects instead of branching.
     """
     for j in range(count):
         code[ch, j] = 0
+    if bits <= 4:  # count the thresholds passed: 2**bits - 1 SIMD passes beat `bits` gathers
+        for k in range((1 << bits) - 1):
+            b = boundaries[level, k]
+            for j in range(count):
+                code[ch, j] += 0 if x[row, j] < b else 1
+        return
     step = 1 << (bits - 1)
     while step > 0:
         for j in range(count):
@@ -205,6 +214,21 @@ def _search(x, row, count, boundaries, level, bits, code, ch):
 @_kernel(inline="always")
 def _pack(code, ch, count, cap, bits, out, row, start):
     """Write ``min(code[ch, j], cap)``, ``j < count``, as a ``bits``-wide stream at ``out[row, start:]``."""
+    if 8 % bits == 0:  # whole codes per byte (1, 2, 4, 8 bits): each byte on its own
+        per = 8 // bits
+        full = count // per
+        for k in range(full):
+            byte = 0
+            for t in range(per):
+                byte = (byte << bits) | min(code[ch, per * k + t], cap)
+            out[row, start + k] = byte
+        rest = count - per * full
+        if rest > 0:  # the last byte, padded with zero bits
+            byte = 0
+            for t in range(rest):
+                byte = (byte << bits) | min(code[ch, per * full + t], cap)
+            out[row, start + full] = byte << (bits * (per - rest))
+        return
     pos = start
     acc = 0  # pending bits, the oldest the most significant
     nacc = 0  # how many are pending
@@ -518,7 +542,7 @@ def _expand(src, dst, code, count, cos_t, sin_t, level):
 
 
 @_kernel(inline="always")
-def _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, down_to, ra, rb, code):
+def _rebuild(codes, row, radii, cos_t, sin_t, bits, down_to, ra, rb, code):
     """Inverse polar transform of one row from level ``L`` down to level ``down_to``, into ``ra``.
 
     ``down_to = 1`` gives the coordinates; ``down_to = 2`` the radii of level 1.
@@ -533,7 +557,8 @@ def _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, down_to, ra, rb, co
         else:
             ra[j] = radii[row, j]
     for level in range(levels - 1, down_to - 2, -1):
-        _unpack(codes, row, offsets[level], offsets[level + 1], count, bits[level], code)
+        stream = codes[level]
+        _unpack(stream, row, 0, stream.shape[1], count, bits[level], code)
         if (levels - 1 - level + first) % 2 == 1:
             _expand(rb, ra, code, count, cos_t, sin_t, level)
         else:
@@ -542,11 +567,11 @@ def _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, down_to, ra, rb, co
 
 
 @_kernel(parallel=True)
-def polar_values_kernel(codes, radii, cos_t, sin_t, bits, offsets, out):
+def polar_values_kernel(codes, radii, cos_t, sin_t, bits, out):
     """The reconstruction ``out (rows, dim)`` from the angle codes and the radii.
 
-    ``codes (rows, offsets[-1])`` holds the levels' streams one after the other
-    (level ``l`` at ``offsets[l-1]:offsets[l]``); ``cos_t``/``sin_t (L, 2**max_bits)``
+    ``codes`` is a tuple of the levels' packed streams, ``(rows, nbytes_l)`` each
+    (indexed at run time: one compiled kernel per number of levels); ``cos_t``/``sin_t (L, 2**max_bits)``
     are the cosines and sines of each level's centroids (computed by NumPy in the
     centroids' dtype, as the reference does).  Products only and no fastmath: the
     values equal the reference's bit for bit.
@@ -559,18 +584,18 @@ def polar_values_kernel(codes, radii, cos_t, sin_t, bits, offsets, out):
         code = np.empty(dim // 2 + 8, dtype=np.int32)
         start, stop = _chunk(rows, nchunks, ch)
         for row in range(start, stop):
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 1, ra, rb, code)
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, 1, ra, rb, code)
             for j in range(dim):
                 out[row, j] = ra[j]
 
 
-@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+@_kernel(fastmath=SCORE_FASTMATH)
 def level1_tables(q, cos1, sin1, tables):
     """``tables[i, K j + k] = q[i, 2j] cos c_k + q[i, 2j+1] sin c_k``: level 1 folded into the query."""
     nq, dim = q.shape
     ncodes = cos1.shape[0]
     half = dim // 2
-    for task in prange(nq * half):
+    for task in range(nq * half):
         i = task // half
         j = task % half
         for k in range(ncodes):
@@ -578,7 +603,7 @@ def level1_tables(q, cos1, sin1, tables):
 
 
 @_kernel(parallel=True, fastmath=SCORE_FASTMATH)
-def polar_score_kernel(tables, codes, radii, cos_t, sin_t, bits, offsets, out):
+def polar_score_kernel(tables, codes, radii, cos_t, sin_t, bits, out):
     """``out[i, row] = sum_j r_j tables[i, K j + k_j]``: the score from the codes.
 
     ``r_j`` are the row's level-1 radii, rebuilt (levels ``L..2``) in scratch and
@@ -586,7 +611,7 @@ def polar_score_kernel(tables, codes, radii, cos_t, sin_t, bits, offsets, out):
     with level 1 folded in (:func:`level1_tables`, ``K = 2**bits[0]``).
     """
     nq = tables.shape[0]
-    rows = codes.shape[0]
+    rows = codes[0].shape[0]
     levels = bits.shape[0]
     half = radii.shape[1] << (levels - 1)
     ncodes = tables.shape[1] // max(half, 1)
@@ -597,12 +622,82 @@ def polar_score_kernel(tables, codes, radii, cos_t, sin_t, bits, offsets, out):
         code = np.empty(half + 8, dtype=np.int32)
         start, stop = _chunk(rows, nchunks, ch)
         for row in range(start, stop):
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 2, ra, rb, code)
-            _unpack(codes, row, offsets[0], offsets[1], half, bits[0], code)
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, 2, ra, rb, code)
+            _unpack(codes[0], row, 0, codes[0].shape[1], half, bits[0], code)
             for i in range(nq):
                 s = out.dtype.type(0)
                 for j in range(half):
                     s += ra[j] * tables[i, ncodes * j + code[j]]
+                out[i, row] = s
+
+
+@_kernel()
+def level2_tables(tables, ncodes, cos2, sin2, folded):
+    """Levels 1 and 2 folded into the query: one entry per level-2 node and codes under it.
+
+    ``folded[i, M n + (K a + b) K2 + c] = cos c_c T[i, K 2n + a] + sin c_c T[i, K (2n+1) + b]``
+    where ``T`` are the level-1 tables (:func:`level1_tables`, ``K = ncodes``
+    codes), ``K2`` the level-2 codes and ``M = K K K2``: node ``n``'s share of the
+    score divided by its level-2 radius, for the level-1 codes ``a, b`` of its two
+    children and its own code ``c`` (the inverse transform sends a radius
+    ``rho`` to ``(rho cos, rho sin)``, Sec. 3.1).
+    """
+    nq = tables.shape[0]
+    ncodes2 = cos2.shape[0]
+    per = ncodes * ncodes * ncodes2
+    nodes = folded.shape[1] // per
+    for task in range(nq * nodes):
+        i = task // nodes
+        n = task % nodes
+        for a in range(ncodes):
+            ta = tables[i, ncodes * (2 * n) + a]
+            for b in range(ncodes):
+                tb = tables[i, ncodes * (2 * n + 1) + b]
+                base = per * n + (ncodes * a + b) * ncodes2
+                for c in range(ncodes2):
+                    folded[i, base + c] = cos2[c] * ta + sin2[c] * tb
+
+
+@_kernel(parallel=True, fastmath=SCORE_FASTMATH)
+def polar_score_folded_kernel(folded, codes, radii, cos_t, sin_t, bits, out):
+    """``out[i, row] = sum_n rho_n folded[i, M n + idx_n]``: the score with levels 1-2 in the table.
+
+    ``rho_n`` are the row's level-2 radii, rebuilt (levels ``L..3``) in scratch,
+    and ``idx_n = (K a_n + b_n) K2 + c_n`` indexes :func:`level2_tables`.  With
+    4-bit level-1 codes the two children's codes are exactly one byte
+    (``K a + b`` is the byte's value, :mod:`polarquant.packing`), so level 1 is
+    never unpacked.  Half the per-row work of :func:`polar_score_kernel`.
+    """
+    nq = folded.shape[0]
+    rows = codes[0].shape[0]
+    levels = bits.shape[0]
+    nodes = radii.shape[1] << (levels - 2)
+    b1 = bits[0]
+    ncodes2 = np.int64(1) << bits[1]
+    per = folded.shape[1] // max(nodes, 1)
+    nchunks = min(rows, CHUNKS)
+    for ch in prange(nchunks):
+        ra = np.empty(max(nodes, 1), dtype=out.dtype)
+        rb = np.empty(max(nodes, 1), dtype=out.dtype)
+        code1 = np.empty(2 * nodes + 8, dtype=np.int32)
+        code2 = np.empty(nodes + 8, dtype=np.int32)
+        idx = np.empty(max(nodes, 1), dtype=np.int64)
+        start, stop = _chunk(rows, nchunks, ch)
+        for row in range(start, stop):
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, 3, ra, rb, code2)
+            _unpack(codes[1], row, 0, codes[1].shape[1], nodes, bits[1], code2)
+            if b1 == 4:
+                for n in range(nodes):
+                    idx[n] = per * n + np.int64(codes[0][row, n]) * ncodes2 + code2[n]
+            else:
+                _unpack(codes[0], row, 0, codes[0].shape[1], 2 * nodes, b1, code1)
+                for n in range(nodes):
+                    pair = (np.int64(code1[2 * n]) << b1) | code1[2 * n + 1]
+                    idx[n] = per * n + pair * ncodes2 + code2[n]
+            for i in range(nq):
+                s = out.dtype.type(0)
+                for n in range(nodes):
+                    s += ra[n] * folded[i, idx[n]]
                 out[i, row] = s
 
 
@@ -735,7 +830,7 @@ def scalar_weighted_sum_kernel(w, packed, centroids, table, bits, partial):
 
 
 @_kernel(parallel=True, fastmath=SCORE_FASTMATH)
-def polar_weighted_sum_kernel(w, codes, radii, cos_t, sin_t, bits, offsets, partial):
+def polar_weighted_sum_kernel(w, codes, radii, cos_t, sin_t, bits, partial):
     """``partial[ch] = sum_r outer(w[:, r], y_hat_r)`` over the rows ``r`` of chunk ``ch``.
 
     ``y_hat_r`` is the reconstruction of :func:`polar_values_kernel` (same
@@ -755,13 +850,13 @@ def polar_weighted_sum_kernel(w, codes, radii, cos_t, sin_t, bits, offsets, part
         start, stop = _chunk(rows, nchunks, ch)
         row = start
         while row + 4 <= stop:
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 1, v0, rb, code)
-            _rebuild(codes, row + 1, radii, cos_t, sin_t, bits, offsets, 1, v1, rb, code)
-            _rebuild(codes, row + 2, radii, cos_t, sin_t, bits, offsets, 1, v2, rb, code)
-            _rebuild(codes, row + 3, radii, cos_t, sin_t, bits, offsets, 1, v3, rb, code)
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, 1, v0, rb, code)
+            _rebuild(codes, row + 1, radii, cos_t, sin_t, bits, 1, v1, rb, code)
+            _rebuild(codes, row + 2, radii, cos_t, sin_t, bits, 1, v2, rb, code)
+            _rebuild(codes, row + 3, radii, cos_t, sin_t, bits, 1, v3, rb, code)
             _accumulate4(acc, w, row, v0, v1, v2, v3, dim)
             row += 4
         while row < stop:
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, offsets, 1, v0, rb, code)
+            _rebuild(codes, row, radii, cos_t, sin_t, bits, 1, v0, rb, code)
             _accumulate1(acc, w, row, v0, dim)
             row += 1

@@ -144,7 +144,9 @@ def default_grid(
     * **values** use an MSE quantizer at the same nominal bits:
       ``turboquant-mse`` under the inner-product estimators (qjl,
       turboquant-prod, polarquant-qjl), the same method otherwise.
-    * kivi and hadamard-rtn take integer bits only: 3 and 4; fp8 runs at 8 only.
+    * kivi and hadamard-rtn take integer bits only: each nominal width rounded
+      down (2, 3 and 4 for the default widths; their stored bits, with scales
+      and zero points, land near 2.5 to 5); fp8 runs at 8 only.
     * With ``include_none`` (default: when ``methods`` is not given, or lists
       ``"none"``) the grid starts with ``none``/``none``: every token stored in
       float16 (the window's dtype), the effect of fp16 storage alone.
@@ -156,7 +158,7 @@ def default_grid(
     --------
     >>> g = default_grid()
     >>> len(g), g[0]["key_method"], g[-1]["key_method"], g[-1]["nominal_bits"]
-    (26, 'none', 'fp8', 8.0)
+    (28, 'none', 'fp8', 8.0)
     >>> [(c["key_method"], c["key_bits"], c["value_method"]) for c in g if c["nominal_bits"] == 4.0][:3]
     [('qjl', 2.5, 'turboquant-mse'), ('turboquant-mse', 4, 'turboquant-mse'), ('turboquant-prod', 4, 'turboquant-mse')]
     """
@@ -186,7 +188,7 @@ def default_grid(
         if method == "fp8":
             widths = [8.0] if (bits == GRID_BITS or 8.0 in bits) else []
         elif method in _INTEGER_ONLY:
-            widths = [b for b in bits if b % 1 == 0 and b != 8.0]
+            widths = sorted({float(int(b)) for b in bits if b != 8.0})
         else:
             widths = [b for b in bits if b != 8.0]
         for b in widths:
@@ -378,6 +380,8 @@ def evaluate(
             ppl = _ppl(run["logp"])
             row = {
                 **{k: c[k] for k in _CONFIG_KEYS},
+                "key_config": cache.layers[0].kv.key_codec.config(),
+                "value_config": cache.layers[0].kv.value_codec.config(),
                 **cache_memory(cache),
                 "top1": float(np.mean(run["argmax"] == ref["argmax"])),
                 "ppl": ppl,
@@ -481,24 +485,42 @@ def _fmt_bits(b) -> str:
     return f"{b:g}" if isinstance(b, (int, float)) else str(b)
 
 
+def setting(config: dict | None, bits=None) -> str:
+    """What a codec was actually given, from its ``config()``: ``(4,3,1,1)`` level bits, ``m=160``..."""
+    if not config:
+        return _fmt_bits(bits)
+    method = config.get("method")
+    if method in ("polarquant", "polarquant-qjl"):
+        return "(" + ",".join(str(b) for b in config["bits"]) + ")"
+    if method == "qjl":
+        return f"m={round(config['bits'] * config['dim'])}"
+    if method == "none":
+        return config.get("dtype", "-")
+    return _fmt_bits(config.get("bits", bits))
+
+
 def format_table(report: dict) -> str:
     """The results as a Markdown table (one row per configuration)."""
     meta = report["meta"]
     head = (
-        "| keys | values | nominal bits | key arg | measured bits K | measured bits V "
-        "| overall bits (incl. window) | fp16 bytes / bytes | top-1 agreement | perplexity | change |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| keys | values | nominal bits | key setting | value setting | stored bits K "
+        "| stored bits V | overall bits (incl. window) | fp16 bytes / bytes | top-1 agreement "
+        "| mean abs. change of log p | perplexity | change |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     ref = (
-        f"| float32, exact attention (reference) | float32 | 32 | | 32 | 32 | 32 | 0.5 | 1 | "
-        f"{meta['ppl_reference']:.3f} | |\n"
+        "| float32, exact attention (reference) | float32 | 32 | | | 32 | 32 | 32 | 0.5 | 1 | 0 "
+        f"| {meta['ppl_reference']:.3f} | |\n"
     )
     rows = []
     for r in report["results"]:
         rows.append(
             f"| {r['key_method']} | {r['value_method']} | {r['nominal_bits']:g} "
-            f"| {_fmt_bits(r['key_bits'])} | {r['bits_keys']:.3f} | {r['bits_values']:.3f} "
+            f"| {setting(r.get('key_config'), r['key_bits'])} "
+            f"| {setting(r.get('value_config'), r['value_bits'])} "
+            f"| {r['bits_keys']:.3f} | {r['bits_values']:.3f} "
             f"| {r['bits_overall']:.3f} | {r['fp16_ratio']:.3f} | {r['top1']:.4f} "
+            f"| {r.get('mean_abs_logp_diff', float('nan')):.4f} "
             f"| {r['ppl']:.3f} | {100 * r['ppl_change']:+.2f}% |\n"
         )
     return head + ref + "".join(rows)
