@@ -764,6 +764,35 @@ def test_same_exceptions(env):
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
+@pytest.mark.parametrize("factor", [0, 10**9], ids=["tree", "folded"])
+def test_numba_polar_score_paths_agree(name, factor, monkeypatch):
+    """Both numba polar score paths equal the reference: the level-1 table with the tree
+    rebuilt down to level 2, and levels 1-2 folded into the table (which the backend picks only
+    for thousands of rows; ``FOLD_ROW_FACTOR`` forces either here).  Level streams that differ
+    in layout and write flag (a read-only one, a Fortran-ordered one) must not matter."""
+    monkeypatch.setattr(get_backend(name), "FOLD_ROW_FACTOR", factor)
+    ops = get_backend(name)
+    rng = np.random.default_rng(21)
+    for d in (64, 96):
+        y = rng.standard_normal((150, d)).astype(np.float32)
+        q = rng.standard_normal((5, d)).astype(np.float32)
+        for levels, bits in POLAR_CONFIGS:
+            bnd, cents = _polar_consts(levels, bits, np.float32)
+            packed, radii = ref.polar_encode(y, levels, bnd, bits)
+            want = ref.polar_values(packed, radii, cents, bits, d)
+            mixed = list(packed)
+            mixed[0] = mixed[0].copy()
+            mixed[0].flags.writeable = False
+            if levels > 1:
+                mixed[1] = np.asfortranarray(mixed[1])
+            got = ops.polar_score(q, mixed, radii, cents, bits, d)
+            _assert_scores(
+                got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, f"{bits}"
+            )
+            _assert_values(ops.polar_values(mixed, radii, cents, bits, d), want, f"{bits}")
+
+
+@pytest.mark.parametrize("name", [_param("numba")])
 def test_numba_refuses_other_namespaces(name):
     """The numba backend runs on NumPy arrays only: anything else is a TypeError that says so."""
     import array_api_strict as xs

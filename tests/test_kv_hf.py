@@ -60,7 +60,7 @@ def test_grid_filters_and_rejects_unknown_methods():
     g = ev.default_grid(methods=["none", "fp8"])
     assert [(c["key_method"], c["nominal_bits"]) for c in g] == [("none", 16.0), ("fp8", 8.0)]
     # integer-only baselines take each nominal width rounded down, once
-    g = ev.default_grid(methods=["kivi"], bits=[2.5, 3, 3.5], include_none=False)
+    g = ev.default_grid(methods=["kivi"], bits=[0.5, 2.5, 3, 3.5], include_none=False)
     assert [(c["key_bits"], c["nominal_bits"]) for c in g] == [(2, 2.0), (3, 3.0)]
     with pytest.raises(ValueError, match="unknown methods.*'rabitq'"):
         ev.default_grid(methods=["rabitq"])

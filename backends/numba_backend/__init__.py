@@ -92,8 +92,13 @@ __all__ = ["NAME", *OPERATIONS]
 #: Bytes of per-query score tables built at once (keeps them in the L2 cache).
 TABLE_BYTES = 1 << 20
 #: Largest table per level-2 node (``4**bits[0] * 2**bits[1]`` entries) for which
-#: ``polar_score`` folds levels 1 and 2 into the query: 1024 for the paper's (4, 2, ...).
+#: ``polar_score`` folds levels 1 and 2 into the query (1024 for the paper's (4, 2, ...)),
+#: when there are enough rows to pay for the table (see ``polar_score``).
 FOLD_ENTRIES = 4096
+#: ... and when ``FOLD_ROW_FACTOR * rows`` reaches the folded table's entries per query
+#: (``dim / 4 * 4**bits[0] * 2**bits[1]``): measured at head_dim 64 and 128 with 1 to 32
+#: queries, folding is slower below about a quarter as many rows as entries, faster above.
+FOLD_ROW_FACTOR = 4
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -323,6 +328,14 @@ def _tables(centroids, bits, dtype):
     return cos_t, sin_t
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the kernels index the tuple of level streams at run time, which
+    Numba allows only when every array has the same type, read-only flag included."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def _polar_codes(packed, radii, centroids, bits, dim: int):
     """Validate the inputs of ``polar_values``/``polar_score`` as the reference would.
 
@@ -335,7 +348,7 @@ def _polar_codes(packed, radii, centroids, bits, dim: int):
     bits = np.array([check_bits(b) for b in bits], dtype=np.int64)
     counts = [dim >> level for level in range(1, levels + 1)]
     parts = tuple(
-        np.ascontiguousarray(_packed(p, int(b), n, f"angle codes of level {level}"))
+        _readonly(np.ascontiguousarray(_packed(p, int(b), n, f"angle codes of level {level}")))
         for level, (p, n, b) in enumerate(zip(packed, counts, bits, strict=True), start=1)
     )
     batch = tuple(radii.shape[:-1])
@@ -416,8 +429,10 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     r2 = _rows(radii, radii.shape[-1], work)
     out = np.empty((q2.shape[0], r2.shape[0]), dtype=work)
     ncodes = 1 << int(bits[0])
-    fold = len(bits) >= 2 and ncodes * ncodes << int(bits[1]) <= FOLD_ENTRIES
-    width = dim // 4 * (ncodes * ncodes << int(bits[1])) if fold else dim // 2 * ncodes
+    per_node = ncodes * ncodes << int(bits[1]) if len(bits) >= 2 else FOLD_ENTRIES + 1
+    table = dim // 4 * per_node  # entries per query of the folded table
+    fold = per_node <= FOLD_ENTRIES and FOLD_ROW_FACTOR * codes[0].shape[0] >= table
+    width = table if fold else dim // 2 * ncodes
     block = max(1, TABLE_BYTES // max(width * q2.itemsize, 1))
     for start in range(0, q2.shape[0], block):  # level 1 (and 2) folded into a block of queries
         qb = q2[start : start + block]

@@ -20,8 +20,10 @@ kernel                            reference operation        fastmath    checked
 ``polar_encode_kernel``           ``polar_encode``           none        ``test_op_bytes_identical``,
                                                                          ``test_codes_rarely_differ``
 ``polar_values_kernel``           ``polar_values``           none        ``test_op_values_and_scores``
-``level1_tables`` +               ``polar_score``            score set   ``test_op_values_and_scores``
-``polar_score_kernel``
+``level1_tables`` +               ``polar_score``            score set   ``test_op_values_and_scores``,
+``polar_score_kernel``,                                                  ``test_numba_polar_score_paths_agree``
+or + ``level2_tables`` +
+``polar_score_folded_kernel``
 ``scalar_weighted_sum_kernel``    ``scalar_weighted_sum``    score set   ``test_op_weighted_sums``
 ``polar_weighted_sum_kernel``     ``polar_weighted_sum``     score set   ``test_op_weighted_sums``
 ================================  =========================  ==========  =================================
@@ -41,17 +43,19 @@ Conventions shared by every kernel
 ----------------------------------
 * **Packed layout** (:mod:`polarquant.packing`): the ``b``-bit codes of a row are
   one bit stream, most significant bit first, padded with zero bits to a whole
-  byte.  :func:`_pack` keeps a bit accumulator and emits a byte whenever eight
-  bits are pending; :func:`_unpack` reads whole bytes for ``b`` in 1, 2, 4, 8
+  byte.  :func:`_pack` writes whole bytes for ``b`` in 1, 2, 4, 8 and otherwise
+  keeps a bit accumulator and emits a byte whenever eight bits are pending;
+  :func:`_unpack` reads whole bytes for ``b`` in 1, 2, 4, 8
   and the 16-bit window holding each code otherwise (3, 5, 6, 7 bits, where a
   code may straddle two bytes).
 * **Cell index** (:func:`_search`): the number of boundaries ``<= x``, i.e.
   ``searchsorted(boundaries, x, side="right")``: ties go to the upper cell, NaN
   counts as larger than every boundary (as in NumPy).  The boundaries of a
-  ``b``-bit level are padded with ``+inf`` to ``2**b - 1`` so that the search is
-  ``b`` halving steps without branches, run over all the coordinates of a row at
-  once (it vectorises); the result is capped at the true number of boundaries,
-  which only matters for ``+inf``/NaN.
+  ``b``-bit level are padded with ``+inf`` to ``2**b - 1``; up to 4 bits every
+  threshold is compared with every coordinate of the row and the passes counted,
+  wider codes take ``b`` halving steps without branches, run over all the
+  coordinates of a row at once (both vectorise); the result is capped at the true
+  number of boundaries, which only matters for ``+inf``/NaN.
 * **One pass per row**: a row's codes and angles live in a small scratch row
   (a few hundred bytes, in L1) between the search and the packing; nothing of
   the size of the batch is allocated besides the outputs.
@@ -136,6 +140,8 @@ __all__ = [
     "polar_values_kernel",
     "level1_tables",
     "polar_score_kernel",
+    "level2_tables",
+    "polar_score_folded_kernel",
     "scalar_weighted_sum_kernel",
     "polar_weighted_sum_kernel",
 ]

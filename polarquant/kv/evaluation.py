@@ -188,7 +188,7 @@ def default_grid(
         if method == "fp8":
             widths = [8.0] if (bits == GRID_BITS or 8.0 in bits) else []
         elif method in _INTEGER_ONLY:
-            widths = sorted({float(int(b)) for b in bits if b != 8.0})
+            widths = sorted({float(int(b)) for b in bits if b != 8.0 and b >= 1})
         else:
             widths = [b for b in bits if b != 8.0]
         for b in widths:
