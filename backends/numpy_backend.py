@@ -38,7 +38,11 @@ from . import OPERATIONS
 
 NAME = "numpy"
 
-__all__ = ["NAME", *OPERATIONS]
+#: The score operations decode the codes to values first (``q @ values.T``): quantizers
+#: hand them rows in chunks, so that the decoded rows stay chunk-sized.
+SCORES_FROM_CODES = False
+
+__all__ = ["NAME", "SCORES_FROM_CODES", *OPERATIONS]
 
 
 def scalar_encode(y, boundaries, bits: int):

@@ -25,6 +25,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "unset"),
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -46,7 +46,11 @@ import polarquant as pq
 
 def machine() -> dict:
     import numba
+    from polarquant.backends import get_backend
 
+    # load the backend before anything starts Numba's threads: it sets libgomp's spin count
+    # (numba_backend.GOMP_SPINCOUNT), which is read when the threads start
+    get_backend("numba")
     return {
         **common_machine(),
         "numba": numba.__version__,

@@ -35,6 +35,7 @@ import argparse
 
 import numpy as np
 from _common import best_of, machine, write_json
+from polarquant.backends import get_backend
 
 import polarquant as pq
 from polarquant.kv import exact_attention
@@ -66,6 +67,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
+    get_backend(args.backend)  # loaded first: the numba backend sets libgomp's spin count
 
     rng = np.random.default_rng(0)
     h, t, d = args.kv_heads, args.tokens, args.head_dim

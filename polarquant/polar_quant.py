@@ -266,11 +266,24 @@ class PolarQuant(Quantizer):
         fields["radii"] = store_scalars(radii, self.radius_dtype, "radii", "radius_dtype")
         return fields
 
+    @staticmethod
+    def _radii(fields, dtype):
+        """The stored radii for an operation computing in ``dtype``.
+
+        As stored when they promote to ``dtype`` anyway (float16 radii with float32
+        or float64 work: the cast is exact, and a backend may fuse it into its pass
+        over the codes, as the Numba kernels do); else cast to ``dtype``.
+        """
+        radii = fields["radii"]
+        xp = namespace(radii)
+        if xp.result_type(radii.dtype, dtype) == dtype:
+            return radii
+        return xp.astype(radii, dtype)
+
     def rotated_values(self, fields, dtype):
         """The reconstruction in the rotated domain, ``(n, D)``: the inverse polar transform."""
-        xp = namespace(fields["radii"])
-        radii = xp.astype(fields["radii"], dtype)
-        cents = self._const("centroids", radii)
+        radii = self._radii(fields, dtype)
+        cents = self._const("centroids", radii, dtype)
         return self._ops().polar_values(self._packed(fields), radii, cents, self.bits, self.out_dim)
 
     def _decode_rows(self, fields, dtype):
@@ -281,8 +294,7 @@ class PolarQuant(Quantizer):
 
     def _weighted_sum_rows(self, w, fields):
         # sum_i w_i Q^T y_hat_i = Q^T sum_i w_i y_hat_i: accumulate in the rotated domain, rotate once
-        xp = namespace(w)
-        radii = xp.astype(fields["radii"], w.dtype)
+        radii = self._radii(fields, w.dtype)
         cents = self._const("centroids", w)
         sums = self._ops().polar_weighted_sum(
             w, self._packed(fields), radii, cents, self.bits, self.out_dim
@@ -290,8 +302,7 @@ class PolarQuant(Quantizer):
         return self.rotation.inverse(sums)
 
     def _score_rows(self, qr, fields):
-        xp = namespace(qr)
-        radii = xp.astype(fields["radii"], qr.dtype)
+        radii = self._radii(fields, qr.dtype)
         cents = self._const("centroids", qr)
         return self._ops().polar_score(
             qr, self._packed(fields), radii, cents, self.bits, self.out_dim

@@ -216,6 +216,17 @@ class Quantizer(abc.ABC):
         step = max(1, CHUNK_ELEMENTS // self._row_elements())
         return [(start, min(start + step, n)) for start in range(0, n, step)]
 
+    def _score_chunks(self, n: int):
+        """Row ranges for :meth:`score`: all rows at once when the backend scores packed codes
+        without decoding them (its ``SCORES_FROM_CODES``; every temporary is then the size
+        of the scores themselves, and per-call work such as the query's lookup tables is
+        done once), else :meth:`_chunks`."""
+        from .backends import get_backend
+
+        if n and get_backend(self.backend).SCORES_FROM_CODES:
+            return [(0, n)]
+        return self._chunks(n)
+
     # -- public API ------------------------------------------------------------------------
     def encode(self, x) -> CompressedVectors:
         """Compress vectors ``x`` of shape ``(..., dim)``.
@@ -330,7 +341,7 @@ class Quantizer(abc.ABC):
         state = self._prepare_queries(qc)
         parts = [
             self._score_rows(state, {k: v[a:b, ...] for k, v in flat.items()})
-            for a, b in self._chunks(codes.n_vectors)
+            for a, b in self._score_chunks(codes.n_vectors)
         ]
         if parts:
             s = xp.concat(parts, axis=1) if len(parts) > 1 else parts[0]

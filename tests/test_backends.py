@@ -764,32 +764,81 @@ def test_same_exceptions(env):
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
-@pytest.mark.parametrize("factor", [0, 10**9], ids=["tree", "folded"])
-def test_numba_polar_score_paths_agree(name, factor, monkeypatch):
-    """Both numba polar score paths equal the reference: the level-1 table with the tree
-    rebuilt down to level 2, and levels 1-2 folded into the table (which the backend picks only
-    for thousands of rows; ``FOLD_ROW_FACTOR`` forces either here).  Level streams that differ
-    in layout and write flag (a read-only one, a Fortran-ordered one) must not matter."""
+@pytest.mark.parametrize(
+    "factor, upper", [(0, 12), (10**9, 0), (10**9, 12)], ids=["tree", "folded", "folded-upper"]
+)
+def test_numba_polar_score_paths_agree(name, factor, upper, monkeypatch):
+    """Every numba polar score path equals the reference: the level-1 table with the tree
+    rebuilt down to level 2; levels 1-2 folded into the table (which the backend picks only
+    for thousands of rows; ``FOLD_ROW_FACTOR`` forces either here), with the level-2 radii
+    rebuilt level by level or, for ``L >= 4``, through the table of level-4/3 products
+    (``UPPER_BITS``).  The folded kernel is compiled per combination of bit widths, so the
+    configurations add a 5-level tree and 2- and 3-bit codes at levels 1 to 3 (codes that
+    straddle bytes).  Radii are float32 and float16 (decoded inside the kernels).  Level
+    streams that differ in layout and write flag (a read-only one, a Fortran-ordered one)
+    must not matter."""
     monkeypatch.setattr(get_backend(name), "FOLD_ROW_FACTOR", factor)
+    monkeypatch.setattr(get_backend(name), "UPPER_BITS", upper)
     ops = get_backend(name)
     rng = np.random.default_rng(21)
     for d in (64, 96):
         y = rng.standard_normal((150, d)).astype(np.float32)
         q = rng.standard_normal((5, d)).astype(np.float32)
-        for levels, bits in POLAR_CONFIGS:
+        for levels, bits in [*POLAR_CONFIGS, (5, (4, 2, 2, 2, 2)), (4, (2, 3, 3, 4))]:
             bnd, cents = _polar_consts(levels, bits, np.float32)
-            packed, radii = ref.polar_encode(y, levels, bnd, bits)
-            want = ref.polar_values(packed, radii, cents, bits, d)
-            mixed = list(packed)
-            mixed[0] = mixed[0].copy()
-            mixed[0].flags.writeable = False
-            if levels > 1:
-                mixed[1] = np.asfortranarray(mixed[1])
-            got = ops.polar_score(q, mixed, radii, cents, bits, d)
-            _assert_scores(
-                got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, f"{bits}"
-            )
-            _assert_values(ops.polar_values(mixed, radii, cents, bits, d), want, f"{bits}")
+            packed, radii32 = ref.polar_encode(y, levels, bnd, bits)
+            for radii in (radii32, radii32.astype(np.float16)):
+                what = f"{bits} radii {radii.dtype}"
+                want = ref.polar_values(packed, radii, cents, bits, d)
+                mixed = list(packed)
+                mixed[0] = mixed[0].copy()
+                mixed[0].flags.writeable = False
+                if levels > 1:
+                    mixed[1] = np.asfortranarray(mixed[1])
+                got = ops.polar_score(q, mixed, radii, cents, bits, d)
+                _assert_scores(
+                    got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, what
+                )
+                _assert_values(ops.polar_values(mixed, radii, cents, bits, d), want, what)
+
+
+@pytest.mark.parametrize("name", [_param("numba")])
+def test_numba_float16_radii_decoded_exactly(name):
+    """float16 radii reach the Numba kernels as their bits and are decoded there
+    (``kernels._load_radii``): all 65,536 float16 bit patterns (signed zeros, subnormals,
+    normal numbers, Inf, NaN) must give NumPy's own float16 cast, which is exact.  A 1-level
+    tree of dim 2 with every angle code on the centroid 0 reconstructs ``(r cos 0, r sin 0)``,
+    so the first coordinate is the decoded radius itself, in float32 and in float64."""
+    ops = get_backend(name)
+    radii = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)[:, None]
+    codes = [np.zeros((radii.shape[0], 1), dtype=np.uint8)]
+    for dtype in (np.float32, np.float64):
+        cents = [np.array([0.0, 1.0], dtype=dtype)]
+        with np.errstate(invalid="ignore"):  # Inf * sin 0 is NaN, in both
+            got = ops.polar_values(codes, radii, cents, [1], 2)
+            want = ref.polar_values(codes, radii, cents, [1], 2)
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_array_equal(got[:, 0], radii[:, 0].astype(dtype))
+        np.testing.assert_array_equal(got, want)
+        assert np.array_equal(np.signbit(got[:, 0]), np.signbit(radii[:, 0]))
+
+
+@pytest.mark.parametrize("name", [_param("numba")])
+def test_numba_backend_sets_gomp_spincount_unless_set(name):
+    """Loading the numba backend sets ``GOMP_SPINCOUNT`` (libgomp's idle spin, see
+    ``numba_backend.GOMP_SPINCOUNT``) only where the environment does not: a user's value wins.
+    Run in fresh interpreters (libgomp reads it once per process)."""
+    code = (
+        "import os; from polarquant.backends import get_backend; get_backend('numba'); "
+        "print(os.environ['GOMP_SPINCOUNT'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    for extra, want in (({}, get_backend(name).GOMP_SPINCOUNT), ({"GOMP_SPINCOUNT": "7"}, "7")):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == want
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
@@ -939,7 +988,8 @@ def test_backend_selection_paths(env, monkeypatch):
 
 
 def test_every_backend_module_provides_every_operation():
-    """The registry's OPERATIONS list is the contract: each backend module defines all of them."""
+    """The registry's OPERATIONS list is the contract: each backend module defines all of them,
+    and says whether its scores decode rows (``SCORES_FROM_CODES``, read by the quantizers)."""
     import importlib
 
     from polarquant.backends import OPERATIONS
@@ -950,4 +1000,5 @@ def test_every_backend_module_provides_every_operation():
         module = importlib.import_module(f"polarquant.backends.{name}")
         missing = [op for op in OPERATIONS if not callable(getattr(module, op, None))]
         assert not missing, (name, missing)
-        assert set(module.__all__) == {"NAME", *OPERATIONS}
+        assert set(module.__all__) == {"NAME", "SCORES_FROM_CODES", *OPERATIONS}
+        assert isinstance(module.SCORES_FROM_CODES, bool)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -340,7 +340,11 @@ assert np.allclose(tq.score(queries, tq_codes), exact4 * norms4[None, :], rtol=1
 # backend folds level 1 into the query instead: with $T_1[j, k] = q_{2j}\cos c_k + q_{2j+1}\sin c_k$
 # the score is $\sum_j r_j\,T_1[j, k_j]$ over the level-1 radii $r_j$, which it rebuilds from the
 # stored radii and the angle codes of levels $L..2$ (the tree minus its last level) without ever
-# forming the $d$ coordinates.  That rebuild costs work per key, which Section 4 will show.
+# forming the $d$ coordinates.  With many keys it folds level 2 into the query's table as well
+# (one lookup per level-2 node, indexed by the byte that holds the node's two 4-bit level-1 codes
+# and by its level-2 code), and rebuilds the level-2 radii from the stored ones through one table
+# of products for levels 4 and 3.  That rebuild still costs work per key, which Section 4 will
+# show.
 #
 # For each quantizer we now encode once and score the same codes with every backend through the
 # public API (`backend=`).  The scores agree within the same $10^{-5}$ of

@@ -84,7 +84,10 @@ from . import _launch
 
 NAME = "cupy"
 
-__all__ = ["NAME", *OPERATIONS]
+#: Kept chunked like the reference until the GPU path is measured (``Quantizer._score_chunks``).
+SCORES_FROM_CODES = False
+
+__all__ = ["NAME", "SCORES_FROM_CODES", *OPERATIONS]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}

@@ -17,7 +17,8 @@ The per-level packed angle codes travel to the decoding kernels as a tuple of
 take a Python list; a tuple of arrays of one type can, at one compiled kernel
 per number of levels; copying the levels into one buffer instead cost a third
 of the score's time); the encode kernel writes one ``(rows, sum of nbytes)``
-buffer with byte offsets, split per level afterwards.
+buffer with byte offsets, split per level afterwards.  float16 radii travel to
+the polar kernels as their ``uint16`` bits (decoded exactly inside them).
 
 =======================  ===============================================  ==============================
 operation                kernels                                          differs from the reference
@@ -35,10 +36,11 @@ operation                kernels                                          differ
                                                                           boundary may differ by one
 ``polar_values``         ``polar_values_kernel``                          never (same products)
 ``polar_score``          ``level1_tables`` + ``level2_tables`` +          summation order
-                         ``polar_score_folded_kernel`` (levels 1 and 2
-                         in the query's table, up to ``FOLD_ENTRIES``
-                         entries per node), else ``level1_tables`` +
-                         ``polar_score_kernel``
+                         ``polar_score_folded_kernel(bits)`` (levels 1
+                         and 2 in the query's table, up to
+                         ``FOLD_ENTRIES`` entries per node; levels 4
+                         and 3 through ``_upper_table``), else
+                         ``level1_tables`` + ``polar_score_kernel``
 ``scalar_weighted_sum``  ``scalar_weighted_sum_kernel``: one              summation order
                          ``(nw, n)`` partial sum per chunk of rows,
                          added up here; 1, 2, 4, 8-bit rows decoded
@@ -69,6 +71,7 @@ array([[-1. ,  0.2,  0.2,  1. ]])
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -87,8 +90,20 @@ from . import kernels
 
 NAME = "numba"
 
-__all__ = ["NAME", *OPERATIONS]
+#: Spin-wait of idle OpenMP worker threads before they sleep (libgomp, behind Numba's default
+#: "omp" threading layer), set here unless the environment already sets it.  libgomp reads it
+#: once, when the first parallel kernel loads it (importing numba does not).  With libgomp's
+#: default (300,000 spins) Numba's idle workers compete with the BLAS threads of the rotation or
+#: sketch that follows in an encode; 10,000 measured 1.1x to 1.8x faster encodes with unchanged
+#: scores (docs/performance.md).
+GOMP_SPINCOUNT = "10000"
+os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
 
+__all__ = ["NAME", "SCORES_FROM_CODES", *OPERATIONS]
+
+#: The score operations read packed codes through per-query tables and never decode a
+#: row to memory: quantizers hand them all the rows at once (``Quantizer._score_chunks``).
+SCORES_FROM_CODES = True
 #: Bytes of per-query score tables built at once (keeps them in the L2 cache).
 TABLE_BYTES = 1 << 20
 #: Largest table per level-2 node (``4**bits[0] * 2**bits[1]`` entries) for which
@@ -99,6 +114,9 @@ FOLD_ENTRIES = 4096
 #: (``dim / 4 * 4**bits[0] * 2**bits[1]``): measured at head_dim 64 and 128 with 1 to 32
 #: queries, folding is slower below about a quarter as many rows as entries, faster above.
 FOLD_ROW_FACTOR = 4
+#: Largest ``b4 + 2 b3`` for which ``polar_score`` rebuilds the level-2 radii of a row
+#: from its level-4 radii through one table of products (:func:`_upper_table`).
+UPPER_BITS = 12
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -336,6 +354,41 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return v
 
 
+def _radii_rows(radii, work) -> np.ndarray:
+    """The radii as C-contiguous ``(rows, k)`` for the polar kernels.
+
+    float16 radii (the quantizers' storage) stay float16 and travel as their
+    ``uint16`` bits, decoded exactly inside the kernels (:func:`.kernels._half_radii`):
+    a separate cast of a million rows' radii cost a fifth of a score.  Others
+    are cast to the working dtype.
+    """
+    if radii.dtype == np.float16:
+        return _rows(radii, radii.shape[-1], np.float16).view(np.uint16)
+    return _rows(radii, radii.shape[-1], work)
+
+
+def _upper_table(cos_t, sin_t, bits, dtype) -> np.ndarray:
+    """Levels 4 and 3 as one table of products, ``(2**(b4 + 2 b3), 4)``, for ``L >= 4``.
+
+    Row ``k = (c4 << 2 b3) | (a << b3) | b`` holds what a level-4 radius is
+    multiplied by to give its four level-2 grandchildren (the inverse transform
+    sends ``rho`` to ``(rho cos, rho sin)``, Sec. 3.1, twice):
+    ``(cos c4 cos a, cos c4 sin a, sin c4 cos b, sin c4 sin b)``, ``a, b`` the
+    level-3 codes of its two children.  Empty when ``L < 4`` or when
+    ``b4 + 2 b3 > UPPER_BITS`` (the kernels then expand level by level).
+    """
+    if len(bits) < 4 or int(bits[3]) + 2 * int(bits[2]) > UPPER_BITS:
+        return np.zeros((0, 4), dtype=dtype)
+    b3, b4 = int(bits[2]), int(bits[3])
+    c4 = np.arange(1 << b4)[:, None, None]
+    a = np.arange(1 << b3)[None, :, None]
+    b = np.arange(1 << b3)[None, None, :]
+    cos3, sin3, cos4, sin4 = cos_t[2], sin_t[2], cos_t[3], sin_t[3]
+    parts = (cos4[c4] * cos3[a], cos4[c4] * sin3[a], sin4[c4] * cos3[b], sin4[c4] * sin3[b])
+    table = np.stack(np.broadcast_arrays(*parts), axis=-1)
+    return np.ascontiguousarray(table.reshape(-1, 4), dtype=dtype)
+
+
 def _polar_codes(packed, radii, centroids, bits, dim: int):
     """Validate the inputs of ``polar_values``/``polar_score`` as the reference would.
 
@@ -411,7 +464,7 @@ def polar_values(packed, radii, centroids, bits, dim: int):
     out_dtype = np.result_type(*dtypes)
     work = _work_dtype(out_dtype)
     cos_t, sin_t = _tables(centroids, bits, work)
-    r2 = _rows(radii, radii.shape[-1], work)
+    r2 = _radii_rows(radii, work)
     out = np.empty((r2.shape[0], dim), dtype=work)
     kernels.polar_values_kernel(codes, r2, cos_t, sin_t, bits, out)
     return out.reshape(*batch, dim).astype(out_dtype, copy=False)
@@ -426,13 +479,14 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     shape = score_shape(q, len(batch) + 1, codes[0].shape[0])
     cos_t, sin_t = _tables(centroids, bits, work)
     q2 = _rows(q, dim, work)
-    r2 = _rows(radii, radii.shape[-1], work)
+    r2 = _radii_rows(radii, work)
     out = np.empty((q2.shape[0], r2.shape[0]), dtype=work)
     ncodes = 1 << int(bits[0])
     per_node = ncodes * ncodes << int(bits[1]) if len(bits) >= 2 else FOLD_ENTRIES + 1
     table = dim // 4 * per_node  # entries per query of the folded table
     fold = per_node <= FOLD_ENTRIES and FOLD_ROW_FACTOR * codes[0].shape[0] >= table
     width = table if fold else dim // 2 * ncodes
+    upper = _upper_table(cos_t, sin_t, bits, work)
     block = max(1, TABLE_BYTES // max(width * q2.itemsize, 1))
     for start in range(0, q2.shape[0], block):  # level 1 (and 2) folded into a block of queries
         qb = q2[start : start + block]
@@ -442,9 +496,10 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
             folded = np.empty((qb.shape[0], width), dtype=work)
             ncodes2 = 1 << int(bits[1])
             kernels.level2_tables(tables, ncodes, cos_t[1, :ncodes2], sin_t[1, :ncodes2], folded)
-            kernels.polar_score_folded_kernel(
-                folded, codes, r2, cos_t, sin_t, bits, out[start : start + block]
+            kernel = kernels.polar_score_folded_kernel(
+                *bits[:2], *(bits[2:4] if upper.size else ())
             )
+            kernel(folded, upper, codes, r2, cos_t, sin_t, bits, out[start : start + block])
         else:
             kernels.polar_score_kernel(
                 tables, codes, r2, cos_t, sin_t, bits, out[start : start + block]
@@ -509,7 +564,7 @@ def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
     work = _work_dtype(out_dtype)
     cos_t, sin_t = _tables(centroids, bits, work)
     w2 = _rows(w, rows, work)
-    r2 = _rows(radii, radii.shape[-1], work)
+    r2 = _radii_rows(radii, work)
     partial = _partial_sums(rows, w2.shape[0], dim, work)
     if partial.size:
         kernels.polar_weighted_sum_kernel(w2, codes, r2, cos_t, sin_t, bits, partial)
