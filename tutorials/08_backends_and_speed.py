@@ -641,10 +641,12 @@ plotting.show(fig)
 # * **Scores.**  The reference is tens of times slower than the exact product: it is the readable
 #   oracle, not the fast path.  Numba's byte tables bring TurboQuant and QJL close to the exact
 #   product, or past it when the float32 keys no longer fit in the caches (at one million keys,
-#   `docs/performance.md` measures 0.76x and 0.83x of the exact time while reading 7.8x and 15x
-#   fewer bytes).  At the tutorial's small sizes the float32 keys may still sit in cache, which
-#   flatters the exact product.  PolarQuant stays several times slower than exact: each key
-#   rebuilds a tree of $32 + 16 + 8 = 56$ angle pairs ($d = 128$) before its level-1 lookups.
+#   `docs/performance.md` measures QJL at about 0.7x of the exact time and TurboQuantMSE near 1x,
+#   while reading 15x and 7.8x fewer bytes).  At the tutorial's small sizes the float32 keys may
+#   still sit in cache, which flatters the exact product.  PolarQuant stays slower than exact
+#   (about 1.7x at a million keys): each key still decodes its radii and rebuilds its 32 level-2
+#   radii ($d = 128$) before its table lookups, and with few keys the backend does not fold level
+#   2 at all (the folded table would cost more than it saves).
 # * **Encode.**  The kernels gain an order of magnitude; the whole `encode` gains less,
 #   because both backends share the NumPy/BLAS work around the kernel (norms, the rotation
 #   $x Q^\top$ or the sketch $x S^\top$, the float16 norms).  Amdahl's law: for QJL the sketch is
