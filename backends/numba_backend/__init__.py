@@ -358,7 +358,7 @@ def _radii_rows(radii, work) -> np.ndarray:
     """The radii as C-contiguous ``(rows, k)`` for the polar kernels.
 
     float16 radii (the quantizers' storage) stay float16 and travel as their
-    ``uint16`` bits, decoded exactly inside the kernels (:func:`.kernels._half_radii`):
+    ``uint16`` bits, decoded exactly inside the kernels (:func:`.kernels._load_radii`):
     a separate cast of a million rows' radii cost a fifth of a score.  Others
     are cast to the working dtype.
     """
@@ -486,7 +486,9 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     table = dim // 4 * per_node  # entries per query of the folded table
     fold = per_node <= FOLD_ENTRIES and FOLD_ROW_FACTOR * codes[0].shape[0] >= table
     width = table if fold else dim // 2 * ncodes
-    upper = _upper_table(cos_t, sin_t, bits, work)
+    if fold:  # one compiled kernel per bit widths; levels 4-3 by table when it is small
+        upper = _upper_table(cos_t, sin_t, bits, work)
+        kernel = kernels.polar_score_folded_kernel(*bits[:2], *(bits[2:4] if upper.size else ()))
     block = max(1, TABLE_BYTES // max(width * q2.itemsize, 1))
     for start in range(0, q2.shape[0], block):  # level 1 (and 2) folded into a block of queries
         qb = q2[start : start + block]
@@ -496,9 +498,6 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
             folded = np.empty((qb.shape[0], width), dtype=work)
             ncodes2 = 1 << int(bits[1])
             kernels.level2_tables(tables, ncodes, cos_t[1, :ncodes2], sin_t[1, :ncodes2], folded)
-            kernel = kernels.polar_score_folded_kernel(
-                *bits[:2], *(bits[2:4] if upper.size else ())
-            )
             kernel(folded, upper, codes, r2, cos_t, sin_t, bits, out[start : start + block])
         else:
             kernels.polar_score_kernel(
