@@ -10,9 +10,18 @@ repository).  Two independent axes:
 
 The backend is chosen by precedence: an explicit ``backend=`` argument >
 ``with polarquant.use_backend(name):`` > the ``POLARQUANT_BACKEND``
-environment variable > ``"numpy"``.  The context manager stores the choice in
-a :class:`contextvars.ContextVar` (thread- and async-safe); the environment
-variable is read lazily, at each resolution.  An unknown name raises
+environment variable > ``"numpy"``.  The environment variable is read lazily,
+at each resolution.  The context manager stores the choice in a
+:class:`contextvars.ContextVar`, which decides who sees it: the code run in
+the ``with`` block (and asyncio tasks created there, which copy the context),
+and nothing else.  Threads never see each other's choices, and a new thread
+starts from an empty context (CPython's default builds): the workers of a
+``concurrent.futures.ThreadPoolExecutor`` resolve to the environment
+variable or ``"numpy"``, even when ``submit`` is called inside the block.  To
+carry the choice into a worker, pass ``backend=`` to the quantizer (or
+cache), or run each task in a copy of the caller's context,
+``pool.submit(contextvars.copy_context().run, fn, *args)`` (one copy per
+task: a context cannot be entered by two threads at once).  An unknown name raises
 ``ValueError`` listing the valid ones; a known but unavailable backend raises
 :class:`BackendUnavailableError` naming what is missing and how to install it.
 Nothing falls back silently, and importing polarquant imports neither numba
@@ -77,20 +86,27 @@ def check_backend_name(name: str) -> str:
     return name.strip().lower()
 
 
+#: How to install each optional backend's package (the distribution is installed from a clone).
+INSTALL_HINTS = {
+    "numba": 'python -m pip install numba; in a clone of polarquant: python -m pip install -e ".[numba]"',
+    "cupy": (
+        "python -m pip install cupy-cuda12x or cupy-cuda13x, matching your CUDA major version; "
+        'in a clone of polarquant: python -m pip install -e ".[cuda12]" or -e ".[cuda13]"'
+    ),
+}
+
+
 def _why_unavailable(name: str) -> str | None:
     """None if ``name`` can run here, else the reason (with the install command)."""
     if name == "numpy":
         return None
     if name == "numba":
         if importlib.util.find_spec("numba") is None:
-            return "the numba package is not installed (pip install 'polarquant-lab[numba]')"
+            return f"the numba package is not installed ({INSTALL_HINTS['numba']})"
         return None
     if name == "cupy":
         if importlib.util.find_spec("cupy") is None:
-            return (
-                "the cupy package is not installed (pip install 'polarquant-lab[cuda12]' "
-                "or 'polarquant-lab[cuda13]', matching your CUDA major version)"
-            )
+            return f"the cupy package is not installed ({INSTALL_HINTS['cupy']})"
         try:
             import cupy  # only here, when the cupy backend is asked about
         except Exception as exc:  # e.g. a wheel built for another CUDA major version
@@ -141,7 +157,13 @@ def get_backend(name: str | None = None):
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Run the enclosed block with backend ``name`` (checked on entry)."""
+    """Run the enclosed block with backend ``name`` (checked on entry).
+
+    The choice is a context variable: it reaches what the block calls in this
+    thread (and asyncio tasks it creates), not other threads, nor the
+    workers of a thread pool; pass ``backend=`` or submit
+    ``contextvars.copy_context().run`` there (see the module docstring).
+    """
     name = check_backend_name(name)
     why = _why_unavailable(name)
     if why is not None:

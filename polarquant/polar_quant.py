@@ -186,12 +186,6 @@ class PolarQuant(Quantizer):
             "codebooks": [cb.to_dict() for cb in self.codebooks] if self.fitted else None,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        c = dict(config)
-        c.pop("method", None)
-        return cls(c.pop("dim"), **c)
-
     def field_layout(self) -> dict:
         layout = {
             f"angles_{level}": ((packed_nbytes(n, b),), "uint8")

@@ -27,16 +27,28 @@ and the storage of scalar side information (norms, radii) in ``float16`` or
 from __future__ import annotations
 
 import abc
+import inspect
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from array_api_compat import device as array_device
 
-from ._array import as_vectors, check_finite, check_int, compute_dtype, namespace, quiet_overflow
+from ._array import (
+    as_vectors,
+    check_finite,
+    check_int,
+    compact,
+    compute_dtype,
+    detached,
+    namespace,
+    quiet_overflow,
+)
 from ._seeding import check_seed
 from .compressed import CompressedVectors
 
-__all__ = ["Quantizer", "from_config", "METHODS", "check_norm_dtype"]
+__all__ = ["Quantizer", "from_config", "METHODS", "check_norm_dtype", "DECODE_DTYPES"]
 
 #: method name -> quantizer class, filled by subclasses.
 METHODS: dict[str, type] = {}
@@ -47,6 +59,9 @@ METHODS: dict[str, type] = {}
 CHUNK_ELEMENTS = 1 << 22
 
 NORM_DTYPES = ("float16", "float32")
+
+#: The float dtypes codes may record as the encoded (and decoded) dtype.
+DECODE_DTYPES = ("float16", "float32", "float64", "bfloat16")
 
 
 def check_norm_dtype(norm_dtype: str) -> str:
@@ -63,15 +78,24 @@ def dtype_name(xp, dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1]  # e.g. torch.bfloat16 -> "bfloat16"
 
 
-def resolve_dtype(xp, name: str):
-    """The dtype object called ``name`` in namespace ``xp`` (or in the library it wraps)."""
+def resolve_dtype(xp, name: str, default=None):
+    """The dtype object called ``name`` in namespace ``xp`` (or in the library it wraps).
+
+    A namespace without it (NumPy has no bfloat16, ``array_api_strict`` no
+    float16) gives ``default``, or a ``TypeError`` when no default is given.
+    """
     dtype = getattr(xp, name, None)
     if dtype is None:  # dtypes beyond the standard (torch.bfloat16) live in the library itself
         import importlib
 
-        library = importlib.import_module(xp.__name__.rsplit(".", 1)[-1])
+        try:
+            library = importlib.import_module(xp.__name__.rsplit(".", 1)[-1])
+        except ImportError:
+            library = None
         dtype = getattr(library, name, None)
     if dtype is None:
+        if default is not None:
+            return default
         raise TypeError(f"array namespace {xp.__name__} has no dtype {name!r}")
     return dtype
 
@@ -164,8 +188,37 @@ class Quantizer(abc.ABC):
         """Everything needed to rebuild this quantizer (JSON-able)."""
 
     @classmethod
-    def from_config(cls, config: dict) -> Quantizer:
+    def from_config(cls, config: Mapping) -> Quantizer:
+        """Rebuild the quantizer from :meth:`config`.
+
+        Raises
+        ------
+        TypeError
+            ``config`` is not a mapping, or a value has the wrong type (as the constructor).
+        ValueError
+            Another method, a missing required key (``dim``...), an unknown key, or
+            a value out of range.
+        """
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                f"config must be a dict (as returned by config()), got {type(config).__name__}"
+            )
+        method = config.get("method", cls.method)
+        if method != cls.method:
+            raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
+        params = dict(inspect.signature(cls.__init__).parameters)
+        params.pop("self")
         args = {k: v for k, v in config.items() if k != "method"}
+        unknown = sorted((k for k in args if k not in params), key=str)
+        if unknown:
+            raise ValueError(
+                f"{cls.method} config has unknown key(s) {unknown}; valid keys: {list(params)}"
+            )
+        missing = [
+            k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in args
+        ]
+        if missing:
+            raise ValueError(f"{cls.method} config lacks the required key(s) {missing}")
         return cls(**args)
 
     def __repr__(self) -> str:
@@ -231,14 +284,21 @@ class Quantizer(abc.ABC):
     def encode(self, x) -> CompressedVectors:
         """Compress vectors ``x`` of shape ``(..., dim)``.
 
+        ``x`` must be an array (NumPy, or any array-API namespace) of a real
+        floating dtype; Python lists are refused (say which dtype you mean:
+        ``np.asarray(x, dtype=np.float32)``).  A torch tensor that requires grad
+        is encoded without its autograd graph: codes are not differentiable.
+        Every field of the result owns exactly its bytes, so ``nbytes`` is the
+        memory really held.
+
         Raises
         ------
         TypeError
-            ``x`` is not a floating array.
+            ``x`` is not an array, or not a floating one.
         ValueError
             Wrong last dimension, NaN or Inf values, or norms outside the storage range.
         """
-        xp, x = as_vectors(x, self.dim, "x", finite=False)
+        xp, x = as_vectors(detached(x), self.dim, "x", finite=False)
         batch = tuple(x.shape[:-1])
         rows = xp.reshape(x, (-1, self.dim))
         work = compute_dtype(xp, x.dtype)
@@ -251,9 +311,11 @@ class Quantizer(abc.ABC):
             parts.append(self._encode_rows(xp.astype(rows[0:0, ...], work)))
         layout = self.field_layout()
         fields = {
-            k: xp.reshape(
-                xp.concat([p[k] for p in parts], axis=0) if len(parts) > 1 else parts[0][k],
-                batch + tuple(layout[k][0]),
+            k: compact(  # a view of a larger buffer would make nbytes under-count
+                xp.reshape(
+                    xp.concat([p[k] for p in parts], axis=0) if len(parts) > 1 else parts[0][k],
+                    batch + tuple(layout[k][0]),
+                )
             )
             for k in parts[0]
         }
@@ -262,7 +324,14 @@ class Quantizer(abc.ABC):
         )
 
     def check_codes(self, codes: CompressedVectors) -> None:
-        """Refuse codes written by another configuration (method, dim, seed, bits...)."""
+        """Refuse codes written by another configuration (method, dim, seed, bits...).
+
+        Also refuses codes whose own description is inconsistent: a ``dim`` other
+        than the configuration's, a recorded dtype that is not one of float16,
+        float32, float64 or bfloat16, a batch shape that is not a tuple of
+        non-negative integers, and fields whose names, shapes or dtypes differ
+        from :meth:`field_layout`.
+        """
         if not isinstance(codes, CompressedVectors):
             raise TypeError(f"expected CompressedVectors, got {type(codes).__name__}")
         mine, theirs = self.config(), dict(codes.config)
@@ -272,12 +341,25 @@ class Quantizer(abc.ABC):
                 f"{k}: codes {theirs.get(k)!r} vs quantizer {mine.get(k)!r}" for k in diff
             )
             raise ValueError(f"these codes were written by another configuration ({detail})")
+        if isinstance(codes.dim, bool) or codes.dim != self.dim:
+            raise ValueError(f"codes say dim={codes.dim!r}, their configuration says {self.dim}")
+        if codes.dtype not in DECODE_DTYPES:
+            raise ValueError(
+                f"codes record the encoded dtype {codes.dtype!r}, not one of {DECODE_DTYPES}"
+            )
+        batch = codes.batch_shape
+        if not isinstance(batch, tuple) or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in batch
+        ):
+            raise ValueError(f"codes have batch shape {batch!r}, not a tuple of integers >= 0")
         layout = self.field_layout()
         if set(codes.fields) != set(layout):
             raise ValueError(f"codes hold fields {sorted(codes.fields)}, expected {sorted(layout)}")
         nb = len(codes.batch_shape)
         for name, (shape, dt) in layout.items():
             a = codes.fields[name]
+            if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+                raise TypeError(f"field {name!r} is a {type(a).__name__}, not an array")
             if tuple(a.shape[:nb]) != tuple(codes.batch_shape):
                 raise ValueError(
                     f"field {name!r} has batch shape {tuple(a.shape[:nb])}, the codes say "
@@ -298,12 +380,18 @@ class Quantizer(abc.ABC):
         return out
 
     def decode(self, codes: CompressedVectors):
-        """Reconstruct ``(..., dim)`` vectors from ``codes`` (in the dtype that was encoded)."""
+        """Reconstruct ``(..., dim)`` vectors from ``codes``, in the dtype that was encoded.
+
+        Where the fields' namespace lacks that dtype (bfloat16 codes loaded from
+        a file are NumPy arrays, and NumPy has no bfloat16; ``array_api_strict``
+        has no float16), the result is float32, the dtype the reconstruction is
+        computed in.
+        """
         self.check_codes(codes)
         flat = self._flat_fields(codes)
         xp = namespace(*flat.values())
         work = xp.float64 if codes.dtype == "float64" else xp.float32
-        out_dtype = resolve_dtype(xp, codes.dtype)
+        out_dtype = resolve_dtype(xp, codes.dtype, default=work)
         flat_any = next(iter(flat.values()))
         parts = [
             xp.astype(self._decode_rows({k: v[a:b, ...] for k, v in flat.items()}, work), out_dtype)
@@ -361,9 +449,19 @@ class Quantizer(abc.ABC):
         float rounding.
         """
         self.check_codes(codes)
+        if not hasattr(weights, "dtype") or not hasattr(weights, "shape"):
+            raise TypeError(f"weights must be an array, got {type(weights).__name__}")
         xp = namespace(weights)
         if not xp.isdtype(weights.dtype, "real floating"):
             raise TypeError(f"weights must be a real floating array, got dtype {weights.dtype}")
+        flat = self._flat_fields(codes)
+        try:
+            namespace(weights, *flat.values())
+        except TypeError as exc:
+            raise TypeError(
+                "weights and codes live in different array namespaces or devices; "
+                "polarquant never moves data implicitly: convert one of them first"
+            ) from exc
         batch = tuple(codes.batch_shape)
         if (
             tuple(weights.shape[weights.ndim - len(batch) :]) != batch
@@ -374,8 +472,9 @@ class Quantizer(abc.ABC):
             )
         check_finite(weights, "weights")
         lead = tuple(weights.shape[: weights.ndim - len(batch)])
-        w = xp.reshape(xp.astype(weights, compute_dtype(xp, weights.dtype)), (-1, codes.n_vectors))
-        flat = self._flat_fields(codes)
+        # explicit row count: reshape(-1, 0) is ambiguous when there are no encoded vectors
+        rows = (math.prod(lead), codes.n_vectors)
+        w = xp.reshape(xp.astype(weights, compute_dtype(xp, weights.dtype)), rows)
         out = xp.zeros((w.shape[0], self.dim), dtype=w.dtype, device=array_device(w))
         for a, b in self._chunks(codes.n_vectors):
             out = out + self._weighted_sum_rows(
@@ -399,9 +498,22 @@ class Quantizer(abc.ABC):
         return codes
 
 
-def from_config(config: dict[str, Any]) -> Quantizer:
-    """Rebuild the quantizer described by ``config`` (as stored in codes and files)."""
+def from_config(config: Mapping[str, Any]) -> Quantizer:
+    """Rebuild the quantizer described by ``config`` (as stored in codes and files).
+
+    Raises
+    ------
+    TypeError
+        ``config`` is not a mapping, or one of its values has the wrong type.
+    ValueError
+        An unknown method, a missing or unknown key, or a value out of range
+        (see :meth:`polarquant.Quantizer.from_config`).
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"config must be a dict (as returned by config()), got {type(config).__name__}"
+        )
     method = config.get("method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {sorted(METHODS)}")
     return METHODS[method].from_config(config)

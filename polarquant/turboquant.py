@@ -157,12 +157,6 @@ class _TurboQuant(Quantizer):
             "norm_dtype": self.norm_dtype,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        c = dict(config)
-        c.pop("method", None)
-        return cls(c.pop("dim"), c.pop("bits"), **c)
-
 
 class TurboQuantMSE(_TurboQuant):
     r"""TurboQuant for mean-squared error (Algorithm 1).

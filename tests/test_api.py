@@ -314,7 +314,7 @@ def test_unavailable_backends_say_why(name, monkeypatch):
     )
     why = pq.available_backends()[name]
     assert why is not None and f"the {name} package is not installed" in why
-    assert "pip install 'polarquant-lab[" in why
+    assert 'python -m pip install -e ".[' in why  # from a clone: not on a package index
     with pytest.raises(BackendUnavailableError, match=name):
         pq.get_backend(name)
     with pytest.raises(BackendUnavailableError, match="unavailable"):
@@ -356,12 +356,28 @@ def test_import_does_not_import_numba_or_cupy():
 
 
 def test_backends_is_a_subpackage_not_a_top_level_module():
+    """The installation adds no top-level ``backends`` to the import path.
+
+    ``python -m pytest`` puts the current directory on ``sys.path``; run from the root of a clone,
+    its ``backends/`` folder is then importable as ``backends`` whatever the clone is called
+    (``git clone`` names it ``polarquant``). What the installation provides is what the other
+    entries of ``sys.path`` and the installed import hooks find, so the current directory is left
+    out of the search (``tests/test_packaging.py`` checks the same in a wheel installed elsewhere).
+    """
     import importlib.util
+    import sys
 
     assert pq.backends.__name__ == "polarquant.backends"
-    spec = importlib.util.find_spec("backends")
-    assert spec is None or "polarquant" not in (spec.origin or "")
     assert os.path.basename(os.path.dirname(pq.backends.__file__)) == "backends"
+    here = {"", ".", os.getcwd()}
+    kept = [p for p in sys.path if p not in here and os.path.abspath(p) != os.getcwd()]
+    saved, sys.path[:] = sys.path[:], kept
+    try:
+        sys.modules.pop("backends", None)
+        spec = importlib.util.find_spec("backends")
+    finally:
+        sys.path[:] = saved
+    assert spec is None, f"a top-level module 'backends' is installed: {spec.origin}"
 
 
 @pytest.mark.usefixtures("reference_backend")

@@ -513,7 +513,9 @@ def test_op_values_and_scores(env):
 
 
 def test_op_values_and_scores_float64(env):
-    """The float64 kernels: values and scores within 1e-12 of the reference."""
+    """The float64 kernels: values and scores within 1e-12 of the reference.  PolarQuant with
+    three levels, (4, 2, 5): the number of levels ``test_tiny_ops`` compiles in float64 too (one
+    Numba kernel per dtype and number of levels; float32 covers every number of levels)."""
     rng = np.random.default_rng(12)
     d = 96
     y = _unit_rows(rng, 100, d, np.float64)
@@ -543,15 +545,14 @@ def test_op_values_and_scores_float64(env):
         want,
         "sign_score",
     )
-    bnd, cents = _polar_consts(4, (4, 2, 2, 2), np.float64)
-    packed, radii = ref.polar_encode(y, 4, bnd, (4, 2, 2, 2))
+    levels, bits = 3, (4, 2, 5)
+    bnd, cents = _polar_consts(levels, bits, np.float64)
+    packed, radii = ref.polar_encode(y, levels, bnd, bits)
     dev = ([env.put(p) for p in packed], env.put(radii), [env.put(c) for c in cents])
-    want = ref.polar_values(packed, radii, cents, (4, 2, 2, 2), d)
-    _assert_values(env.host(env.ops.polar_values(*dev, (4, 2, 2, 2), d)), want, "polar_values")
-    got = env.host(env.ops.polar_score(env.put(q), *dev, (4, 2, 2, 2), d))
-    _assert_scores(
-        got, ref.polar_score(q, packed, radii, cents, (4, 2, 2, 2), d), q, want, "polar_score"
-    )
+    want = ref.polar_values(packed, radii, cents, bits, d)
+    _assert_values(env.host(env.ops.polar_values(*dev, bits, d)), want, "polar_values")
+    got = env.host(env.ops.polar_score(env.put(q), *dev, bits, d))
+    _assert_scores(got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, "polar_score")
 
 
 def _one_hot(rows: int, picks) -> np.ndarray:
@@ -609,16 +610,31 @@ def _check_weighted_sums(env, rng, d: int, rows_list, bits_list, polar_configs, 
                 )
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("d", (*DIMS, 77))
+#: PolarQuant configurations of the float64 weighted sums: levels 1 and 3, the tuple lengths the
+#: float64 ``test_tiny_*`` tests compile anyway (a Numba kernel is compiled once per dtype and
+#: number of levels; the code run is the same for every number of levels, which float32 covers).
+FLOAT64_POLAR_CONFIGS = [(1, (3,)), (3, (8, 1, 6))]
+
+
+@pytest.mark.parametrize(
+    "d, dtype",
+    [*((d, np.float32) for d in (*DIMS, 77)), (96, np.float64), (77, np.float64)],
+    ids=[*(f"{d}-float32" for d in (*DIMS, 77)), "96-float64", "77-float64"],
+)
 def test_op_weighted_sums(env, d, dtype):
     """``w @ values`` from the codes (``scalar_weighted_sum``, ``polar_weighted_sum``): every width
     1..8, every PolarQuant configuration, 0, 1, 7 and 1001 rows (several rows per parallel chunk,
     chunks not a multiple of four rows), one and three weight rows: within RTOL of the reference.
     d = 77 (scalar codes only; PolarQuant needs a multiple of 2**levels): the last byte of a row
-    is part padding for 1, 2, 4 bits and 3, 5, 6, 7-bit rows end mid-group."""
+    is part padding for 1, 2, 4 bits and 3, 5, 6, 7-bit rows end mid-group.  float64 (whose
+    1, 2, 4, 8-bit rows copy 8, 4, 2, 1 words per byte, where float32 copies 4, 2, 1 and looks
+    8-bit codes up one by one) runs every width at one dimension of each kind and the
+    ``FLOAT64_POLAR_CONFIGS``."""
     rng = np.random.default_rng(300 + d)
-    configs = POLAR_CONFIGS if d % 8 == 0 else []
+    if d % 8:
+        configs = []
+    else:
+        configs = POLAR_CONFIGS if dtype == np.float32 else FLOAT64_POLAR_CONFIGS
     _check_weighted_sums(env, rng, d, (0, 1, 7, 1001), range(1, 9), configs, dtype)
 
 
@@ -774,9 +790,12 @@ def test_numba_polar_score_paths_agree(name, factor, upper, monkeypatch):
     rebuilt level by level or, for ``L >= 4``, through the table of level-4/3 products
     (``UPPER_BITS``).  The folded kernel is compiled per combination of bit widths, so the
     configurations add a 5-level tree and 2- and 3-bit codes at levels 1 to 3 (codes that
-    straddle bytes).  Radii are float32 and float16 (decoded inside the kernels).  Level
-    streams that differ in layout and write flag (a read-only one, a Fortran-ordered one)
-    must not matter."""
+    straddle bytes).  Radii are float16 (decoded inside the kernels) for every other
+    configuration and float32 for the rest, so that each path runs both with kernels of several
+    levels and bit widths (each combination of levels, widths and radii dtype is one more
+    compiled kernel; the float16 decoding itself is checked bit for bit by
+    ``test_numba_float16_radii_decoded_exactly``).  Level streams that differ in layout and
+    write flag (a read-only one, a Fortran-ordered one) must not matter."""
     monkeypatch.setattr(get_backend(name), "FOLD_ROW_FACTOR", factor)
     monkeypatch.setattr(get_backend(name), "UPPER_BITS", upper)
     ops = get_backend(name)
@@ -784,22 +803,22 @@ def test_numba_polar_score_paths_agree(name, factor, upper, monkeypatch):
     for d in (64, 96):
         y = rng.standard_normal((150, d)).astype(np.float32)
         q = rng.standard_normal((5, d)).astype(np.float32)
-        for levels, bits in [*POLAR_CONFIGS, (5, (4, 2, 2, 2, 2)), (4, (2, 3, 3, 4))]:
+        configs = [*POLAR_CONFIGS, (5, (4, 2, 2, 2, 2)), (4, (2, 3, 3, 4))]
+        for i, (levels, bits) in enumerate(configs):
             bnd, cents = _polar_consts(levels, bits, np.float32)
-            packed, radii32 = ref.polar_encode(y, levels, bnd, bits)
-            for radii in (radii32, radii32.astype(np.float16)):
-                what = f"{bits} radii {radii.dtype}"
-                want = ref.polar_values(packed, radii, cents, bits, d)
-                mixed = list(packed)
-                mixed[0] = mixed[0].copy()
-                mixed[0].flags.writeable = False
-                if levels > 1:
-                    mixed[1] = np.asfortranarray(mixed[1])
-                got = ops.polar_score(q, mixed, radii, cents, bits, d)
-                _assert_scores(
-                    got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, what
-                )
-                _assert_values(ops.polar_values(mixed, radii, cents, bits, d), want, what)
+            packed, radii = ref.polar_encode(y, levels, bnd, bits)
+            if i % 2 == 0:  # the paper's (4, 2, 2, 2) among them, as the quantizers store it
+                radii = radii.astype(np.float16)
+            what = f"{bits} radii {radii.dtype}"
+            want = ref.polar_values(packed, radii, cents, bits, d)
+            mixed = list(packed)
+            mixed[0] = mixed[0].copy()
+            mixed[0].flags.writeable = False
+            if levels > 1:
+                mixed[1] = np.asfortranarray(mixed[1])
+            got = ops.polar_score(q, mixed, radii, cents, bits, d)
+            _assert_scores(got, ref.polar_score(q, packed, radii, cents, bits, d), q, want, what)
+            _assert_values(ops.polar_values(mixed, radii, cents, bits, d), want, what)
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
@@ -821,6 +840,44 @@ def test_numba_float16_radii_decoded_exactly(name):
         np.testing.assert_array_equal(got[:, 0], radii[:, 0].astype(dtype))
         np.testing.assert_array_equal(got, want)
         assert np.array_equal(np.signbit(got[:, 0]), np.signbit(radii[:, 0]))
+
+
+@pytest.mark.parametrize("name", [_param("numba")])
+def test_numba_one_kernel_whatever_the_write_flags(name):
+    """Read-only codes and codebooks (a loaded or memory-mapped file, a shared constant) reach
+    the scalar kernels as the writable ones do: no second compiled kernel (each Numba
+    signature is a cold compile of seconds), and the same results."""
+    ops = get_backend(name)
+    kernels = ops.kernels
+    rng = np.random.default_rng(31)
+    d, bits = 24, 4
+    cb = coordinate_codebook(d, bits)
+    packed = ref.scalar_encode(_unit_rows(rng, 9, d), np.asarray(cb.boundaries, np.float32), bits)
+    cents = np.asarray(cb.centroids, dtype=np.float32)
+    q = rng.standard_normal((2, d)).astype(np.float32)
+    w = rng.standard_normal((2, 9)).astype(np.float32)
+
+    def run(p, c):
+        return (
+            ops.scalar_values(p, c, bits, d),
+            ops.scalar_score(q, p, c, bits, d),
+            ops.scalar_weighted_sum(w, p, c, bits, d),
+        )
+
+    want = run(packed, cents)
+    dispatchers = (
+        kernels.scalar_values_kernel,
+        kernels.byte_tables,
+        kernels.scalar_score_kernel,
+        kernels.scalar_weighted_sum_kernel,
+    )
+    before = [len(k.signatures) for k in dispatchers]
+    frozen = [packed.copy(), cents.copy()]
+    for a in frozen:
+        a.flags.writeable = False
+    for got, expected in zip(run(*frozen), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    assert [len(k.signatures) for k in dispatchers] == before
 
 
 @pytest.mark.parametrize("name", [_param("numba")])

@@ -1216,24 +1216,27 @@ def _numpy_input_calls():
     f, u = np.zeros((2, 8), np.float32), np.zeros((2, 2), np.uint8)
     c, b = np.zeros(4, np.float32), np.zeros(3, np.float32)
     return [
-        ("y", lambda: cb.scalar_encode(f, dev(b), 2)),
+        ("x", lambda: cb.scalar_encode(f, dev(b), 2)),
         ("boundaries", lambda: cb.scalar_encode(dev(f), b, 2)),
         ("packed codes", lambda: cb.scalar_values(u, dev(c), 2, 8)),
         ("centroids", lambda: cb.scalar_values(dev(u), c, 2, 8)),
-        ("q", lambda: cb.scalar_score(f, dev(u), dev(c), 2, 8)),
-        ("p", lambda: cb.sign_encode(f)),
+        ("queries", lambda: cb.scalar_score(f, dev(u), dev(c), 2, 8)),
+        ("x", lambda: cb.sign_encode(f)),
         ("packed codes", lambda: cb.sign_values(np.zeros((2, 1), np.uint8), 8, np.float32)),
-        ("s", lambda: cb.sign_score(f, dev(np.zeros((2, 1), np.uint8)), 8)),
-        ("y", lambda: cb.polar_encode(f, 1, [dev(b)], [2])),
+        ("queries", lambda: cb.sign_score(f, dev(np.zeros((2, 1), np.uint8)), 8)),
+        ("x", lambda: cb.polar_encode(f, 1, [dev(b)], [2])),
         (
             "radii",
             lambda: cb.polar_values(
                 [dev(np.zeros((2, 1), np.uint8))], np.zeros((2, 4), np.float32), [dev(c)], [2], 8
             ),
         ),
-        ("w", lambda: cb.scalar_weighted_sum(np.zeros((1, 2), np.float32), dev(u), dev(c), 2, 8)),
         (
-            "w",
+            "weights",
+            lambda: cb.scalar_weighted_sum(np.zeros((1, 2), np.float32), dev(u), dev(c), 2, 8),
+        ),
+        (
+            "weights",
             lambda: cb.polar_weighted_sum(
                 np.zeros((1, 2), np.float32),
                 [dev(np.zeros((2, 1), np.uint8))],

@@ -479,25 +479,37 @@ def test_fp16_overflow_is_accepted_with_a_float32_window():
     np.testing.assert_array_equal(cache.decoded()[0], keys)
 
 
-def test_failed_flush_leaves_the_cache_unchanged():
-    """A flush whose value codes cannot be stored (fp16 norms > 65504, float32 window) is atomic.
+def _failing(codec, monkeypatch):
+    """Make ``codec.encode`` raise after doing its work (a flush that fails late)."""
+    encode = codec.encode
 
-    The tokens are accepted into the float32 window; the error comes when they
-    leave it.  Keys encode first and succeed, values fail: nothing may change.
+    def fail(x):
+        encode(x)
+        raise ValueError("injected failure")
+
+    monkeypatch.setattr(codec, "encode", fail)
+
+
+def test_failed_flush_leaves_the_cache_unchanged(monkeypatch):
+    """A flush that fails (here: an injected failure of the value codec) is atomic.
+
+    Keys encode first and succeed, values fail: nothing may change.  (No real
+    input fails at flush any more: tokens a codec could not store are refused
+    at append, see ``test_token_beyond_storage_is_refused_at_append``.)
     """
     rng = np.random.default_rng(43)
     cache = KVCache(32, "turboquant-mse", 3, "turboquant-mse", 3, window=4, window_dtype="float32")
     k, v = _kv(rng, 2, 2, 30, 32)
-    v[:, :, 12] *= 1e5
     cache.append(k[:, :, :10], v[:, :, :10])
     q = rng.standard_normal((2, 2, 2, 32)).astype(np.float32)
     before = _snapshot(cache, q)
-    with pytest.raises(ValueError, match="float16"):
+    _failing(cache.value_codec, monkeypatch)
+    with pytest.raises(ValueError, match="injected failure"):
         cache.append(k[:, :, 10:30], v[:, :, 10:30])
     assert _snapshot(cache, q) == before
 
 
-def test_failed_flush_leaves_the_channel_split_unchosen():
+def test_failed_flush_leaves_the_channel_split_unchosen(monkeypatch):
     """Atomic appends include the codecs' data-dependent state.
 
     TurboQuant's channel split (keys at 2.5 bits) chooses its outlier channels
@@ -511,13 +523,144 @@ def test_failed_flush_leaves_the_channel_split_unchosen():
     bad_k[..., :16] *= 50.0  # a channel profile unlike the later tokens'
     kwargs = dict(window=4, window_dtype="float32")
     failed = KVCache(64, "turboquant-mse", 2.5, "turboquant-mse", 4, **kwargs)
-    with pytest.raises(ValueError, match="float16"):
-        failed.append(bad_k, 1e6 * v[:, :, :40])  # 36 tokens leave the window: one group
+    with monkeypatch.context() as m:
+        _failing(failed.value_codec, m)
+        with pytest.raises(ValueError, match="injected failure"):
+            failed.append(bad_k, v[:, :, :40])  # 36 tokens leave the window: one group
     assert len(failed) == 0 and failed.key_codec.channels is None
     fresh = KVCache(64, "turboquant-mse", 2.5, "turboquant-mse", 4, **kwargs)
     for cache in (failed, fresh):
         cache.append(k[:, :, 40:], v[:, :, 40:])
     assert _fields_bytes(failed) == _fields_bytes(fresh)
+
+
+# -- tokens at the edges of the storage range: refused at append, or always compressed -----------
+#: (role, method, bits, window_dtype, coordinate value of the planted token, options, the fix).
+#: Each planted token fits the window but not what the codec stores when it leaves it.
+BEYOND_STORAGE = [
+    ("value", "turboquant-mse", 3, "float32", 2e4, None, {"norm_dtype": "float32"}),  # norm 1.1e5
+    ("key", "qjl", 2, "float16", 2e4, None, {"norm_dtype": "float32"}),  # fp16 window
+    ("key", "polarquant-qjl", (4, 2, 2, 2), "float16", 6e3, None, {"radius_dtype": "float32"}),
+    ("key", "turboquant-mse", 2.5, "float32", 2e4, None, {"norm_dtype": "float32"}),
+    ("value", "fp8", 8, "float16", 1e3, None, {"scaling": "token"}),
+    ("value", "kivi", 1, "float16", 4e4, None, None),
+    ("key", "hadamard-rtn", 2, "float32", 1e5, None, None),
+    ("value", "none", 0, "float32", 1e5, {"dtype": "float16"}, {"dtype": "float32"}),
+]
+
+
+@pytest.mark.parametrize(
+    "role, method, bits, window_dtype, value, options, fix",
+    BEYOND_STORAGE,
+    ids=[f"{c[1]}-{c[0]}s" for c in BEYOND_STORAGE],
+)
+def test_token_beyond_storage_is_refused_at_append(
+    role, method, bits, window_dtype, value, options, fix
+):
+    """Issue 10, defect 2 (large side): a token the window holds but its codec could not store.
+
+    Before the fix the token was accepted into the window and the error came
+    when it left it; that flush then failed at every later append (the cache
+    was stuck).  Now the append that brings the token is refused, atomically,
+    naming the token, its stream and the option that stores it; the cache keeps
+    working; and with that option the same history is accepted.
+    """
+    rng = np.random.default_rng(59)
+    k, v = _kv(rng, 1, 2, 40, 32)
+    planted = k if role == "key" else v
+    planted[0, 1, 12] = value  # every coordinate: norm sqrt(32) * value
+    spec = {f"{role}_method": method, f"{role}_bits": bits, f"{role}_options": options}
+    other = "value" if role == "key" else "key"
+    spec.update({f"{other}_method": "turboquant-mse", f"{other}_bits": 3})
+    cache = KVCache(32, **spec, window=4, window_dtype=window_dtype)
+    cache.append(k[:, :, :10], v[:, :, :10])
+    q = rng.standard_normal((1, 2, 1, 32)).astype(np.float32)
+    before = _snapshot(cache, q)
+    with pytest.raises(ValueError, match=r"token 12 \(batch 0, kv head 1\)") as err:
+        cache.append(k[:, :, 10:14], v[:, :, 10:14])
+    if fix:
+        assert f"{role}_options={fix!r}" in str(err.value)
+    assert _snapshot(cache, q) == before
+    for t in range(14, 40):  # the cache is not stuck: the tokens after it are appended
+        cache.append(k[:, :, t : t + 1], v[:, :, t : t + 1])
+    if fix:
+        spec[f"{role}_options"] = fix
+        fixed = KVCache(32, **spec, window=4, window_dtype=window_dtype)
+        for t in range(40):
+            fixed.append(k[:, :, t : t + 1], v[:, :, t : t + 1])
+        assert len(fixed) == 40 and fixed.compressed_tokens >= 32  # groups of 1 or 32
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=[f"{_case_id(k)}/{_case_id(v)}" for k, v in PAIRS])
+@pytest.mark.parametrize("norm", [1e-5, 1e-30])
+def test_tiny_tokens_never_block_the_cache(pair, norm):
+    """Issue 10, defect 2: a key or value of norm below float16's smallest normal (6.1e-5).
+
+    Before the fix it was accepted into the window, and when it had to be
+    compressed every later append raised the same error (float16 norms
+    refused it), forever.  Now every method compresses it: 40 one-token
+    appends into a window of 4 all succeed and attention stays finite.  With
+    a float32 window, 1e-30 also reaches the codecs (float16 flushes it to 0).
+    """
+    (km, kb, ko), (vm, vb, vo) = pair
+    rng = np.random.default_rng(61)
+    k, v = _kv(rng, 1, 2, 40, 64)
+    for a in (k, v):
+        a[0, 1, 3] *= norm / np.linalg.norm(a[0, 1, 3])
+    cache = _cache(pair[0], pair[1], 64, window=4, window_dtype="float32")
+    for t in range(40):
+        cache.append(k[:, :, t : t + 1], v[:, :, t : t + 1])
+    assert len(cache) == 40 and cache.compressed_tokens >= 32  # groups of 1 or 32
+    q = rng.standard_normal((1, 4, 1, 64)).astype(np.float32)
+    assert np.all(np.isfinite(cache.attention(q)))
+
+
+def test_tiny_token_is_stored_with_a_subnormal_norm():
+    """What the cache stores for a tiny TurboQuant_mse token: its codes and a float16 subnormal norm.
+
+    TurboQuant's codes depend on ``x / ||x||`` only, so the tiny token has the
+    codes of the same token scaled by 2**20 (an exact scaling); its norm is
+    float16 of the float32 norm, a subnormal (absolute error <= 2**-25), and
+    every other token's bytes are those of the quantizer itself.
+    """
+    rng = np.random.default_rng(67)
+    x = rng.standard_normal((1, 1, 8, 64)).astype(np.float32)
+    x[0, 0, 5] *= np.float32(2.0**-20)  # norm ~8e-6
+    cache = KVCache(64, "turboquant-mse", 4, "none", 0, window=0, window_dtype="float32")
+    cache.append(x, x)
+    f = cache.key_fields()
+    tq = cache.key_codec.quantizer
+    ref = tq.encode(np.delete(x[0, 0], 5, axis=0))  # the ordinary tokens, by the quantizer
+    np.testing.assert_array_equal(np.delete(f["codes"][0], 5, axis=0), ref.fields["codes"])
+    np.testing.assert_array_equal(np.delete(f["norms"][0], 5, axis=0), ref.fields["norms"])
+    scaled = tq.encode(x[0, 0, 5] * np.float32(2.0**20))
+    np.testing.assert_array_equal(f["codes"][0, 5], scaled.fields["codes"])
+    norm = np.linalg.norm(x[0, 0, 5].astype(np.float64))
+    assert f["norms"][0, 5] == np.float16(np.float32(norm)) and 0 < f["norms"][0, 5] < 6.1e-5
+    assert abs(float(f["norms"][0, 5]) - norm) <= 2.0**-25
+
+
+def test_tiny_polar_radii_of_an_ordinary_key_are_stored():
+    """Issue 10, defect 2 (derived scalars): a unit key whose rotated form is an axis.
+
+    All but one of its PolarQuant radii are float32 round-off (~1e-8): the
+    quantizer alone refuses them ("radii as small as ..."), and before the fix
+    the cache got stuck on this key although its norm is 1.  The cache stores
+    such radii as float16 subnormals: the key decodes as the quantizer with
+    float32 radii decodes it, within 2**-25 per radius.
+    """
+    d = 64  # a float32 window: float16 would round the key, and its round-off radii are ~1e-4
+    cache = KVCache(d, "polarquant", (4, 2, 2, 2), "none", 0, window=0, window_dtype="float32")
+    pq_ = cache.key_codec.quantizer
+    axis = np.zeros((1, d), np.float32)
+    axis[0, 7] = 1.0
+    key = pq_.rotation.inverse(axis).astype(np.float32)
+    with pytest.raises(ValueError, match="radii as small as"):
+        pq_.encode(key)
+    cache.append(key[None, None], key[None, None])
+    wide = polarquant.PolarQuant(d, 4, (4, 2, 2, 2), radius_dtype="float32")
+    expected = wide.decode(wide.encode(key))
+    np.testing.assert_allclose(cache.decoded()[0][0, 0], expected, rtol=0, atol=1e-7)
 
 
 BAD_QUERIES = [
@@ -800,3 +943,96 @@ def test_numba_backend_gives_the_same_bytes_and_attention(pair):
         caches["numba"].attention(q), caches["numpy"].attention(q), rtol=0, atol=1e-5
     )
     assert caches["numba"].nbytes == caches["numpy"].nbytes
+
+
+# -- issue 10: scale, options, the arrays the cache takes -------------------------------------------
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), 0.0, -0.125])
+def test_scale_must_be_finite_and_positive(scale):
+    """Issue 10, defect 3: ``scale=nan`` or ``inf`` returned an all-NaN output; now a ValueError.
+
+    Checked for the cache's attention and scores, and for :func:`exact_attention`.
+    """
+    cache = _filled_cache(np.random.default_rng(71))
+    q = np.ones((2, 4, 1, 32), np.float32)
+    for call in (cache.attention, cache.scores):
+        with pytest.raises(ValueError, match="scale must be a finite positive number"):
+            call(q, scale=scale)
+    k, v = _kv(np.random.default_rng(73), 2, 2, 5, 32)
+    with pytest.raises(ValueError, match="scale must be a finite positive number"):
+        exact_attention(q, k, v, scale=scale)
+
+
+def test_scale_of_the_wrong_type_is_a_type_error():
+    cache = _filled_cache(np.random.default_rng(79))
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        cache.attention(np.ones((2, 4, 1, 32), np.float32), scale="0.1")
+
+
+@pytest.mark.parametrize(
+    "method, bits", [("turboquant-mse", 4), ("turboquant-mse", 2.5), ("qjl", 2), ("none", 0)]
+)
+def test_unknown_options_name_the_argument_and_the_valid_ones(method, bits):
+    """Issue 10 (11, part): an unknown option named a private class (``_TurboQuant.__init__()``)
+    or, for ``"none"``, was silently ignored; now a ValueError names ``key_options``."""
+    with pytest.raises(ValueError, match=r"key_options for method .* unknown option\(s\) 'bogus'"):
+        KVCache(32, method, bits, key_options={"bogus": 1})
+    with pytest.raises(TypeError, match="value_options must be a dict"):
+        KVCache(32, value_method=method, value_bits=bits, value_options=["norm_dtype"])
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="valid options: codebook, norm_dtype, rotation"):
+        KVCache(32, value_options={"norm": "float32"})
+
+
+def test_cupy_backend_is_refused_with_the_reason():
+    """The cache computes on the host: the cupy backend (CuPy arrays only) cannot serve it."""
+    with pytest.raises(ValueError, match="host with NumPy arrays and torch CPU tensors"):
+        KVCache(32, backend="cupy")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_torch_cpu_tensors_in_and_out(dtype):
+    """Issue 10, What to build 5: the cache takes torch CPU tensors and answers in kind.
+
+    Keys, values and queries as torch tensors of ``dtype`` give the codes and
+    the attention of the same data as NumPy float32 (bfloat16 and float16
+    values are exact in float32), returned as a torch tensor of the queries'
+    dtype.
+    """
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(83)
+    k, v = _kv(rng, 1, 2, 24, 32)
+    q = rng.standard_normal((1, 4, 2, 32)).astype(np.float32)
+    tdt = getattr(torch, dtype)
+    tk, tv, tq = (torch.from_numpy(a).to(tdt) for a in (k, v, q))
+    k32, v32, q32 = (t.float().numpy() for t in (tk, tv, tq))  # the values the tensors hold
+    caches = [KVCache(32, "turboquant-mse", 3, "polarquant", (4, 2, 2, 2), window=8) for _ in "ab"]
+    caches[0].append(tk, tv)
+    caches[1].append(k32, v32)
+    assert _fields_bytes(caches[0]) == _fields_bytes(caches[1])
+    out = caches[0].attention(tq)
+    assert isinstance(out, torch.Tensor) and out.dtype == tdt and out.shape == (1, 4, 2, 32)
+    ref = caches[1].attention(q32)
+    np.testing.assert_array_equal(out.float().numpy(), torch.from_numpy(ref).to(tdt).float())
+    s = caches[0].scores(tq)
+    assert isinstance(s, torch.Tensor) and s.dtype == tdt
+    e = exact_attention(tq, tk, tv)
+    assert isinstance(e, torch.Tensor) and e.dtype == tdt
+
+
+def test_torch_tensors_that_need_grad_are_detached():
+    torch = pytest.importorskip("torch")
+    k = torch.randn(1, 1, 4, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    cache = KVCache(32, window=2)
+    cache.append(k, k)
+    out = cache.attention(k[:, :, -1:])
+    assert not out.requires_grad
+
+
+def test_tensors_off_the_host_are_refused():
+    """No implicit transfer: a tensor on another device (here torch's ``meta``) is a TypeError."""
+    torch = pytest.importorskip("torch")
+    k = torch.empty(1, 1, 4, 32, device="meta")
+    with pytest.raises(TypeError, match=r"keys is a torch tensor on meta.*keys.cpu\(\)"):
+        KVCache(32).append(k, k)

@@ -108,8 +108,8 @@ def test_missing_extra_names_the_install_command(capsys):
     from polarquant.cli import main
 
     assert main(["kv-eval", "--tokens", "8"]) == 2
-    assert 'pip install "polarquant-lab[hf]"' in capsys.readouterr().err
-    with pytest.raises(ImportError, match=r'pip install "polarquant-lab\[hf\]"'):
+    assert 'python -m pip install -e ".[hf]"' in capsys.readouterr().err
+    with pytest.raises(ImportError, match=r'python -m pip install -e "\.\[hf\]"'):
         import polarquant.kv.hf  # noqa: F401
 
 

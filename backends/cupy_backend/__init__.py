@@ -41,8 +41,8 @@ operation                kernels (``_f32`` / ``_f64``)                   differs
 Validation follows the reference and the numba backend (same exception types
 for the same bad input), with two stricter checks: a codebook with fewer than
 ``2**bits`` centroids raises ``IndexError`` up front, one with more than
-``2**bits - 1`` boundaries ``ValueError``, and the weighted sums take codes
-of one ``(rows, nbytes)`` batch only (``ValueError`` otherwise); and two
+``2**bits - 1`` boundaries ``ValueError`` (the weighted sums take codes
+of one ``(rows, nbytes)`` batch only, as every backend does); and two
 limits of the kernels: ``polar_encode`` needs exactly ``2**b - 1`` boundaries
 per level (what every codebook has) and at most 16 levels.
 
@@ -175,7 +175,7 @@ def _boundaries(cp, values, bits: int, name: str = "boundaries"):
     return values
 
 
-def _queries(cp, q, n: int, name: str = "q"):
+def _queries(cp, q, n: int, name: str = "queries"):
     q = _device(q, name, cp)
     check_query_width(q, n, name)
     return q
@@ -250,9 +250,9 @@ def scalar_encode(y, boundaries, bits: int):
     """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
     cp = _launch.get_cupy()
     bits = check_bits(bits)
-    y = _device(y, "y", cp)
+    y = _device(y, "x", cp)
     if y.ndim == 0:
-        raise ValueError("codes must have shape (..., n), got a 0-d array")
+        raise ValueError("x must have shape (..., n), got a 0-d array")
     bnd = _boundaries(cp, boundaries, bits)
     dev = _device_id((y, bnd))
     *batch, n = y.shape
@@ -320,9 +320,9 @@ def scalar_score(q, packed, centroids, bits: int, n: int):
 def sign_encode(p):
     """Packed sign bits (1 for ``p >= 0``) of ``p (rows, m)``."""
     cp = _launch.get_cupy()
-    p = _device(p, "p", cp)
+    p = _device(p, "x", cp)
     if p.ndim == 0:
-        raise ValueError("codes must have shape (..., n), got a 0-d array")
+        raise ValueError("x must have shape (..., n), got a 0-d array")
     *batch, m = p.shape
     _check_row_bits(m, 1, "m")
     work = _work_dtype(p.dtype)
@@ -368,7 +368,7 @@ def sign_score(s, packed, m: int):
     cp = _launch.get_cupy()
     m = check_int(m, "m", low=0)
     packed2 = _packed(cp, packed, 1, m)
-    s = _queries(cp, s, m, "s")
+    s = _queries(cp, s, m)
     work = _work_dtype(s.dtype)
     shape = score_shape(s, packed.ndim, packed2.shape[0])
     dev = _device_id((packed2, s))
@@ -444,7 +444,7 @@ def _polar_codes(cp, packed, radii, centroids, bits, dim: int):
 def polar_encode(y, levels: int, boundaries, bits):
     """Polar transform of ``y (n, D)``; returns (packed angle codes per level, radii)."""
     cp = _launch.get_cupy()
-    y = _device(y, "y", cp)
+    y = _device(y, "x", cp)
     dim = y.shape[-1]  # a 0-d y raises IndexError here, as in the reference
     batch = tuple(y.shape[:-1])
     levels = check_levels(dim, levels)
@@ -567,7 +567,7 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
 
 
 # -- weighted sums of decoded rows (attention values) ----------------------------------------------
-def _weights(cp, w, rows: int, codes_ndim: int, name: str = "w"):
+def _weights(cp, w, rows: int, codes_ndim: int, name: str = "weights"):
     """``w (..., rows)`` of this backend's arrays; see ``_checks.check_weight_width``."""
     return check_weight_width(_device(w, name, cp), rows, codes_ndim, name)
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import INSTALL_HINTS
+
 #: Threads per block of the one-thread-per-element and score kernels.
 THREADS = 256
 #: Grid cap of the grid-stride kernels, in blocks per multiprocessor.
@@ -97,8 +99,7 @@ def get_cupy():
         import cupy
     except ImportError as exc:
         raise ImportError(
-            "the cupy backend needs the cupy package: pip install 'polarquant-lab[cuda13]' "
-            "(or [cuda12], matching your CUDA major version)"
+            f"the cupy backend needs the cupy package ({INSTALL_HINTS['cupy']})"
         ) from exc
     return cupy
 

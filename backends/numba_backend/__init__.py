@@ -18,7 +18,11 @@ take a Python list; a tuple of arrays of one type can, at one compiled kernel
 per number of levels; copying the levels into one buffer instead cost a third
 of the score's time); the encode kernel writes one ``(rows, sum of nbytes)``
 buffer with byte offsets, split per level afterwards.  float16 radii travel to
-the polar kernels as their ``uint16`` bits (decoded exactly inside them).
+the polar kernels as their ``uint16`` bits (decoded exactly inside them).  Packed
+codes always reach the kernels as read-only views and codebooks as fresh copies:
+Numba compiles a kernel once per argument type, write flag included, so the
+caller's flags (a loaded or memory-mapped file, a shared constant) would
+otherwise cost another compilation of seconds.
 
 =======================  ===============================================  ==============================
 operation                kernels                                          differs from the reference
@@ -49,13 +53,15 @@ operation                kernels                                          differ
                          as above, rows rebuilt as in ``polar_values``
 =======================  ===============================================  ==============================
 
-Three checks are stricter than the reference's: a codebook with too few
+Two checks are stricter than the reference's: a codebook with too few
 centroids for ``bits`` raises ``IndexError`` (the reference raises it only
-when a code actually points past the end), one with too many boundaries
-raises ``ValueError`` (the reference raises it only when a code overflows),
-and the weighted sums take codes of one ``(rows, nbytes)`` batch only
-(``ValueError`` otherwise; the reference's ``w @ values`` would contract a
-single 1-D row with ``w``'s last axis, or broadcast stacks of batches).
+when a code actually points past the end), and one with too many boundaries
+raises ``ValueError`` (the reference raises it only when a code overflows).
+The widths of queries and weights, and the weighted sums' codes of one
+``(rows, nbytes)`` batch, are checked by the same functions
+(:mod:`polarquant.backends._checks`) on every backend, reference included.
+Error messages name the caller's arguments (``x``, ``queries``, ``weights``,
+``packed codes``), not this module's variables.
 
 Examples
 --------
@@ -156,7 +162,9 @@ def _packed(packed, bits: int, n: int, name: str = "packed codes") -> np.ndarray
             f"packed array has {packed.shape[-1]} bytes per vector, but {n} codes of {bits} bits "
             f"need {need}"
         )
-    return _rows(packed, need, np.uint8)
+    # read-only, as the polar level streams: one compiled kernel whether the caller's codes
+    # are writable or not (loaded from a file, memory-mapped)
+    return _readonly(_rows(packed, need, np.uint8))
 
 
 def _codebook(values, bits: int, dtype=None, name: str = "centroids") -> np.ndarray:
@@ -169,7 +177,9 @@ def _codebook(values, bits: int, dtype=None, name: str = "centroids") -> np.ndar
         raise IndexError(
             f"{bits}-bit codes index {1 << bits} {name}, but only {values.shape[0]} were given"
         )
-    return np.ascontiguousarray(values[: 1 << bits], dtype=dtype)
+    # always a fresh copy (at most 256 entries): a read-only codebook would compile the
+    # kernels a second time
+    return np.array(values[: 1 << bits], dtype=dtype)
 
 
 def _boundaries(values, bits: int, dtype=None, name: str = "boundaries") -> np.ndarray:
@@ -186,7 +196,7 @@ def _boundaries(values, bits: int, dtype=None, name: str = "boundaries") -> np.n
     return np.ascontiguousarray(values, dtype=dtype)
 
 
-def _queries(q, n: int, name: str = "q") -> np.ndarray:
+def _queries(q, n: int, name: str = "queries") -> np.ndarray:
     q = _numpy(q, name)
     check_query_width(q, n, name)
     return q
@@ -232,9 +242,9 @@ def _table_score(q2, packed2, cents, bits: int, n: int, out) -> None:
 def scalar_encode(y, boundaries, bits: int):
     """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
     bits = check_bits(bits)
-    y = _numpy(y, "y")
+    y = _numpy(y, "x")
     if y.ndim == 0:
-        raise ValueError("codes must have shape (..., n), got a 0-d array")
+        raise ValueError("x must have shape (..., n), got a 0-d array")
     bnd = _boundaries(boundaries, bits)
     *batch, n = y.shape
     y2 = _rows(y, n, _work_dtype(y.dtype))
@@ -277,9 +287,9 @@ def scalar_score(q, packed, centroids, bits: int, n: int):
 # -- sign bits -----------------------------------------------------------------------------------
 def sign_encode(p):
     """Packed sign bits (1 for ``p >= 0``) of ``p (rows, m)``."""
-    p = _numpy(p, "p")
+    p = _numpy(p, "x")
     if p.ndim == 0:
-        raise ValueError("codes must have shape (..., n), got a 0-d array")
+        raise ValueError("x must have shape (..., n), got a 0-d array")
     *batch, m = p.shape
     p2 = _rows(p, m, _work_dtype(p.dtype))
     out = np.empty((p2.shape[0], -(-m // 8)), dtype=np.uint8)
@@ -307,7 +317,7 @@ def sign_score(s, packed, m: int):
     """``s (nq, m) @ sign.T`` -> ``(nq, rows)``."""
     m = check_int(m, "m", low=0)
     packed2 = _packed(packed, 1, m)
-    s = _queries(s, m, "s")
+    s = _queries(s, m)
     work = _work_dtype(s.dtype)
     shape = score_shape(s, packed.ndim, packed2.shape[0])
     s2 = _rows(s, m, work)
@@ -422,7 +432,7 @@ def _polar_codes(packed, radii, centroids, bits, dim: int):
 
 def polar_encode(y, levels: int, boundaries, bits):
     """Polar transform of ``y (n, D)``; returns (packed angle codes per level, radii)."""
-    y = _numpy(y, "y")
+    y = _numpy(y, "x")
     dim = y.shape[-1]  # a 0-d y raises IndexError here, as in the reference
     batch = y.shape[:-1]
     levels = check_levels(dim, levels)
@@ -470,6 +480,22 @@ def polar_values(packed, radii, centroids, bits, dim: int):
     return out.reshape(*batch, dim).astype(out_dtype, copy=False)
 
 
+def fold_rows(dim: int, bits) -> int | None:
+    """The fewest rows from which :func:`polar_score` folds levels 1 and 2 into the query's table.
+
+    ``None`` where it never does: one level, or more than ``FOLD_ENTRIES`` entries per
+    level-2 node.  Else the rows ``r`` with ``FOLD_ROW_FACTOR * r`` at least the folded
+    table's ``dim / 4 * 4**bits[0] * 2**bits[1]`` entries per query (``polarquant warmup``
+    scores that many rows to compile the folded kernel).
+    """
+    if len(bits) < 2:
+        return None
+    per_node = 1 << (2 * int(bits[0]) + int(bits[1]))
+    if per_node > FOLD_ENTRIES or FOLD_ROW_FACTOR <= 0:
+        return None
+    return max(1, -(-(dim // 4 * per_node) // FOLD_ROW_FACTOR))
+
+
 def polar_score(q, packed, radii, centroids, bits, dim: int):
     """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
     codes, radii, bits, batch, dtypes = _polar_codes(packed, radii, centroids, bits, dim)
@@ -482,10 +508,9 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     r2 = _radii_rows(radii, work)
     out = np.empty((q2.shape[0], r2.shape[0]), dtype=work)
     ncodes = 1 << int(bits[0])
-    per_node = ncodes * ncodes << int(bits[1]) if len(bits) >= 2 else FOLD_ENTRIES + 1
-    table = dim // 4 * per_node  # entries per query of the folded table
-    fold = per_node <= FOLD_ENTRIES and FOLD_ROW_FACTOR * codes[0].shape[0] >= table
-    width = table if fold else dim // 2 * ncodes
+    least = fold_rows(dim, bits)
+    fold = least is not None and codes[0].shape[0] >= least
+    width = dim // 4 * (ncodes * ncodes << int(bits[1])) if fold else dim // 2 * ncodes
     if fold:  # one compiled kernel per bit widths; levels 4-3 by table when it is small
         upper = _upper_table(cos_t, sin_t, bits, work)
         kernel = kernels.polar_score_folded_kernel(*bits[:2], *(bits[2:4] if upper.size else ()))
@@ -507,7 +532,7 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
 
 
 # -- weighted sums of decoded rows (attention values) ----------------------------------------------
-def _weights(w, rows: int, codes_ndim: int, name: str = "w") -> np.ndarray:
+def _weights(w, rows: int, codes_ndim: int, name: str = "weights") -> np.ndarray:
     """``w (..., rows)`` of this backend's arrays; see ``_checks.check_weight_width``."""
     return check_weight_width(_numpy(w, name), rows, codes_ndim, name)
 

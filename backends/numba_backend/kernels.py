@@ -122,6 +122,38 @@ Departures from a literal transcription of the reference
   angle within a few ulp of a boundary may therefore get the neighbouring code
   (as it may between two NumPy builds).  Float64 data uses libm ``atan2`` and
   ``hypot``.
+
+Compile time
+------------
+Numba compiles a kernel once per combination of argument types (float32 or
+float64; the number of PolarQuant levels, which is the length of the tuple of
+level streams; float16 radii as ``uint16`` or float32/float64 radii) and keeps
+it in its on-disk cache (``cache=True``: ``__pycache__`` next to this file, or
+``NUMBA_CACHE_DIR``); ``polarquant warmup`` compiles the paper configurations
+ahead of time.  A cold compilation costs about 1 to 5 CPU-seconds per kernel
+(docs/backends.md), most of it in Numba's typing and lowering and in LLVM,
+both proportional to the code the kernel holds once its helpers are inlined.
+Hence:
+
+* The helpers are inlined by Numba (``inline="always"``), which the hot loops
+  need: compiled as separate functions instead (Numba's default), measured on
+  1M x 128 rows, ``polar_values`` ran 2.3x, the folded PolarQuant score 2.0x,
+  ``polar_encode`` 1.4x and the weighted sums 1.3-1.6x slower.
+* The weighted sums inline their row decoder **once**: four rows are decoded
+  through one call site (:func:`_scalar_rows`, or :func:`_rebuild` in a loop
+  over the block) rather than five (four unrolled plus the tail).  That cut
+  the cold compile of ``polar_weighted_sum_kernel`` from 31-62 to 5-13, and of
+  ``scalar_weighted_sum_kernel`` from 11-27 to 4-11 CPU-seconds per signature
+  (ranges over runs on a loaded 2-core machine; 4-6x less in each run), with
+  run times unchanged (interleaved A/B on 1M x 128 rows, medians of 15 to 21
+  runs: 0.96-1.03x, within the noise of the shared machine) and the same bits
+  out.
+* Other call sites stay repeated where merging them slows a hot loop: one
+  call site for both stages of ``polar_encode_kernel`` (level 1, then levels
+  2..L) measured 1.7x slower, and choosing buffers at run time, so that
+  :func:`_rebuild` calls :func:`_load_radii` and :func:`_expand` once and the
+  folded score calls :func:`_rebuild` once, 1.06-1.13x slower for the folded
+  score.
 """
 
 from __future__ import annotations
@@ -808,49 +840,57 @@ def _make_folded_kernel(B1, B2, B3, B4):
 
 # -- weighted sums of decoded rows (attention values) ------------------------------------------
 @_kernel(inline="always")
-def _scalar_row(packed, row, centroids, bits, n, t64, v, v64):
-    """Row ``row``'s values ``v[j] = centroids[code_j]``, ``j < n`` (entries past ``n`` are scratch).
+def _scalar_rows(packed, row, count, centroids, bits, n, t64, v, v64):
+    """Rows ``row .. row + count - 1``: ``v[b, j] = centroids[code_j of row + b]``, ``j < n``.
 
-    For 1, 2, 4 and 8 bits ``t64`` is the entry point's byte table (``_value_table``) seen
-    as 64-bit words: ``words = t64.shape[0] // 256`` words hold the values of the
-    codes of one byte, and a row is decoded by copying ``words`` words per byte
-    into ``v64`` (``v`` seen as words), bits unchanged.  ``words`` is 0 for
-    float32 8-bit codes (one value of 4 bytes per byte: a plain lookup) and for
-    3, 5, 6, 7 bits (no table: each run of ``bits`` bytes holds 8 whole codes,
-    read as one integer; the last codes of the row one by one, as :func:`_unpack`).
+    ``v (4, width)`` is scratch (entries past ``n`` too) and ``v64`` the same memory
+    seen as 64-bit words.  For 1, 2, 4 and 8 bits ``t64`` is the entry point's byte
+    table (``_value_table``) seen as 64-bit words: ``words = t64.shape[0] // 256``
+    words hold the values of the codes of one byte, and a row is decoded by copying
+    ``words`` words per byte, bits unchanged.  ``words`` is 0 for float32 8-bit codes
+    (one value of 4 bytes per byte: a plain lookup) and for 3, 5, 6, 7 bits (no
+    table: each run of ``bits`` bytes holds 8 whole codes, read as one integer; the
+    last codes of the row one by one, as :func:`_unpack`).  The width is tested
+    once per block of rows, so the kernel holds one copy of each decoder.
     """
     nbytes = packed.shape[1]
     words = t64.shape[0] // 256
     if words == 1:
-        for k in range(nbytes):
-            v64[k] = t64[packed[row, k]]
+        for b in range(count):
+            for k in range(nbytes):
+                v64[b, k] = t64[packed[row + b, k]]
     elif words == 2:
-        for k in range(nbytes):
-            b = 2 * np.intp(packed[row, k])
-            v64[2 * k] = t64[b]
-            v64[2 * k + 1] = t64[b + 1]
+        for b in range(count):
+            for k in range(nbytes):
+                i = 2 * np.intp(packed[row + b, k])
+                v64[b, 2 * k] = t64[i]
+                v64[b, 2 * k + 1] = t64[i + 1]
     elif words > 2:
-        for k in range(nbytes):
-            b = words * np.intp(packed[row, k])
-            for t in range(words):
-                v64[words * k + t] = t64[b + t]
+        for b in range(count):
+            for k in range(nbytes):
+                i = words * np.intp(packed[row + b, k])
+                for t in range(words):
+                    v64[b, words * k + t] = t64[i + t]
     elif bits == 8:
-        for k in range(nbytes):
-            v[k] = centroids[packed[row, k]]
+        for b in range(count):
+            for k in range(nbytes):
+                v[b, k] = centroids[packed[row + b, k]]
     else:
         mask = (1 << bits) - 1
         full = n // 8
-        for g in range(full):  # codes 8g .. 8g + 7 fill bytes g bits .. (g + 1) bits - 1 exactly
-            word = np.int64(0)
-            for t in range(bits):
-                word = (word << 8) | np.int64(packed[row, g * bits + t])
-            for t in range(8):
-                v[8 * g + t] = centroids[(word >> (bits * (7 - t))) & mask]
-        for j in range(8 * full, n):
-            bitpos = j * bits
-            k = bitpos >> 3
-            window = (np.int32(packed[row, k]) << 8) | np.int32(packed[row, min(k + 1, nbytes - 1)])
-            v[j] = centroids[(window >> (16 - (bitpos & 7) - bits)) & mask]
+        for b in range(count):
+            r = row + b
+            for g in range(full):  # codes 8g .. 8g + 7 fill bytes g bits .. (g + 1) bits - 1
+                word = np.int64(0)
+                for t in range(bits):
+                    word = (word << 8) | np.int64(packed[r, g * bits + t])
+                for t in range(8):
+                    v[b, 8 * g + t] = centroids[(word >> (bits * (7 - t))) & mask]
+            for j in range(8 * full, n):
+                bitpos = j * bits
+                k = bitpos >> 3
+                window = (np.int32(packed[r, k]) << 8) | np.int32(packed[r, min(k + 1, nbytes - 1)])
+                v[b, j] = centroids[(window >> (16 - (bitpos & 7) - bits)) & mask]
 
 
 @_kernel(inline="always")
@@ -897,7 +937,7 @@ def scalar_weighted_sum_kernel(w, packed, centroids, table, bits, partial):
     ``w (nw, rows)``, ``packed (rows, nbytes)``, ``table`` the entry point's
     ``_value_table`` (1, 2, 4, 8 bits; empty otherwise), ``partial (nchunks, nw,
     n)`` summed over the chunks by the entry point.  Rows are decoded four at a
-    time into scratch (:func:`_scalar_row`) and added to the chunk's accumulator
+    time into scratch (:func:`_scalar_rows`) and added to the chunk's accumulator
     (:func:`_accumulate4`): a row's codes are read once for all the weight rows.
     Sums in the data dtype, in chunks of ``rows / nchunks`` rows (``SCORE_FASTMATH``:
     reassociated, FMA).
@@ -912,26 +952,18 @@ def scalar_weighted_sum_kernel(w, packed, centroids, table, bits, partial):
         acc[:, :] = 0
         t64 = table.view(np.uint64)
         vec = np.empty((4, width), dtype=partial.dtype)
-        v0, v1, v2, v3 = vec[0], vec[1], vec[2], vec[3]
-        u0, u1, u2, u3 = (
-            v0.view(np.uint64),
-            v1.view(np.uint64),
-            v2.view(np.uint64),
-            v3.view(np.uint64),
-        )
+        vec64 = vec.view(np.uint64)
         start, stop = _chunk(rows, nchunks, ch)
         row = start
-        while row + 4 <= stop:
-            _scalar_row(packed, row, centroids, bits, n, t64, v0, u0)
-            _scalar_row(packed, row + 1, centroids, bits, n, t64, v1, u1)
-            _scalar_row(packed, row + 2, centroids, bits, n, t64, v2, u2)
-            _scalar_row(packed, row + 3, centroids, bits, n, t64, v3, u3)
-            _accumulate4(acc, w, row, v0, v1, v2, v3, n)
-            row += 4
         while row < stop:
-            _scalar_row(packed, row, centroids, bits, n, t64, v0, u0)
-            _accumulate1(acc, w, row, v0, n)
-            row += 1
+            block = min(4, stop - row)
+            _scalar_rows(packed, row, block, centroids, bits, n, t64, vec, vec64)
+            if block == 4:
+                _accumulate4(acc, w, row, vec[0], vec[1], vec[2], vec[3], n)
+            else:
+                for b in range(block):
+                    _accumulate1(acc, w, row + b, vec[b], n)
+            row += block
 
 
 @_kernel(parallel=True, fastmath=SCORE_FASTMATH)
@@ -949,19 +981,17 @@ def polar_weighted_sum_kernel(w, codes, radii, cos_t, sin_t, bits, partial):
         acc = partial[ch]
         acc[:, :] = 0
         vec = np.empty((4, max(dim, 1)), dtype=partial.dtype)
-        v0, v1, v2, v3 = vec[0], vec[1], vec[2], vec[3]
         rb = np.empty(max(dim, 1), dtype=partial.dtype)
         code = np.empty(dim // 2 + 8, dtype=np.int32)
         start, stop = _chunk(rows, nchunks, ch)
         row = start
-        while row + 4 <= stop:
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, 1, v0, rb, code)
-            _rebuild(codes, row + 1, radii, cos_t, sin_t, bits, 1, v1, rb, code)
-            _rebuild(codes, row + 2, radii, cos_t, sin_t, bits, 1, v2, rb, code)
-            _rebuild(codes, row + 3, radii, cos_t, sin_t, bits, 1, v3, rb, code)
-            _accumulate4(acc, w, row, v0, v1, v2, v3, dim)
-            row += 4
         while row < stop:
-            _rebuild(codes, row, radii, cos_t, sin_t, bits, 1, v0, rb, code)
-            _accumulate1(acc, w, row, v0, dim)
-            row += 1
+            block = min(4, stop - row)
+            for b in range(block):
+                _rebuild(codes, row + b, radii, cos_t, sin_t, bits, 1, vec[b], rb, code)
+            if block == 4:
+                _accumulate4(acc, w, row, vec[0], vec[1], vec[2], vec[3], dim)
+            else:
+                for b in range(block):
+                    _accumulate1(acc, w, row + b, vec[b], dim)
+            row += block

@@ -20,11 +20,16 @@ token is scored against all the queries that read it in one pass.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
+from array_api_compat import is_torch_array
 
 __all__ = [
     "exact_attention",
+    "check_float_array",
+    "check_scale",
+    "like_input",
     "softmax",
     "causal_mask",
     "group_queries",
@@ -35,15 +40,73 @@ __all__ = [
 
 
 def check_float_array(a, name: str) -> np.ndarray:
-    """``a`` if it is a floating NumPy array, else ``TypeError`` naming what it is."""
+    """``a`` as a floating NumPy array (torch CPU tensors converted), else ``TypeError``.
+
+    The cache computes on the host with NumPy.  A torch tensor on the CPU is
+    detached and read without a copy (``tensor.detach().numpy()``) when NumPy
+    has its dtype (float16, float32, float64); bfloat16, which NumPy lacks, is
+    cast to float32 (exact: every bfloat16 is a float32).  Nothing is moved
+    between devices implicitly: CUDA tensors and CuPy arrays are refused with
+    the conversion to make.
+    """
+    if is_torch_array(a):
+        if a.device.type != "cpu":
+            raise TypeError(
+                f"{name} is a torch tensor on {a.device}; KVCache computes on the host (NumPy) "
+                f"and never moves data implicitly: pass {name}.cpu()"
+            )
+        if not a.dtype.is_floating_point or a.dtype.is_complex:
+            raise TypeError(f"{name} must be a floating tensor, got dtype {a.dtype}")
+        t = a.detach()
+        if t.dtype not in _torch_numpy_floats():
+            t = t.float()  # bfloat16 (and other floats NumPy lacks): exact in float32
+        return t.numpy()
     if not isinstance(a, np.ndarray):
-        raise TypeError(
-            f"{name} must be a NumPy array, got {type(a).__module__}.{type(a).__qualname__} "
-            "(convert torch tensors with .detach().cpu().numpy())"
+        kind = f"{type(a).__module__}.{type(a).__qualname__}"
+        hint = (
+            f" (the cache computes on the host: copy it with {name}.get())"
+            if kind.startswith("cupy")
+            else ""
         )
+        raise TypeError(f"{name} must be a NumPy array or a torch CPU tensor, got {kind}{hint}")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
     return a
+
+
+def _torch_numpy_floats():
+    import torch
+
+    return (torch.float16, torch.float32, torch.float64)
+
+
+def like_input(out: np.ndarray, like):
+    """``out`` (float32 NumPy) in the caller's array type: a torch tensor of ``like``'s dtype
+    when ``like`` is one (``torch.from_numpy``, no copy for float32), else ``out`` itself."""
+    if is_torch_array(like):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(out)).to(like.dtype)
+    return out
+
+
+def check_scale(scale, head_dim: int) -> float:
+    """The logit scale: ``1/sqrt(head_dim)`` for ``None``, else a finite positive real number.
+
+    NaN or an infinite scale would make every logit NaN (an all-NaN output),
+    and zero or a negative scale is not the attention of any model: all
+    are refused with a ``ValueError`` (``TypeError`` for a non-number).
+    """
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number or None, got {scale!r}")
+    value = float(scale)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"scale must be a finite positive number (default 1/sqrt(head_dim)), got {scale!r}"
+        )
+    return value
 
 
 def check_attention_inputs(queries, head_dim: int, batch: int, kv_heads: int, tokens: int):
@@ -125,11 +188,13 @@ def exact_attention(queries, keys, values, scale: float | None = None) -> np.nda
     """Reference attention in float32 on uncompressed ``keys, values (B, H, N, d)``.
 
     ``queries (B, G*H, nq, d)`` are the last ``nq`` positions (causal among
-    themselves); returns ``(B, G*H, nq, d)`` float32.  This is the "exact"
-    side of every fidelity measurement and benchmark.
+    themselves); returns ``(B, G*H, nq, d)`` float32 (a torch tensor of the
+    queries' dtype for torch queries).  This is the "exact" side of every
+    fidelity measurement and benchmark.  ``scale``: see :func:`check_scale`.
     """
     keys = check_float_array(keys, "keys")
     values = check_float_array(values, "values")
+    q_in, queries = queries, check_float_array(queries, "queries")
     if keys.ndim != 4 or keys.shape != values.shape:
         raise ValueError(
             f"keys and values must share a shape (batch, kv_heads, tokens, head_dim), got "
@@ -139,7 +204,7 @@ def exact_attention(queries, keys, values, scale: float | None = None) -> np.nda
     check_attention_inputs(queries, d, b, h, n)
     nq = queries.shape[2]
     g = queries.shape[1] // h
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = check_scale(scale, d)
     q = group_queries(queries, h)
     k = keys.astype(np.float32, copy=False).reshape(b * h, n, d)
     v = values.astype(np.float32, copy=False).reshape(b * h, n, d)
@@ -147,4 +212,4 @@ def exact_attention(queries, keys, values, scale: float | None = None) -> np.nda
     mask = causal_mask(n, nq, g)
     if mask is not None:
         s = np.where(mask[None], s, -np.inf)
-    return ungroup_outputs(stream_matmul(softmax(s), v), b, h, nq)
+    return like_input(ungroup_outputs(stream_matmul(softmax(s), v), b, h, nq), q_in)

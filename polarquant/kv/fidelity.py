@@ -24,11 +24,16 @@ configuration (one prefill per layer, then the queries of the last tokens).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .attention import causal_mask, check_attention_inputs, exact_attention, softmax
+from .attention import (
+    causal_mask,
+    check_attention_inputs,
+    check_float_array,
+    check_scale,
+    exact_attention,
+    softmax,
+)
 from .cache import KVCache
 
 __all__ = ["attention_fidelity", "compare_layers", "METRICS"]
@@ -56,11 +61,18 @@ def attention_fidelity(
     The queries are the last ``nq`` tokens.  Returns a dict of the
     :data:`METRICS` (floats).
     """
+    keys = check_float_array(keys, "keys")
+    values = check_float_array(values, "values")
+    queries = check_float_array(queries, "queries")
+    if keys.ndim != 4:
+        raise ValueError(
+            f"keys must have shape (batch, kv_heads, tokens, head_dim), got {tuple(keys.shape)}"
+        )
     if len(cache) != keys.shape[2]:
         raise ValueError(f"the cache holds {len(cache)} tokens, keys hold {keys.shape[2]}")
     b, h, n, d = keys.shape
     check_attention_inputs(queries, d, b, h, n)
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    scale = check_scale(scale, d)
     s = _exact_scores(queries, keys, scale)
     s_hat = cache.scores(queries, scale)
     visible = np.isfinite(s)

@@ -69,7 +69,8 @@ reordering or batch expansion (``reorder_cache``, ``batch_repeat_interleave``,
 models with sliding-window, chunked or linear-attention layers, attention
 dropout (training), logit soft-capping.
 
-Requires ``torch`` and ``transformers>=5`` (``pip install "polarquant-lab[hf]"``);
+Requires ``torch`` and ``transformers>=5`` (the ``hf`` extra: ``python -m pip install -e ".[hf]"``
+from a clone, with a CPU build of torch first, see :data:`polarquant.kv.evaluation.INSTALL_HINT`);
 ``import polarquant`` never imports them, only ``import polarquant.kv.hf`` does.
 """
 
@@ -78,8 +79,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cache import KVCache
-
-_HINT = 'pip install "polarquant-lab[hf]" (on CPU first: pip install torch==2.13.0)'
+from .evaluation import INSTALL_HINT as _HINT
 
 try:
     import torch

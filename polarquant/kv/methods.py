@@ -30,7 +30,10 @@ Method-specific options (``rotation``, ``codebook``, ``levels``, ``outliers``,
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
+import json
+import math
 import numbers
 
 import numpy as np
@@ -42,7 +45,7 @@ from ..polar_quant import PolarQuant
 from ..qjl import QJL
 from ..turboquant import TurboQuantMSE, TurboQuantProd
 from .attention import stream_matmul
-from .codec import SEED_NBYTES, KeyCodec, ValueCodec
+from .codec import FP16_MAX, SEED_NBYTES, KeyCodec, Limits, ValueCodec, norm_limit
 
 __all__ = [
     "KEY_METHODS",
@@ -51,6 +54,7 @@ __all__ = [
     "FullPrecision",
     "make_codec",
     "polar_preset",
+    "encode_storable",
 ]
 
 KEY_METHODS = (
@@ -95,8 +99,25 @@ class QuantizerCodec(KeyCodec, ValueCodec):
         fitted = getattr(self.quantizer, "fitted", False)
         return SEED_NBYTES + (sum(cb.centroids.nbytes for cb in books) if fitted else 0)
 
+    def storable_limits(self) -> Limits:
+        """Token norms up to the storage range of the quantizer's norms or radii.
+
+        Every stored scalar is at most the token's norm (norms, polar radii,
+        TurboQuant_prod's residual norm of the *unit* vector is at most 2), except the
+        composition's residual norm ``||x - x_polar||``, at most ``||x|| + ||x_polar||``,
+        i.e. ``2 ||x||`` up to float16 rounding of the radii (bound 2).
+        """
+        key, dtype = _scalar_dtype(self.quantizer)
+        bound = 2.0 if isinstance(self.quantizer, PolarQuantQJL) else 1.0
+        what = "norms" if key == "norm_dtype" else "radii"
+        if bound > 1:
+            what += " and residual norms"
+        return Limits(
+            max_norm=norm_limit(dtype) / bound, storage=f"{dtype} {what}", fix={key: "float32"}
+        )
+
     def encode(self, x) -> dict:
-        return dict(self.quantizer.encode(x).fields)
+        return encode_storable(self.quantizer, x)
 
     def _codes(self, fields: dict) -> CompressedVectors:
         any_field = next(iter(fields.values()))
@@ -163,6 +184,11 @@ class FullPrecision(KeyCodec, ValueCodec):
     def state_nbytes(self, heads: int) -> int:
         return 0
 
+    def storable_limits(self) -> Limits:
+        """float16 storage holds coordinates up to 65504 (float32: any finite input)."""
+        top = FP16_MAX if self.dtype == "float16" else math.inf
+        return Limits(max_abs=top, storage=f"{self.dtype} storage", fix={"dtype": "float32"})
+
     def encode(self, x) -> dict:
         return {"x": store_tokens(x, self.dtype)}
 
@@ -177,6 +203,75 @@ class FullPrecision(KeyCodec, ValueCodec):
 
     def weighted_sum(self, p, fields: dict):
         return stream_matmul(p, fields["x"].astype(np.float32))
+
+
+# -- scalars below float16's normal range ----------------------------------------------------------
+def _scalar_dtype(quantizer) -> tuple[str, str]:
+    """``(option, dtype)`` of the quantizer's stored norms or radii (``norm_dtype``/``radius_dtype``)."""
+    config = quantizer.config()
+    key = "norm_dtype" if "norm_dtype" in config else "radius_dtype"
+    return key, config[key]
+
+
+@functools.lru_cache(maxsize=32)
+def _float32_twin(cls, config: str, backend):
+    """The quantizer of ``config`` (JSON) with float32 norms or radii: same codes, wider scalars."""
+    args = {k: v for k, v in json.loads(config).items() if k != "method"}
+    args["norm_dtype" if "norm_dtype" in args else "radius_dtype"] = "float32"
+    return cls(**args, backend=backend)
+
+
+def encode_storable(quantizer, x) -> dict:
+    """``quantizer.encode(x).fields``; float16 norms or radii below the normal range are kept.
+
+    The quantizers refuse a float16 norm, radius or residual norm below
+    float16's smallest normal (6.1e-5: it would lose relative precision).  In a
+    KV cache that refusal would come when a token *leaves the window*, long
+    after the cache accepted it, and every later append would fail on the same
+    token.  Here such scalars are stored as float16 subnormals (or zero)
+    instead: an absolute error of at most ``2**-25`` (3e-8), no more than
+    float16 storage of the token itself already costs (the window rounds a
+    coordinate ``v`` with an error up to ``max(2**-11 |v|, 2**-25)``).  They
+    occur for tokens of tiny norm, and for ordinary tokens whose polar radii,
+    residual, or outlier or regular part nearly vanish.
+
+    The normal path is the quantizer's own encode, bytes unchanged.  Only when
+    it refuses the block is the block encoded by the same configuration with
+    float32 scalars (identical codes: the rotation, sketch and codebooks are
+    rebuilt from the same seed, and the norms and radii are computed before
+    they are stored); the rows that needed it take those scalars rounded to
+    float16, every other row is re-encoded by the quantizer itself, so each
+    token's bytes do not depend on the block it was compressed in.  Scalars
+    above float16's range are not stored: the cache refuses such tokens at
+    append (:meth:`~polarquant.kv.codec.TokenCodec.storable_limits`), and the
+    error is re-raised here if one gets through.
+    """
+    try:
+        return dict(quantizer.encode(x).fields)
+    except ValueError:
+        if _scalar_dtype(quantizer)[1] != "float16":
+            raise
+        twin = _float32_twin(
+            type(quantizer), json.dumps(quantizer.config(), sort_keys=True), quantizer.backend
+        )
+        wide = dict(twin.encode(x).fields)
+        scalars = [k for k, (_, dt) in quantizer.field_layout().items() if dt == "float16"]
+        batch = tuple(x.shape[:-1])
+        tiny = np.zeros(batch, dtype=bool)
+        for k in scalars:
+            v = np.asarray(wide[k]).reshape(batch + (-1,))
+            if not np.all(v <= FP16_MAX):  # beyond float16: the quantizer's error stands
+                raise
+            tiny |= np.any((v > 0) & (v < np.finfo(np.float16).smallest_normal), axis=-1)
+        if not tiny.any():  # refused for another reason
+            raise
+    fields = {k: (v.astype(np.float16) if k in scalars else v) for k, v in wide.items()}
+    ok = ~tiny
+    if ok.any():  # rows with normal scalars: the quantizer's own bytes
+        exact = quantizer.encode(x[ok]).fields
+        for k in fields:
+            fields[k][ok] = exact[k]
+    return fields
 
 
 def store_tokens(x, dtype: str) -> np.ndarray:
@@ -233,9 +328,13 @@ def make_codec(
     options: dict | None = None,
 ):
     """Build the codec of ``method`` at ``bits`` for keys (``role="key"``) or values."""
-    opts = dict(options or {})
     if role not in ("key", "value"):
         raise ValueError(f"role must be 'key' or 'value', got {role!r}")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(
+            f"{role}_options must be a dict of method options, got {type(options).__name__}"
+        )
+    opts = dict(options or {})
     valid = KEY_METHODS if role == "key" else VALUE_METHODS
     if method not in valid:
         hint = ""
@@ -246,39 +345,68 @@ def make_codec(
             )
         raise ValueError(f"unknown {role} method {method!r}{hint}; valid: {', '.join(valid)}")
     common = {"seed": seed, "backend": backend}
+    from . import baselines
+
     if method == "none":
+        _check_options(None, opts, role, method, extra=("dtype",))
         return FullPrecision(head_dim, opts.pop("dtype", window_dtype))
     if method in ("turboquant-mse", "turboquant-prod"):
         if _half_bits(bits):
             from .outliers import ChannelSplitTurboQuant
 
+            _check_options(ChannelSplitTurboQuant, opts, role, method, exclude=("variant",))
             variant = method.split("-")[1]
             return ChannelSplitTurboQuant(head_dim, bits, variant=variant, **common, **opts)
         cls = TurboQuantMSE if method == "turboquant-mse" else TurboQuantProd
+        _check_options(cls, opts, role, method)
         return QuantizerCodec(cls(head_dim, check_bits(bits), **common, **opts))
     if method == "qjl":
         outliers = opts.get("outliers", None)
         if outliers == 0:
             opts.pop("outliers")
+            _check_options(QJL, opts, role, method, extra=("outliers",))
             proj = _sketch_size(bits, head_dim)
             return QuantizerCodec(QJL(head_dim, proj, **common, **opts))
         from .outliers import QJLOutlierKeys
 
+        _check_options(QJLOutlierKeys, opts, role, method)
         return QJLOutlierKeys(head_dim, bits, **common, **opts)
     if method in ("polarquant", "polarquant-qjl"):
-        levels = opts.pop("levels", 4)
         residual = method == "polarquant-qjl"
-        level_bits = _polar_bits(bits, head_dim, levels, residual)
         cls = PolarQuantQJL if residual else PolarQuant
+        _check_options(cls, opts, role, method, extra=("levels",))
+        levels = opts.pop("levels", 4)
+        level_bits = _polar_bits(bits, head_dim, levels, residual)
         return QuantizerCodec(cls(head_dim, levels, level_bits, **common, **opts))
-    from . import baselines
-
     if method == "kivi":
         cls = baselines.KIVIKeys if role == "key" else baselines.KIVIValues
+        _check_options(cls, opts, role, method)
         return cls(head_dim, bits, **common, **opts)
     if method == "hadamard-rtn":
+        _check_options(baselines.HadamardRTN, opts, role, method)
         return baselines.HadamardRTN(head_dim, bits, **common, **opts)
+    _check_options(baselines.FP8, opts, role, method)
     return baselines.FP8(head_dim, 8 if bits is None else bits, **common, **opts)
+
+
+def _check_options(cls, opts: dict, role: str, method: str, extra=(), exclude=()) -> None:
+    """Refuse option names ``method`` does not take, naming ``{role}_options`` and the valid ones.
+
+    The valid names are the keyword-only parameters of the class that
+    implements the method (less ``seed`` and ``backend``, which the cache
+    sets), plus ``extra`` (options :func:`make_codec` reads itself).
+    """
+    valid = list(extra)
+    if cls is not None:
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in ("seed", "backend", *exclude):
+                valid.append(p.name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{role}_options for method {method!r} has unknown option(s) "
+            f"{', '.join(map(repr, unknown))}; valid options: {', '.join(sorted(valid)) or 'none'}"
+        )
 
 
 def _sketch_size(bits, head_dim: int) -> int:

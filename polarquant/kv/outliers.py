@@ -46,10 +46,11 @@ import numpy as np
 from .._array import check_int
 from ..packing import unpack_signs
 from ..qjl import QJL_SCALE, SignSketch
-from ..quantizer import check_norm_dtype, safe_norms, store_scalars
+from ..quantizer import check_norm_dtype, safe_norms
 from ..turboquant import TurboQuantMSE, TurboQuantProd
 from .baselines import BaseCodec, spans, stream_tokens
-from .codec import SEED_NBYTES, KeyCodec, ValueCodec
+from .codec import SEED_NBYTES, KeyCodec, Limits, ValueCodec, norm_limit, store_norms
+from .methods import encode_storable
 
 __all__ = ["QJLOutlierKeys", "ChannelSplitTurboQuant", "QUERY_MODES", "VARIANTS"]
 
@@ -226,6 +227,14 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
     def state_nbytes(self, heads: int) -> int:
         return SEED_NBYTES
 
+    def storable_limits(self) -> Limits:
+        """Inlier and outlier norms are at most the token's norm; tiny ones are kept (subnormal)."""
+        return Limits(
+            max_norm=norm_limit(self.norm_dtype),
+            storage=f"{self.norm_dtype} norms",
+            fix={"norm_dtype": "float32"},
+        )
+
     def field_layout(self) -> dict:
         layout = {
             "signs": ((self.sketch.nbytes,), "uint8", 1),
@@ -256,7 +265,7 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
             norms, _ = safe_norms(rows)
             return {
                 "signs": self.sketch.encode(rows).reshape(h, t, self.sketch.nbytes),
-                "norms": store_scalars(norms, self.norm_dtype, "norms").reshape(h, t),
+                "norms": store_norms(norms, self.norm_dtype, "norms").reshape(h, t),
             }
         xg = x.reshape(h, t // self.group_size, self.group_size, d)
         channel_norms = np.sqrt(np.sum(xg * xg, axis=2))  # (H, G, d): L2 over the group
@@ -269,11 +278,11 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
         n_out, _ = safe_norms(k_out)
         return {
             "signs": self.sketch.encode(k_in).reshape(h, t, self.sketch.nbytes),
-            "norms": store_scalars(n_in, self.norm_dtype, "inlier norms").reshape(h, t),
+            "norms": store_norms(n_in, self.norm_dtype, "inlier norms").reshape(h, t),
             "outlier_signs": self.outlier_sketch.encode(k_out).reshape(
                 h, t, self.outlier_sketch.nbytes
             ),
-            "outlier_norms": store_scalars(n_out, self.norm_dtype, "outlier norms").reshape(h, t),
+            "outlier_norms": store_norms(n_out, self.norm_dtype, "outlier norms").reshape(h, t),
             "outlier_idx": idx.astype(_index_dtype(d)),
         }
 
@@ -511,6 +520,14 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
         itemsize = np.dtype(_index_dtype(self.head_dim)).itemsize
         return SEED_NBYTES + heads * self.outlier_channels * itemsize
 
+    def storable_limits(self) -> Limits:
+        """Each part's norm is at most the token's; a part of tiny norm is kept (subnormal)."""
+        return Limits(
+            max_norm=norm_limit(self.norm_dtype),
+            storage=f"{self.norm_dtype} norms",
+            fix={"norm_dtype": "float32"},
+        )
+
     # -- channel choice ------------------------------------------------------------------------
     def choose_channels(self, x) -> None:
         """Fix the outlier channels of every stream from the block ``x (H, T, d)`` (largest RMS)."""
@@ -561,8 +578,7 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
         self._check_streams(x.shape[0])
         fields = {}
         for (prefix, quant), part in zip(self._parts(), self._split(x), strict=True):
-            codes = quant.encode(part)
-            fields.update({prefix + k: v for k, v in codes.fields.items()})
+            fields.update({prefix + k: v for k, v in encode_storable(quant, part).items()})
         return fields
 
     def decode(self, fields: dict):
