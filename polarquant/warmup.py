@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["DIM", "paper_configs", "warmup"]
 
-#: Dimension of the warm-up vectors: a multiple of ``2**4`` (PolarQuant's four levels); the
+#: The dimension of the warm-up vectors, a multiple of ``2**4`` (PolarQuant's four levels). The
 #: kernels take the dimension at run time, so a small one compiles the same code, cheaply.
 DIM = 64
 #: Rows of each warm-up batch (a score also runs on ``fold_rows`` rows where that applies).

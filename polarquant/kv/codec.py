@@ -127,7 +127,7 @@ class TokenCodec(abc.ABC):
         return SEED_NBYTES
 
     def storable_limits(self) -> Limits:
-        """The :class:`Limits` of the tokens :meth:`encode` always stores.
+        """The :class:`~polarquant.kv.codec.Limits` of the tokens :meth:`encode` always stores.
 
         A token within them is compressed whatever block it leaves the window
         in; the cache refuses a token beyond them **at append**, before it
