@@ -417,13 +417,7 @@ class Quantizer(abc.ABC):
         self.check_codes(codes)
         xp, q = as_vectors(queries, self.dim, "queries")
         flat = self._flat_fields(codes)
-        try:
-            namespace(q, *flat.values())
-        except TypeError as exc:
-            raise TypeError(
-                "queries and codes live in different array namespaces or devices; "
-                "polarquant never moves data implicitly: convert one of them first"
-            ) from exc
+        _check_same_namespace(q, "queries", flat)
         qshape = tuple(q.shape[:-1])
         qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
         state = self._prepare_queries(qc)
@@ -455,13 +449,7 @@ class Quantizer(abc.ABC):
         if not xp.isdtype(weights.dtype, "real floating"):
             raise TypeError(f"weights must be a real floating array, got dtype {weights.dtype}")
         flat = self._flat_fields(codes)
-        try:
-            namespace(weights, *flat.values())
-        except TypeError as exc:
-            raise TypeError(
-                "weights and codes live in different array namespaces or devices; "
-                "polarquant never moves data implicitly: convert one of them first"
-            ) from exc
+        _check_same_namespace(weights, "weights", flat)
         batch = tuple(codes.batch_shape)
         if (
             tuple(weights.shape[weights.ndim - len(batch) :]) != batch
@@ -496,6 +484,17 @@ class Quantizer(abc.ABC):
         codes = load(path)
         self.check_codes(codes)
         return codes
+
+
+def _check_same_namespace(a, name: str, fields: dict) -> None:
+    """Refuse ``a`` (``queries``, ``weights``) from another namespace or device than the codes."""
+    try:
+        namespace(a, *fields.values())
+    except TypeError as exc:
+        raise TypeError(
+            f"{name} and codes live in different array namespaces or devices; "
+            "polarquant never moves data implicitly: convert one of them first"
+        ) from exc
 
 
 def from_config(config: Mapping[str, Any]) -> Quantizer:
