@@ -46,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "OPERATIONS",
     "BackendUnavailableError",
+    "UnknownBackendError",
     "available",
     "check_backend_name",
     "current_backend",
@@ -79,10 +80,19 @@ class BackendUnavailableError(RuntimeError):
     """A known backend cannot run here (missing package, device or kernels)."""
 
 
+class UnknownBackendError(ValueError):
+    """A backend name (argument, ``use_backend`` or ``POLARQUANT_BACKEND``) that is not known."""
+
+
 def check_backend_name(name: str) -> str:
-    """Return ``name`` if it is a known backend, else raise ``ValueError`` listing the valid ones."""
+    """Return ``name`` if it is a known backend, else raise :class:`UnknownBackendError`.
+
+    The error (a ``ValueError``) lists the valid names.
+    """
     if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}"
+        )
     return name.strip().lower()
 
 
@@ -142,7 +152,7 @@ def current_backend(explicit: str | None = None) -> str:
         try:
             return check_backend_name(env)
         except ValueError as exc:
-            raise ValueError(f"{ENV_VAR}={env!r}: {exc}") from None
+            raise UnknownBackendError(f"{ENV_VAR}={env!r}: {exc}") from None
     return "numpy"
 
 

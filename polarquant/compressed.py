@@ -13,9 +13,11 @@ docstring for its layout formula); typical fields are
 ``norms``, ``residual_norms``, ``radii``
     floating scalars stored in ``float16`` by default (``float32`` on request).
 
-``nbytes`` is the memory actually held by those arrays, nothing left out (every
-quantizer returns fields that own exactly their bytes, never views of a larger
-padded buffer); the
+``nbytes`` is the memory actually held by those arrays, nothing left out: every
+quantizer's ``encode`` (and :func:`polarquant.load`) returns fields that own
+exactly their bytes, never views of a larger padded buffer.  A slice
+``codes[a:b]`` is a view, like NumPy's: its ``nbytes`` counts the selected
+vectors, while the parent's buffer stays alive as long as the view does.  The
 seeded rotation, sketch and analytic codebooks are not stored (they are rebuilt
 from the seed in the configuration), fitted codebooks are stored in the
 configuration and counted by :attr:`metadata_nbytes`.
@@ -136,7 +138,11 @@ class CompressedVectors:
         if not self.batch_shape:
             raise IndexError("cannot index a single compressed vector")
         idx = index if isinstance(index, tuple) else (index,)
-        idx = tuple(np.asarray(i) if isinstance(i, list) else i for i in idx)
+        # a list is an index array; an empty one selects nothing (NumPy would make it float64)
+        idx = tuple(
+            (np.asarray(i) if i else np.zeros(0, np.intp)) if isinstance(i, list) else i
+            for i in idx
+        )
         # identity tests only: ``==`` on an array index compares element-wise
         if any(i is None or isinstance(i, (bool, np.bool_)) for i in idx):
             raise IndexError(

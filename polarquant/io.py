@@ -91,7 +91,6 @@ _DAMAGE = (
     TypeError,
     ValueError,
     SyntaxError,
-    MemoryError,
 )
 
 
@@ -163,10 +162,13 @@ def save(path, codes: CompressedVectors) -> None:
     target = os.fsdecode(os.fspath(path))
     if not target.endswith(".npz"):
         target += ".npz"
+    target = os.path.realpath(target)  # a link is followed: its target gets the new contents
     tmp = f"{target}.{secrets.token_hex(4)}.tmp"
     try:
         with open(tmp, "xb") as fh:
             np.savez(fh, __meta__=blob, **host)
+        if os.path.exists(target):  # the replaced file keeps its permissions
+            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
@@ -194,6 +196,8 @@ def load(path) -> CompressedVectors:
     """
     name = _name(path)
     if hasattr(path, "read"):
+        if not (hasattr(path, "seekable") and path.seekable()):
+            raise ValueError(f"{name!r}: load needs a seekable binary file (a zip archive)")
         return _load_guarded(path, name)
     with open(path, "rb") as fh:  # FileNotFoundError, IsADirectoryError... as they are
         return _load_guarded(fh, name)

@@ -208,6 +208,7 @@ class Quantizer(abc.ABC):
             raise ValueError(f"config is for method {method!r}, not {cls.method!r}")
         params = dict(inspect.signature(cls.__init__).parameters)
         params.pop("self")
+        params.pop("backend", None)  # a run-time choice, never part of a configuration
         args = {k: v for k, v in config.items() if k != "method"}
         unknown = sorted((k for k in args if k not in params), key=str)
         if unknown:

