@@ -180,10 +180,14 @@ def test_installed_wheel_imports_every_module_from_outside_the_tree(installed):
         for name in names:
             if name.endswith("__main__"):
                 continue  # runs the command line
+            optional = {"polarquant.kv.hf": ("torch", "transformers"),
+                        "polarquant.backends.cupy_backend": ("cupy",)}
+            needs = next((v for k, v in optional.items() if name.startswith(k)), ())
             try:
                 importlib.import_module(name)
-            except ImportError as exc:  # only an optional package may be missing
-                assert name.startswith("polarquant.backends.cupy_backend"), (name, exc)
+            except ImportError as exc:  # only a missing optional package, with its install hint
+                absent = [m for m in needs if importlib.util.find_spec(m) is None]
+                assert absent and "pip install" in str(exc), (name, exc)
         print(len(names))
         """
     )
