@@ -291,7 +291,7 @@ def main(seed: int = 0, echo=None) -> list[Row]:
         def echo(line):
             print(line, flush=True)
 
-    get_backend()  # raises ValueError / BackendUnavailableError, naming the problem
+    get_backend()  # raises UnknownBackendError / BackendUnavailableError, naming the problem
     t0 = time.perf_counter()
     echo(
         f"polarquant demo (backend {current_backend()}): real SmolLM2-135M keys/queries and "

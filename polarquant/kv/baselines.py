@@ -56,11 +56,9 @@ from ..codebooks import cell_index
 from ..packing import pack_codes, packed_nbytes, unpack_codes
 from ..quantizer import CHUNK_ELEMENTS
 from ..rotation import make_rotation
-from .codec import LIMIT_MARGIN, SEED_NBYTES, KeyCodec, Limits, TokenCodec, ValueCodec
+from .codec import FP16_MAX, LIMIT_MARGIN, SEED_NBYTES, KeyCodec, Limits, TokenCodec, ValueCodec
 
 __all__ = ["KIVIKeys", "KIVIValues", "HadamardRTN", "FP8", "E4M3_MAX", "e4m3_values"]
-
-FP16_MAX = 65504.0
 
 
 # -- shared plumbing ------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..quantizer import _STORAGE_RANGE, store_scalars
+
 __all__ = [
     "TokenCodec",
     "KeyCodec",
@@ -49,7 +51,7 @@ __all__ = [
 SEED_NBYTES = 8
 
 #: Largest finite float16.
-FP16_MAX = 65504.0
+FP16_MAX = _STORAGE_RANGE["float16"][0]
 
 #: Token limits are checked on the cache's own float32 norm of a token; a codec computes its
 #: norms and radii in another order (a rotation first, a polar tree), equal within float32
@@ -75,22 +77,18 @@ class Limits(NamedTuple):
 
 def norm_limit(dtype: str) -> float:
     """Largest token norm whose norms or radii, stored as ``dtype``, stay finite (with the margin)."""
-    return LIMIT_MARGIN * (FP16_MAX if dtype == "float16" else float(np.finfo(np.float32).max))
+    return LIMIT_MARGIN * _STORAGE_RANGE[dtype][0]
 
 
 def store_norms(values, dtype: str, what: str) -> np.ndarray:
     """Non-negative scalars (norms) as ``dtype``; below float16's normal range they stay subnormal.
 
-    The KV codecs' version of ``polarquant.quantizer.store_scalars``: a
-    value beyond the range is refused (it would be ``inf``), a tiny one is
-    kept with an absolute error of at most ``2**-25`` (see
+    ``polarquant.quantizer.store_scalars`` with ``keep_subnormal``: a value
+    beyond the range is refused (it would be ``inf``), a tiny one is kept (see
     :func:`polarquant.kv.methods.encode_storable` for why a cache must).
     """
     v = np.asarray(values, dtype=np.float32)
-    top = FP16_MAX if dtype == "float16" else float(np.finfo(np.float32).max)
-    if v.size and not float(np.max(v)) <= top:
-        raise ValueError(f"{what} up to {float(np.max(v)):.4g} exceed the {dtype} range")
-    return v.astype(dtype)
+    return store_scalars(v, dtype, what, keep_subnormal=True)
 
 
 def field_nbytes(fields: dict) -> int:

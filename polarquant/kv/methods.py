@@ -278,9 +278,9 @@ def store_tokens(x, dtype: str) -> np.ndarray:
     """``x`` cast to ``dtype`` for storage, refusing values float16 would turn into ``inf``."""
     if dtype == "float16" and x.size:
         big = float(np.max(np.abs(x)))
-        if big > 65504.0:
+        if big > FP16_MAX:
             raise ValueError(
-                f"values up to {big:.4g} exceed the float16 range (65504); "
+                f"values up to {big:.4g} exceed the float16 range ({FP16_MAX:g}); "
                 "build the cache with window_dtype='float32'"
             )
     return np.asarray(x).astype(dtype)
