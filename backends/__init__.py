@@ -27,12 +27,24 @@ task: a context cannot be entered by two threads at once).  An unknown name rais
 Nothing falls back silently, and importing polarquant imports neither numba
 nor cupy.
 
-Each backend is a module with the same operation names and signatures (see
-:mod:`polarquant.backends.numpy_backend` for the list and the reference):
-``numpy_backend`` (array-API reference, any namespace), ``numba_backend``
-(Numba CPU JIT, NumPy arrays only) and ``cupy_backend`` (raw CUDA kernels via
-CuPy, CuPy arrays only).  A backend never moves data between host and device:
+Each backend is a module satisfying the :class:`Backend` protocol: the same
+operation names and signatures (see :mod:`polarquant.backends.numpy_backend`
+for the list and the reference), each taking the quantizer's plan first
+(:mod:`polarquant.plan`), plus ``NAME``, ``SCORES_FROM_CODES`` and
+``configure_threads``.  ``numpy_backend`` (array-API reference, any
+namespace), ``numba_backend`` (Numba CPU JIT, NumPy arrays only) and
+``cupy_backend`` (raw CUDA kernels via CuPy, CuPy arrays only) are loaded by
+the functions of ``LOADERS``, one static import each, the first time a
+backend is asked for.  A backend never moves data between host and device:
 NumPy input on the ``cupy`` backend is a ``TypeError``.
+
+Threads: the Numba kernels run on Numba's thread pool, the rest (rotations,
+sketches) on the BLAS threads.  ``get_backend("numba")`` calls
+``numba_backend.configure_threads()`` once, when it first loads the backend,
+which applies the measured default for OpenMP's idle workers
+(``GOMP_SPINCOUNT``; see that function) unless the environment sets it; call
+``configure_threads(threads=..., spin_count=...)`` yourself, before the first
+kernel runs, to choose otherwise.
 """
 
 from __future__ import annotations
@@ -40,10 +52,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from collections.abc import Callable
 from contextvars import ContextVar
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "BACKENDS",
+    "Backend",
+    "LOADERS",
     "OPERATIONS",
     "BackendUnavailableError",
     "UnknownBackendError",
@@ -62,13 +79,13 @@ OPERATIONS = (
     "scalar_encode",
     "scalar_values",
     "scalar_score",
+    "scalar_weighted_sum",
     "sign_encode",
     "sign_values",
     "sign_score",
     "polar_encode",
     "polar_values",
     "polar_score",
-    "scalar_weighted_sum",
     "polar_weighted_sum",
 )
 ENV_VAR = "POLARQUANT_BACKEND"
@@ -156,13 +173,88 @@ def current_backend(explicit: str | None = None) -> str:
     return "numpy"
 
 
-def get_backend(name: str | None = None):
-    """The kernel module of the resolved backend; raises if it cannot run here."""
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend module provides (the reference: :mod:`.numpy_backend`).
+
+    The eleven operations of :data:`OPERATIONS` take a plan
+    (:mod:`polarquant.plan`) first, then arrays of the backend's kind:
+
+    * ``scalar_encode(plan, y)``, ``scalar_values(plan, packed, dtype)``,
+      ``scalar_score(plan, q, packed)``, ``scalar_weighted_sum(plan, w, packed)``
+      with a :class:`~polarquant.plan.ScalarPlan`;
+    * ``sign_encode(plan, p)``, ``sign_values(plan, packed, dtype)``,
+      ``sign_score(plan, s, packed)`` with a :class:`~polarquant.plan.SignPlan`;
+    * ``polar_encode(plan, y) -> (codes, radii)``, ``polar_values(plan, codes,
+      radii, dtype)``, ``polar_score(plan, q, codes, radii)``,
+      ``polar_weighted_sum(plan, w, codes, radii)`` with a
+      :class:`~polarquant.plan.PolarPlan`.
+
+    ``SCORES_FROM_CODES`` says whether the scores read codes without decoding
+    rows to memory (the quantizers then hand them every row at once instead
+    of chunks), and ``configure_threads(threads=None, **options)`` sets how
+    the backend's kernels use threads (a no-op where they run elsewhere).
+    """
+
+    NAME: str
+    SCORES_FROM_CODES: bool
+
+    def configure_threads(self, threads: int | None = None, **options: Any) -> None: ...
+
+    def scalar_encode(self, plan, y): ...
+    def scalar_values(self, plan, packed, dtype): ...
+    def scalar_score(self, plan, q, packed): ...
+    def scalar_weighted_sum(self, plan, w, packed): ...
+    def sign_encode(self, plan, p): ...
+    def sign_values(self, plan, packed, dtype): ...
+    def sign_score(self, plan, s, packed): ...
+    def polar_encode(self, plan, y): ...
+    def polar_values(self, plan, codes, radii, dtype): ...
+    def polar_score(self, plan, q, codes, radii): ...
+    def polar_weighted_sum(self, plan, w, codes, radii): ...
+
+
+def _load_numpy() -> ModuleType:
+    from . import numpy_backend
+
+    return numpy_backend
+
+
+def _load_numba() -> ModuleType:
+    from . import numba_backend  # imports numba (and compiles nothing yet)
+
+    numba_backend.configure_threads()  # the documented default: see the module docstring
+    return numba_backend
+
+
+def _load_cupy() -> ModuleType:
+    from . import cupy_backend  # imports no CuPy until a kernel is launched
+
+    return cupy_backend
+
+
+#: How each backend is loaded: one static import per backend, run once (see ``get_backend``).
+LOADERS: dict[str, Callable[[], ModuleType]] = {
+    "numpy": _load_numpy,
+    "numba": _load_numba,
+    "cupy": _load_cupy,
+}
+_loaded: dict[str, ModuleType] = {}
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The kernel module of the resolved backend; raises if it cannot run here.
+
+    Loaded once per process by its function in ``LOADERS``.
+    """
     name = current_backend(name)
     why = _why_unavailable(name)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
-    return importlib.import_module(f"{__name__}.{name}_backend")
+    module = _loaded.get(name)
+    if module is None:
+        module = _loaded[name] = LOADERS[name]()
+    return module
 
 
 @contextlib.contextmanager

@@ -1,80 +1,159 @@
-"""Argument checks shared by the accelerated backends' entry points (library-independent).
+"""Argument checks of the backend operations, written once and called by every backend.
 
-The numba and cupy entry points validate the same shapes and dtypes before
-launching kernels, so that the same bad input raises the same exception on
-every backend; what differs (NumPy vs CuPy arrays, devices) stays in each
-backend's module.  The reference backend uses the width checks too, so the
-messages are the same everywhere, and they name the caller's arguments
-(``queries``, ``weights``; ``x`` for the vectors being encoded), not the
-backends' internal variables (``q``, ``s``, ``w``, ``y``, ``p``).
+Every backend (the reference included) runs the same check functions, in the
+same order, before it computes anything, so that the same bad input raises the
+same exception with the same message on numpy, numba and cupy by construction
+(``tests/test_backend_errors.py`` feeds one battery to every available
+backend).  What a plan holds (bit widths, codebooks, layouts) was checked when
+the plan was built (:mod:`polarquant.plan`); what is checked here is the data:
+its array type, dtype and shape against the plan.  The checks are
+namespace-generic (``shape``, ``ndim``, ``dtype`` only) and name the caller's
+arguments (``x`` for the rows being encoded, ``queries``, ``weights``, ``packed
+codes``, ``radii``), not a backend's variables.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from polarquant._array import namespace
+
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def work_dtype(backend: str, *dtypes) -> np.dtype:
-    """The kernel dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
-    dt = np.result_type(*dtypes)
-    if dt in _FLOATS:
-        return dt
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    if dt.kind in "biu":
-        return np.dtype(np.float64)
-    raise TypeError(f"the {backend} backend computes on real floats, got dtype {dt}")
+def check_array_type(a, name: str, array_type: type, backend: str, hint: str):
+    """``a`` itself if it is an ``array_type``, else ``TypeError`` (backends never convert)."""
+    if not isinstance(a, array_type):
+        kind = f"{type(a).__module__}.{type(a).__qualname__}"
+        raise TypeError(f"the {backend} backend runs on {hint}, but {name} is a {kind}")
+    return a
 
 
-def check_query_width(q, n: int, name: str = "queries") -> None:
-    """``q`` must be ``(..., n)``: the number of values per row the codes hold."""
+def _kind(a) -> str:
+    """``"f"`` real floating, ``"i"`` integer or bool, ``"c"`` complex, ``"?"`` anything else."""
+    xp = namespace(a)
+    if xp.isdtype(a.dtype, "real floating"):
+        return "f"
+    if xp.isdtype(a.dtype, ("integral", "bool")):
+        return "i"
+    if xp.isdtype(a.dtype, "complex floating"):
+        return "c"
+    return "?"
+
+
+def check_real(a, name: str):
+    """``a`` must hold real numbers (floats, integers or booleans): ``TypeError`` otherwise."""
+    if _kind(a) not in "fi":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a
+
+
+def check_rows(x, width: int, name: str = "x"):
+    """``x (..., width)`` of real numbers: the rows an encode operation codes."""
+    check_real(x, name)
+    if x.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {width}), got a 0-d array")
+    if x.shape[-1] != width:
+        raise ValueError(
+            f"{name} has last dimension {x.shape[-1]}, but the plan codes rows of {width} values"
+        )
+    return x
+
+
+def check_codes(packed, nbytes: int, name: str = "packed codes"):
+    """Packed codes ``uint8 (..., nbytes)``, ``nbytes`` the plan's bytes per row."""
+    if str(packed.dtype).rpartition(".")[2] != "uint8":
+        raise TypeError(f"{name} must be uint8, got {packed.dtype}")
+    if packed.ndim == 0:
+        raise ValueError(f"{name} must have shape (..., {nbytes}), got a 0-d array")
+    if packed.shape[-1] != nbytes:
+        raise ValueError(
+            f"{name} have {packed.shape[-1]} bytes per row, but the plan's rows take {nbytes}"
+        )
+    return packed
+
+
+def check_radii(radii, count: int, codes, name: str = "radii"):
+    """Final polar radii ``(..., count)`` of real floats, one row per row of ``codes``."""
+    if _kind(radii) != "f":
+        raise TypeError(f"{name} must be real floats, got dtype {radii.dtype}")
+    if (
+        radii.ndim == 0
+        or radii.shape[-1] != count
+        or tuple(radii.shape[:-1]) != tuple(codes.shape[:-1])
+    ):
+        raise ValueError(
+            f"{name} of shape {tuple(radii.shape)} do not match angle codes of shape "
+            f"{tuple(codes.shape)}: expected {tuple(codes.shape[:-1]) + (count,)}"
+        )
+    return radii
+
+
+def check_query_width(q, n: int, name: str = "queries"):
+    """``q (..., n)`` of real numbers: one value per coded coordinate of a row."""
+    check_real(q, name)
     if q.ndim == 0:
         raise ValueError(f"{name} must have shape (..., {n}), got a 0-d array")
     if q.shape[-1] != n:
         raise ValueError(
             f"{name} has last dimension {q.shape[-1]}, but the codes hold {n} values per row "
-            f"(matmul mismatch: {q.shape} @ ({n}, rows))"
+            f"(matmul mismatch: {tuple(q.shape)} @ ({n}, rows))"
         )
+    return q
 
 
-def score_shape(q, rows_ndim: int, rows: int) -> tuple:
+def score_shape(q, codes) -> tuple:
     """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
-    if rows_ndim == 1:
+    if codes.ndim == 1:
         return tuple(q.shape[:-1])
-    if rows_ndim != 2:
-        raise ValueError(f"scores need codes shaped (rows, nbytes), got {rows_ndim} dimensions")
-    return tuple(q.shape[:-1]) + (rows,)
+    if codes.ndim != 2:
+        raise ValueError(f"scores need codes shaped (rows, nbytes), got {codes.ndim} dimensions")
+    return tuple(q.shape[:-1]) + (codes.shape[0],)
 
 
-def check_polar_levels(packed, centroids, bits) -> tuple[list, list, list]:
-    """One packed code array, one codebook and one bit width per polar level, as lists."""
-    packed, centroids, bits = list(packed), list(centroids), list(bits)
-    if not len(packed) == len(centroids) == len(bits):
-        raise ValueError(
-            f"{len(packed)} levels of codes, {len(centroids)} codebooks and {len(bits)} bit "
-            "widths: one of each per level"
-        )
-    return packed, centroids, bits
-
-
-def check_weight_width(w, rows: int, codes_ndim: int, name: str = "weights"):
+def check_weight_width(w, codes, name: str = "weights"):
     """``w (..., rows)``: one weight per row of a ``(rows, nbytes)`` batch of codes.
 
-    Stricter than the reference's ``w @ values``: codes of other shapes are a
-    ``ValueError`` (for one 1-D row ``@`` would contract ``w`` with the row's
-    coordinates instead, and stacks of batches would broadcast).
+    Stricter than ``w @ values``: codes of other shapes are a ``ValueError``
+    (for one 1-D row ``@`` would contract ``w`` with the row's coordinates
+    instead, and stacks of batches would broadcast).
     """
-    if codes_ndim != 2:
+    if codes.ndim != 2:
         raise ValueError(
-            f"weighted sums need codes shaped (rows, nbytes), got {codes_ndim} dimensions"
+            f"weighted sums need codes shaped (rows, nbytes), got {codes.ndim} dimensions"
         )
+    rows = codes.shape[0]
+    check_real(w, name)
     if w.ndim == 0:
         raise ValueError(f"{name} must have shape (..., {rows}), got a 0-d array")
     if w.shape[-1] != rows:
         raise ValueError(
             f"{name} has last dimension {w.shape[-1]}, but there are {rows} rows of codes "
-            f"(matmul mismatch: {w.shape} @ ({rows}, n))"
+            f"(matmul mismatch: {tuple(w.shape)} @ ({rows}, n))"
         )
     return w
+
+
+def check_values_dtype(dtype):
+    """The dtype asked of a ``*_values`` operation: a real float (``TypeError`` otherwise)."""
+    if dtype is None:
+        raise TypeError("decoded values need a dtype (a real float dtype), got None")
+    try:
+        dt = np.dtype(dtype)
+        kind, name = dt.kind, dt.name
+    except TypeError:  # a dtype of another namespace (torch.float32): its own name
+        name = str(dtype)
+        kind = "f" if "float" in name else "?"
+    if kind != "f":
+        raise TypeError(f"decoded values must be real floats, got dtype {name}")
+    return dtype
+
+
+def work_dtype(*dtypes) -> np.dtype:
+    """The kernels' dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
+    dt = np.result_type(*dtypes)
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)  # integers and booleans (check_real refused the rest)

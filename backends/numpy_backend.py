@@ -4,43 +4,64 @@ Every accelerated backend (``numba``, ``cupy``) provides these same names with
 the same signatures and must produce the same packed bytes (away from decision
 boundaries) and the same values within float tolerance.  Here each operation
 is a composition of the readable core functions; the quantizers call nothing
-else on their hot paths.  Arguments are arrays of the data's namespace (all
-constants already cast to the data's dtype and device) and Python ints.
+else on their hot paths.  Every operation takes the quantizer's plan first
+(:mod:`polarquant.plan`: bit widths, codebooks, layouts, checked once), then
+arrays of the data's namespace (any array-API library: NumPy, CuPy, torch...).
 
 =========================  ==================================================  =================================
 operation                  computes                                            reference functions
 =========================  ==================================================  =================================
-``scalar_encode``          nearest-centroid codes of every coordinate, packed  ``codebooks.quantize``, ``packing.pack_codes``
-``scalar_values``          centroid values ``c[idx]`` of packed codes          ``packing.unpack_codes``, ``codebooks.dequantize``
+``scalar_encode``          nearest-centroid codes of every coordinate, packed  ``codebooks.cell_index``, ``packing.pack_codes``
+``scalar_values``          centroid values ``c[idx]`` of packed codes          ``packing.unpack_codes``, ``codebooks.cell_value``
 ``scalar_score``           ``sum_j q_j c[idx_j]`` for every query and row      ``scalar_values`` then a product
+``scalar_weighted_sum``    ``sum_rows w_row c[idx_row]`` for every weight row  ``scalar_values`` then a product
 ``sign_encode``            packed sign bits of ``p >= 0``                      ``packing.pack_signs``
 ``sign_values``            the signs as +-1                                    ``packing.unpack_signs``
 ``sign_score``             ``<s, sign>`` for every query and row               ``sign_values`` then a product
-``polar_encode``           polar transform, angle codes per level, radii       ``polar.polar_transform``, ``quantize``, ``pack_codes``
-``polar_values``           the reconstruction in the rotated domain            ``unpack_codes``, ``dequantize``, ``polar.inverse_polar_transform``
+``polar_encode``           polar transform, angle codes of all levels, radii   ``polar.polar_transform``, ``cell_index``, ``pack_codes``
+``polar_values``           the reconstruction in the rotated domain            ``unpack_codes``, ``cell_value``, ``polar.inverse_polar_transform``
 ``polar_score``            ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
-``scalar_weighted_sum``    ``sum_rows w_row c[idx_row]`` for every weight row  ``scalar_values`` then a product
 ``polar_weighted_sum``     ``sum_rows w_row y_hat_row`` for every weight row   ``polar_values`` then a product
 =========================  ==================================================  =================================
 
-The codebook of an operation is given by its ``boundaries`` (encode; ties go
-to the upper cell) or ``centroids`` (decode, score); ``bits`` is the code
-width, ``n`` the number of codes per row.
+Encoding: ties go to the upper cell (``x == t_k`` gets code ``k + 1``).  The
+angle codes of all levels of a row are one byte array, level ``l`` at bytes
+``plan.offsets[l-1]:plan.offsets[l]`` (:class:`polarquant.plan.PolarPlan`).
 
-The scores and weighted sums check the width of the queries and weights as
-the accelerated backends do (:mod:`polarquant.backends._checks`), so that the
-same bad input raises the same ``ValueError``, with the same message, on every
-backend (a plain ``@`` would raise its own, or broadcast).
+Every operation first runs the argument checks of
+:mod:`polarquant.backends._checks`, the same functions in the same order as
+the accelerated backends, so that the same bad input raises the same
+exception, with the same message, on every backend (a plain ``@`` would raise
+its own, or broadcast).
+
+Examples
+--------
+>>> import numpy as np
+>>> from polarquant import TurboQuantMSE
+>>> from polarquant.backends import numpy_backend as ref
+>>> plan = TurboQuantMSE(4, bits=2).plan
+>>> codes = ref.scalar_encode(plan, np.array([[-0.9, -0.1, 0.1, 0.9]]))
+>>> codes, f"{codes[0, 0]:08b}"  # codes 0, 1, 2, 3: two bits each, first code highest
+(array([[27]], dtype=uint8), '00011011')
 """
 
 from __future__ import annotations
 
+from polarquant._array import check_int, compute_dtype, namespace
 from polarquant.codebooks import cell_index, cell_value
 from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_signs
 from polarquant.polar import inverse_polar_transform, polar_transform
 
 from . import OPERATIONS
-from ._checks import check_query_width, check_weight_width
+from ._checks import (
+    check_codes,
+    check_query_width,
+    check_radii,
+    check_rows,
+    check_values_dtype,
+    check_weight_width,
+    score_shape,
+)
 
 NAME = "numpy"
 
@@ -48,72 +69,121 @@ NAME = "numpy"
 #: hand them rows in chunks, so that the decoded rows stay chunk-sized.
 SCORES_FROM_CODES = False
 
-__all__ = ["NAME", "SCORES_FROM_CODES", *OPERATIONS]
+__all__ = ["NAME", "SCORES_FROM_CODES", "configure_threads", *OPERATIONS]
 
 
-def scalar_encode(y, boundaries, bits: int):
-    """Codes of ``y (n, D)`` against one scalar codebook, packed ``(n, ceil(D b / 8))``."""
-    return pack_codes(cell_index(y, boundaries), bits)
+# -- scalar codebooks (TurboQuant Alg. 1) ---------------------------------------------------------
+def scalar_encode(plan, y):
+    """Codes of the rows ``y (..., n)`` against the plan's codebook, packed ``(..., nbytes)``."""
+    check_rows(y, plan.n)
+    return pack_codes(cell_index(y, plan.constant("boundaries", y)), plan.bits)
 
 
-def scalar_values(packed, centroids, bits: int, n: int):
-    """``c[idx]`` of packed codes ``(rows, .)`` -> ``(rows, n)`` in the centroids' dtype."""
-    return cell_value(unpack_codes(packed, bits, n), centroids)
+def scalar_values(plan, packed, dtype):
+    """``c[idx]`` of packed codes ``(..., nbytes)`` -> ``(..., n)`` of ``dtype``."""
+    check_codes(packed, plan.nbytes)
+    check_values_dtype(dtype)
+    return cell_value(
+        unpack_codes(packed, plan.bits, plan.n), plan.constant("centroids", packed, dtype)
+    )
 
 
-def scalar_score(q, packed, centroids, bits: int, n: int):
-    """``q (nq, n) @ c[idx].T`` -> ``(nq, rows)``."""
-    check_query_width(q, n)
-    return q @ scalar_values(packed, centroids, bits, n).T
+def scalar_score(plan, q, packed):
+    """``q (..., n) @ c[idx].T`` -> ``(..., rows)``."""
+    check_codes(packed, plan.nbytes)
+    check_query_width(q, plan.n)
+    score_shape(q, packed)
+    return q @ _values_like(scalar_values, plan, packed, q).T
 
 
-def sign_encode(p):
-    """Packed sign bits (1 for ``p >= 0``) of ``p (rows, m)``."""
+def scalar_weighted_sum(plan, w, packed):
+    """``w (..., rows) @ c[idx]`` -> ``(..., n)``: the dual of ``scalar_score`` (attention values)."""
+    check_codes(packed, plan.nbytes)
+    check_weight_width(w, packed)
+    return w @ _values_like(scalar_values, plan, packed, w)
+
+
+# -- sign bits (QJL Def. 2.1) -----------------------------------------------------------------------
+def sign_encode(plan, p):
+    """Packed sign bits (1 for ``p >= 0``) of the rows ``p (..., m)``."""
+    check_rows(p, plan.m)
     return pack_signs(p)
 
 
-def sign_values(packed, m: int, dtype):
-    """The packed signs as ``+1/-1`` of ``dtype``, ``(rows, m)``."""
-    return unpack_signs(packed, m, dtype=dtype)
+def sign_values(plan, packed, dtype):
+    """The packed signs as ``+1/-1`` of ``dtype``, ``(..., m)``."""
+    check_codes(packed, plan.nbytes)
+    check_values_dtype(dtype)
+    return unpack_signs(packed, plan.m, dtype=dtype)
 
 
-def sign_score(s, packed, m: int):
-    """``s (nq, m) @ sign.T`` -> ``(nq, rows)``."""
-    check_query_width(s, m)
-    return s @ sign_values(packed, m, s.dtype).T
+def sign_score(plan, s, packed):
+    """``s (..., m) @ sign.T`` -> ``(..., rows)``."""
+    check_codes(packed, plan.nbytes)
+    check_query_width(s, plan.m)
+    score_shape(s, packed)
+    return s @ _values_like(sign_values, plan, packed, s).T
 
 
-def polar_encode(y, levels: int, boundaries, bits):
-    """Polar transform of ``y (n, D)``; returns (packed angle codes per level, radii)."""
-    radii, angles = polar_transform(y, levels)
-    packed = [
-        pack_codes(cell_index(psi, bnd), b)
-        for psi, bnd, b in zip(angles, boundaries, bits, strict=True)
+# -- the polar transform (PolarQuant Sec. 3.1, Alg. 1) ------------------------------------------------
+def polar_encode(plan, y):
+    """Polar transform of the rows ``y (..., D)``: (angle codes ``(..., nbytes)``, radii ``(..., D/2**L)``)."""
+    check_rows(y, plan.dim)
+    xp = namespace(y)
+    radii, angles = polar_transform(y, plan.levels)
+    bounds = plan.constant("boundaries", radii)
+    parts = [
+        pack_codes(cell_index(psi, t), b)
+        for psi, t, b in zip(angles, bounds, plan.bits, strict=True)
     ]
-    return packed, radii
+    return xp.concat(parts, axis=-1), radii
 
 
-def polar_values(packed, radii, centroids, bits, dim: int):
-    """Inverse polar transform of the decoded angles and the radii -> ``(rows, dim)``."""
-    angles = []
-    for level, (codes, cents, b) in enumerate(zip(packed, centroids, bits, strict=True), start=1):
-        angles.append(cell_value(unpack_codes(codes, b, dim >> level), cents))
-    return inverse_polar_transform(radii, angles)
+def polar_values(plan, codes, radii, dtype):
+    """Inverse polar transform of the decoded angles and the radii -> ``(..., D)`` of ``dtype``."""
+    check_codes(codes, plan.nbytes, "angle codes")
+    check_radii(radii, plan.radii, codes)
+    check_values_dtype(dtype)
+    xp = namespace(codes)
+    angles = [
+        cell_value(unpack_codes(codes[..., plan.level_slice(level)], b, n), c)
+        for level, (b, n, c) in enumerate(
+            zip(plan.bits, plan.counts, plan.constant("centroids", codes, dtype), strict=True), 1
+        )
+    ]
+    return inverse_polar_transform(xp.astype(radii, dtype), angles)
 
 
-def polar_score(q, packed, radii, centroids, bits, dim: int):
-    """``q (nq, dim) @ polar_values(...).T`` -> ``(nq, rows)``."""
-    check_query_width(q, dim)
-    return q @ polar_values(packed, radii, centroids, bits, dim).T
+def polar_score(plan, q, codes, radii):
+    """``q (..., D) @ polar_values(...).T`` -> ``(..., rows)``."""
+    check_codes(codes, plan.nbytes, "angle codes")
+    check_radii(radii, plan.radii, codes)
+    check_query_width(q, plan.dim)
+    score_shape(q, codes)
+    return q @ _values_like(polar_values, plan, codes, q, radii).T
 
 
-def scalar_weighted_sum(w, packed, centroids, bits: int, n: int):
-    """``w (nw, rows) @ c[idx]`` -> ``(nw, n)``: the dual of ``scalar_score`` (attention values)."""
-    check_weight_width(w, packed.shape[0] if packed.ndim else 0, packed.ndim)
-    return w @ scalar_values(packed, centroids, bits, n)
+def polar_weighted_sum(plan, w, codes, radii):
+    """``w (..., rows) @ polar_values(...)`` -> ``(..., D)``: the dual of ``polar_score``."""
+    check_codes(codes, plan.nbytes, "angle codes")
+    check_radii(radii, plan.radii, codes)
+    check_weight_width(w, codes)
+    return w @ _values_like(polar_values, plan, codes, w, radii)
 
 
-def polar_weighted_sum(w, packed, radii, centroids, bits, dim: int):
-    """``w (nw, rows) @ polar_values(...)`` -> ``(nw, dim)``: the dual of ``polar_score``."""
-    check_weight_width(w, radii.shape[0] if radii.ndim else 0, radii.ndim)
-    return w @ polar_values(packed, radii, centroids, bits, dim)
+# -- helpers ----------------------------------------------------------------------------------------
+def _values_like(values, plan, codes, like, *more):
+    """Decoded rows in the dtype a product with ``like`` computes in (float64 stays, else float32)."""
+    xp = namespace(like)
+    dtype = compute_dtype(xp, xp.result_type(like.dtype, *(m.dtype for m in more)))
+    return values(plan, codes, *more, dtype)
+
+
+def configure_threads(threads: int | None = None, **options) -> None:
+    """Nothing to set: the reference runs in the caller's thread (its BLAS products use BLAS's
+    own threads, set with ``threadpoolctl`` or ``OMP_NUM_THREADS``).  Unknown options are a
+    ``TypeError``, as on every backend."""
+    if options:
+        raise TypeError(f"the numpy backend takes no thread options, got {sorted(options)}")
+    if threads is not None:
+        check_int(threads, "threads", low=1)

@@ -48,8 +48,8 @@ def machine() -> dict:
     import numba
     from polarquant.backends import get_backend
 
-    # load the backend before anything starts Numba's threads: it sets libgomp's spin count
-    # (numba_backend.GOMP_SPINCOUNT), which is read when the threads start
+    # load the backend before anything starts Numba's threads: loading it calls
+    # numba_backend.configure_threads(), whose libgomp spin count is read when the threads start
     get_backend("numba")
     return {
         **common_machine(),
@@ -69,21 +69,17 @@ def methods(d: int) -> dict:
 
 
 def op_call(q, x, backend: str):
-    """The backend's encode operation alone, on what the quantizer hands it (prepared here)."""
+    """The backend's encode operation alone, on what the quantizer hands it (``prepare_vectors``)."""
     from polarquant.backends import get_backend
 
     ops = get_backend(backend)
-    if isinstance(q, pq.TurboQuantMSE):
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        y = q.stage.rotation.apply(x / np.where(norms > 0, norms, 1))
-        bnd = q.stage._const("boundaries", y)
-        return lambda rows=None: ops.scalar_encode(y[:rows], bnd, q.bits)
-    if isinstance(q, pq.PolarQuant):
-        y = q.rotation.apply(x)
-        bnd = q._const("boundaries", y)
-        return lambda rows=None: ops.polar_encode(y[:rows], q.levels, bnd, q.bits)
-    p = q.sketch.project(x)
-    return lambda rows=None: ops.sign_encode(p[:rows])
+    rows = q.prepare_vectors(x)
+    encode = {
+        pq.TurboQuantMSE: ops.scalar_encode,
+        pq.PolarQuant: ops.polar_encode,
+        pq.QJL: ops.sign_encode,
+    }[type(q)]
+    return lambda n=None: encode(q.plan, rows[:n])
 
 
 def encode_rows(args, keys) -> list:

@@ -12,11 +12,12 @@ Implements, with one array-API reference and pluggable kernel backends:
 * :class:`PolarQuantQJL` -- the Google Research blog's composition (PolarQuant
   stage + 1-bit QJL residual).
 
-Every quantizer has ``encode`` / ``decode`` / ``score`` / ``save`` / ``load``;
+Every quantizer has ``encode`` / ``decode`` / ``score`` / ``save`` / ``load``,
+and ``plan`` (:mod:`polarquant.plan`): what it hands the kernel backends;
 see the README and ``docs/``.
 """
 
-from . import datasets, kv, metrics
+from . import datasets, kv, metrics, plan
 from ._version import __version__
 from .backends import available as available_backends
 from .backends import current_backend, get_backend, use_backend
@@ -34,6 +35,7 @@ __all__ = [
     "datasets",
     "metrics",
     "kv",
+    "plan",
     "KVCache",
     "PolarQuant",
     "PolarQuantQJL",

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 from ._array import check_int, namespace
+from .plan import ResidualPlan
 from .polar_quant import PolarQuant
 from .qjl import QJL_SCALE, SignSketch
 from .quantizer import safe_norms, store_scalars
@@ -110,6 +111,12 @@ class PolarQuantQJL(PolarQuant):
         xp = namespace(fields["signs"])
         gamma = xp.astype(fields["residual_norms"], dtype)
         return super()._decode_rows(fields, dtype) + self.sketch.reconstruct(fields["signs"], gamma)
+
+    @property
+    def plan(self) -> ResidualPlan:
+        """The PolarQuant stage's :class:`~polarquant.plan.PolarPlan` and the residual's
+        :class:`~polarquant.plan.SignPlan`."""
+        return ResidualPlan(self.polar_plan, self.sketch.plan)
 
     def _prepare_queries(self, q):
         return super()._prepare_queries(q), self.sketch.project(q)

@@ -5,9 +5,10 @@ batch shape of the encoded input, plus the configuration of the quantizer that
 wrote them.  What a field holds depends on the method (see each quantizer's
 docstring for its layout formula); typical fields are
 
-``codes`` / ``angles_<l>``
+``codes`` / ``angles``
     packed b-bit codebook indices (``uint8``, canonical layout of
-    :mod:`polarquant.packing`);
+    :mod:`polarquant.packing`; PolarQuant's ``angles`` holds every level's codes of a
+    vector, level by level: :class:`polarquant.plan.PolarPlan`);
 ``signs``
     packed QJL sign bits (``uint8``);
 ``norms``, ``residual_norms``, ``radii``

@@ -9,7 +9,14 @@ members, as written by ``numpy.savez_compressed``, are read too) holding
   ``config`` (dim, seed, bit widths, rotation, fitted codebooks...),
   ``batch_shape``, ``dim``, ``dtype`` and, for every field, its dtype and shape;
 * one ``.npy`` member per field (``codes``, ``signs``, ``norms``, ``radii``,
-  ``angles_<l>``), exactly the bytes held in memory.
+  ``angles``), exactly the bytes held in memory.
+
+Versions: 2 (written now) stores PolarQuant's angle codes of
+all levels as one field ``angles`` (:class:`polarquant.plan.PolarPlan`);
+version 1 stored one field ``angles_<l>`` per level.  Both are read: the
+levels of a version-1 file are checked one by one against the layout the
+configuration implies and joined into ``angles`` (byte for byte the same
+codes).
 
 Loading never unpickles and never trusts a declared size.  :func:`polarquant.load` reads the
 zip archive itself and, in this order: parses the metadata (at most
@@ -50,10 +57,12 @@ from ._version import __version__
 from .compressed import CompressedVectors
 from .quantizer import DECODE_DTYPES
 
-__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION", "MAX_METADATA_BYTES"]
+__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION", "READABLE_VERSIONS", "MAX_METADATA_BYTES"]
 
 FORMAT = "polarquant-codes"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Every version :func:`load` reads (see the module docstring).
+READABLE_VERSIONS = (1, 2)
 
 #: Largest metadata member accepted (16 MiB).  Real metadata is a few hundred bytes;
 #: fitted codebooks add at most 511 numbers per level (about 13 KB per level in JSON).
@@ -226,6 +235,8 @@ def _load(fh) -> CompressedVectors:
         quantizer = _quantizer(meta)
         batch = tuple(meta["batch_shape"])
         layout = quantizer.field_layout()
+        if meta["format_version"] == 1:
+            layout = _version1_layout(quantizer, layout)
         expected = {k: (batch + tuple(shape), dt) for k, (shape, dt) in layout.items()}
         _check_field_specs(meta["fields"], expected, batch, layout)
         fields = {}
@@ -237,6 +248,8 @@ def _load(fh) -> CompressedVectors:
         extra = sorted(set(members) - set(expected) - {"__meta__"})
         if extra:
             raise _Refused(f"holds unexpected members {extra}")
+    if meta["format_version"] == 1:
+        fields = _join_version1_angles(quantizer, fields)
     codes = CompressedVectors(
         meta["method"], meta["config"], fields, batch, meta["dim"], meta["dtype"]
     )
@@ -245,6 +258,32 @@ def _load(fh) -> CompressedVectors:
     except (TypeError, ValueError) as exc:
         raise _Refused(str(exc)) from None
     return codes
+
+
+def _version1_layout(quantizer, layout: dict) -> dict:
+    """The fields a version-1 file holds: ``angles_<l>`` per level in place of ``angles``."""
+    if "angles" not in layout:
+        return layout
+    plan = quantizer.polar_plan
+    out = {}
+    for name, spec in layout.items():
+        if name != "angles":
+            out[name] = spec
+            continue
+        for level in range(1, plan.levels + 1):
+            part = plan.level_slice(level)
+            out[f"angles_{level}"] = ((part.stop - part.start,), "uint8")
+    return out
+
+
+def _join_version1_angles(quantizer, fields: dict) -> dict:
+    """A version-1 file's per-level angle fields as the one ``angles`` field, in layout order."""
+    if "angles_1" not in fields:
+        return fields
+    levels = quantizer.polar_plan.levels
+    parts = [fields.pop(f"angles_{level}") for level in range(1, levels + 1)]
+    joined = np.concatenate(parts, axis=-1)
+    return {name: joined if name == "angles" else fields[name] for name in quantizer.field_layout()}
 
 
 def _members(zf: zipfile.ZipFile, archive_size: int) -> dict:
@@ -362,10 +401,10 @@ def _check_meta(meta) -> None:
         raise _Refused("metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise _Refused(f"not a {FORMAT} file (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION or not _is_int(meta["format_version"]):
+    if not _is_int(meta.get("format_version")) or meta["format_version"] not in READABLE_VERSIONS:
         raise _Refused(
             f"format version {meta.get('format_version')!r}; this polarquant ({__version__}) "
-            f"reads version {FORMAT_VERSION}"
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:

@@ -42,9 +42,11 @@ children, so with ``delta_l`` the level-``l`` angle error
 before the float16 rounding of the radii (relative error ~1e-7):
 :meth:`PolarQuant.expected_mse`, 0.0318 for ``(4, 2, 2, 2)``.
 
-Layout per vector: ``angles_l`` ``ceil(d b_l / 2**l / 8)`` bytes for each level
-(each level is its own packed field, padded to a byte) and ``radii``
-``d / 2**L`` float16.
+Layout per vector: ``angles``, the packed angle codes of every level in one
+byte array, level ``l`` taking ``ceil(d b_l / 2**l / 8)`` bytes (each level
+starts on a byte: :class:`polarquant.plan.PolarPlan`), and ``radii``
+``d / 2**L`` float16.  (Files of format version 1 stored each level as its own
+field ``angles_l``; :func:`polarquant.load` still reads them.)
 
 Scoring from codes: the query is rotated once; each key is expanded through its
 own polar tree in the rotated domain (O(d) per key: cos/sin of the centroid
@@ -58,10 +60,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import ConstantCache, as_vectors, check_bits, compute_dtype, namespace, to_host
+from ._array import as_vectors, check_bits, compute_dtype, namespace, to_host
 from .codebooks import Codebook, angle_codebook, kmeans_codebook
 from .distributions import angle_density, angle_support
-from .packing import packed_nbytes
+from .plan import PolarPlan
 from .polar import angle_counts, check_levels, polar_transform
 from .quantizer import Quantizer, check_norm_dtype, store_scalars
 from .rotation import make_rotation
@@ -153,15 +155,26 @@ class PolarQuant(Quantizer):
         self.bits = check_level_bits(bits, self.levels)
         self.radius_dtype = check_norm_dtype(radius_dtype)
         self.counts = angle_counts(self.out_dim, self.levels)
-        self._consts = ConstantCache()
         if codebooks is None:
-            self.codebooks = [
-                angle_codebook(level, b)
-                for level, b in zip(range(1, self.levels + 1), self.bits, strict=True)
-            ]
-            self.fitted = False
+            self._set_codebooks(
+                [
+                    angle_codebook(level, b)
+                    for level, b in zip(range(1, self.levels + 1), self.bits, strict=True)
+                ],
+                fitted=False,
+            )
         else:
             self._set_fitted(codebooks)
+
+    def _set_codebooks(self, books, fitted: bool) -> None:
+        self.codebooks = books
+        self.polar_plan = PolarPlan(self.out_dim, tuple(books))  # tables cast from old codebooks go
+        self.fitted = fitted
+
+    @property
+    def plan(self) -> PolarPlan:
+        """What the backend's polar operations take: levels, bits, codebooks, byte layout."""
+        return self.polar_plan
 
     def _set_fitted(self, codebooks) -> None:
         if len(codebooks) != self.levels:
@@ -170,9 +183,7 @@ class PolarQuant(Quantizer):
         for level, (cb, b) in enumerate(zip(books, self.bits, strict=True), start=1):
             if cb.bits != b:
                 raise ValueError(f"codebook of level {level} has {cb.bits} bits, expected {b}")
-        self.codebooks = books
-        self.fitted = True
-        self._consts = ConstantCache()  # constants cast from the previous codebooks are stale
+        self._set_codebooks(books, fitted=True)
 
     def config(self) -> dict:
         return {
@@ -187,12 +198,10 @@ class PolarQuant(Quantizer):
         }
 
     def field_layout(self) -> dict:
-        layout = {
-            f"angles_{level}": ((packed_nbytes(n, b),), "uint8")
-            for level, (n, b) in enumerate(zip(self.counts, self.bits, strict=True), 1)
+        return {
+            "angles": ((self.polar_plan.nbytes,), "uint8"),
+            "radii": ((self.polar_plan.radii,), self.radius_dtype),
         }
-        layout["radii"] = ((self.out_dim >> self.levels,), self.radius_dtype)
-        return layout
 
     @property
     def expected_mse(self) -> float:
@@ -236,29 +245,10 @@ class PolarQuant(Quantizer):
         return self
 
     # -- the four row-wise steps --------------------------------------------------------------
-    def _ops(self):
-        from .backends import get_backend
-
-        return get_backend(self.backend)
-
-    def _const(self, kind: str, like, dtype=None) -> list:
-        """Per-level ``boundaries`` or ``centroids`` in the namespace/device/dtype of ``like``."""
-        return [
-            self._consts.get(f"{kind}_{level}", getattr(cb, kind), like, dtype)
-            for level, cb in enumerate(self.codebooks, start=1)
-        ]
-
-    def _packed(self, fields) -> list:
-        return [fields[f"angles_{level}"] for level in range(1, self.levels + 1)]
-
     def _encode_rows(self, x) -> dict:
-        y = self.rotation.apply(x)
-        packed, radii = self._ops().polar_encode(
-            y, self.levels, self._const("boundaries", y), self.bits
-        )
-        fields = {f"angles_{level}": p for level, p in enumerate(packed, start=1)}
-        fields["radii"] = store_scalars(radii, self.radius_dtype, "radii", "radius_dtype")
-        return fields
+        codes, radii = self._ops().polar_encode(self.polar_plan, self.rotation.apply(x))
+        radii = store_scalars(radii, self.radius_dtype, "radii", "radius_dtype")
+        return {"angles": codes, "radii": radii}
 
     @staticmethod
     def _radii(fields, dtype):
@@ -277,11 +267,13 @@ class PolarQuant(Quantizer):
     def rotated_values(self, fields, dtype):
         """The reconstruction in the rotated domain, ``(n, D)``: the inverse polar transform."""
         radii = self._radii(fields, dtype)
-        cents = self._const("centroids", radii, dtype)
-        return self._ops().polar_values(self._packed(fields), radii, cents, self.bits, self.out_dim)
+        return self._ops().polar_values(self.polar_plan, fields["angles"], radii, dtype)
 
     def _decode_rows(self, fields, dtype):
         return self.rotation.inverse(self.rotated_values(fields, dtype))
+
+    def _prepare_vectors(self, x):
+        return self.rotation.apply(x)
 
     def _prepare_queries(self, q):
         return self.rotation.apply(q)
@@ -289,15 +281,9 @@ class PolarQuant(Quantizer):
     def _weighted_sum_rows(self, w, fields):
         # sum_i w_i Q^T y_hat_i = Q^T sum_i w_i y_hat_i: accumulate in the rotated domain, rotate once
         radii = self._radii(fields, w.dtype)
-        cents = self._const("centroids", w)
-        sums = self._ops().polar_weighted_sum(
-            w, self._packed(fields), radii, cents, self.bits, self.out_dim
-        )
+        sums = self._ops().polar_weighted_sum(self.polar_plan, w, fields["angles"], radii)
         return self.rotation.inverse(sums)
 
     def _score_rows(self, qr, fields):
         radii = self._radii(fields, qr.dtype)
-        cents = self._const("centroids", qr)
-        return self._ops().polar_score(
-            qr, self._packed(fields), radii, cents, self.bits, self.out_dim
-        )
+        return self._ops().polar_score(self.polar_plan, qr, fields["angles"], radii)

@@ -44,7 +44,7 @@ import numpy as np
 
 from ._array import ConstantCache, check_int, namespace
 from ._seeding import check_seed, generator
-from .packing import packed_nbytes
+from .plan import SignPlan
 from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
 
 __all__ = ["QJL", "SignSketch", "gaussian_sketch", "QJL_SCALE"]
@@ -81,6 +81,7 @@ class SignSketch:
         self.seed = seed
         self.stream = stream
         self.backend = backend
+        self.plan = SignPlan(self.m)
         self._consts = ConstantCache()
 
     @property
@@ -90,7 +91,7 @@ class SignSketch:
     @property
     def nbytes(self) -> int:
         """Bytes of packed sign bits per vector."""
-        return packed_nbytes(self.m, 1)
+        return self.plan.nbytes
 
     def _const(self, name, like):
         host = self.matrix.T if name == "ST" else self.matrix
@@ -107,15 +108,15 @@ class SignSketch:
 
     def encode(self, v):
         """Packed sign bits of ``S v`` (bit 1 for ``>= 0``): ``uint8 (n, ceil(m/8))``."""
-        return self._ops().sign_encode(self.project(v))
+        return self._ops().sign_encode(self.plan, self.project(v))
 
     def inner(self, sq, signs):
         """``<S q, sign(S v)>`` for projected queries ``sq (nq, m)`` and signs ``(n, .)`` -> ``(nq, n)``."""
-        return self._ops().sign_score(sq, signs, self.m)
+        return self._ops().sign_score(self.plan, sq, signs)
 
     def reconstruct(self, signs, norms):
         """Unbiased estimate ``sqrt(pi/2)/m * norms * S^T sign(S v)`` of ``v``, rows ``(n, dim)``."""
-        pm = self._ops().sign_values(signs, self.m, norms.dtype)
+        pm = self._ops().sign_values(self.plan, signs, norms.dtype)
         return (QJL_SCALE / self.m) * norms[:, None] * (pm @ self._const("S", norms[:, None]))
 
 
@@ -199,6 +200,14 @@ class QJL(Quantizer):
         xp = namespace(fields["norms"])
         norms = xp.astype(fields["norms"], dtype)
         return self.sketch.reconstruct(fields["signs"], norms)
+
+    @property
+    def plan(self) -> SignPlan:
+        """What the backend's sign operations take: the sketch size and bytes per row."""
+        return self.sketch.plan
+
+    def _prepare_vectors(self, x):
+        return self.sketch.project(x)
 
     def _prepare_queries(self, q):
         return self.sketch.project(q)

@@ -262,6 +262,16 @@ class Quantizer(abc.ABC):
     @abc.abstractmethod
     def _score_rows(self, state, fields: dict): ...
 
+    def _prepare_vectors(self, x):
+        """The rows the backend's encode operation receives for ``x`` (see :meth:`prepare_vectors`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no single encode input")
+
+    def _ops(self):
+        """The kernel module of this quantizer's backend (:func:`polarquant.backends.get_backend`)."""
+        from .backends import get_backend
+
+        return get_backend(self.backend)
+
     def _weighted_sum_rows(self, w, fields):
         """``w (nw, n) @ x_hat (n, dim)`` for a chunk of rows (default: decode the chunk)."""
         return w @ self._decode_rows(fields, w.dtype)
@@ -407,6 +417,37 @@ class Quantizer(abc.ABC):
             parts = [xp.zeros((0, self.dim), dtype=out_dtype, device=array_device(flat_any))]
         x_hat = xp.concat(parts, axis=0) if len(parts) > 1 else parts[0]
         return xp.reshape(x_hat, tuple(codes.batch_shape) + (self.dim,))
+
+    def prepare_vectors(self, x):
+        """The rows ``(n, D)`` that :meth:`encode` hands its backend's encode operation.
+
+        What ``encode`` computes before the kernel (TurboQuantMSE: the rotated
+        unit vectors ``Q x / ||x||``; PolarQuant: ``Q x``; QJL: the sketch
+        ``S x``; TurboQuantProd and PolarQuantQJL: their first stage's input),
+        for timing or checking a backend operation on its own, with
+        ``quantizer.plan``:
+        ``get_backend("numba").scalar_encode(tq.plan, tq.prepare_vectors(x))``
+        equals ``tq.encode(x).fields["codes"]``.  ``x`` is validated as
+        :meth:`encode` does; the rows are in its compute dtype.
+        """
+        xp, x = as_vectors(x, self.dim, "x")
+        check_finite(x, "x")
+        xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
+        return self._prepare_vectors(xc)
+
+    def prepare_queries(self, queries):
+        """The queries transformed once, as :meth:`score` hands them to the backend.
+
+        ``Q q`` for the rotated methods, ``S q`` for QJL, a pair
+        ``(Q q, S q)`` for TurboQuantProd and PolarQuantQJL; rows ``(n, D)`` in
+        the queries' compute dtype.  With ``quantizer.plan`` this is what a
+        backend's score operation takes:
+        ``ops.scalar_score(tq.plan, tq.prepare_queries(q), codes.fields["codes"])``
+        is ``tq.score(q, codes)`` before the norms are applied.
+        """
+        xp, q = as_vectors(queries, self.dim, "queries")
+        qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
+        return self._prepare_queries(qc)
 
     def score(self, queries, codes: CompressedVectors):
         """Estimated inner products ``<q, x>`` for every query and every encoded vector.

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import math
 
-from ._array import ConstantCache, check_bits, namespace
+from ._array import check_bits, namespace
 from .codebooks import coordinate_codebook
-from .packing import packed_nbytes
+from .plan import ResidualPlan, ScalarPlan
 from .qjl import QJL_SCALE, SignSketch
 from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
 from .rotation import ROTATIONS, make_rotation
@@ -61,62 +61,6 @@ def _check_law(codebook: str) -> str:
     if codebook not in CODEBOOK_LAWS:
         raise ValueError(f"codebook must be one of {CODEBOOK_LAWS}, got {codebook!r}")
     return codebook
-
-
-class _ScalarStage:
-    """Rotation + per-coordinate Lloyd-Max codes of unit vectors (Alg. 1, lines 2-3, 6-8)."""
-
-    def __init__(self, dim, bits, seed, rotation, codebook, backend):
-        self.rotation = make_rotation(rotation, dim, seed)
-        self.out_dim = self.rotation.out_dim
-        self.bits = bits
-        self.codebook = coordinate_codebook(self.out_dim, bits, exact=codebook == "exact")
-        self.backend = backend
-        self._consts = ConstantCache()
-
-    @property
-    def nbytes(self) -> int:
-        return packed_nbytes(self.out_dim, self.bits)
-
-    def _ops(self):
-        from .backends import get_backend
-
-        return get_backend(self.backend)
-
-    def _const(self, name: str, like, dtype=None):
-        host = self.codebook.boundaries if name == "boundaries" else self.codebook.centroids
-        return self._consts.get(name, host, like, dtype)
-
-    def encode(self, x, divisor=None):
-        """Packed codes of the unit rows ``x / divisor[:, None]`` (``x`` itself if no divisor).
-
-        The rotation is linear, so ``Q (x / r) = (Q x) / r``: the division is
-        done in place on the rotated copy, which saves a pass over the input
-        and a temporary of its size.
-        """
-        y = self.rotation.apply(x)
-        if divisor is not None:
-            y /= divisor[:, None]
-        return self._ops().scalar_encode(y, self._const("boundaries", y), self.bits)
-
-    def rotated_values(self, codes, dtype):
-        """Centroid values ``c[idx]`` in the rotated domain, ``(n, D)``."""
-        cents = self._const("centroids", codes, dtype)
-        return self._ops().scalar_values(codes, cents, self.bits, self.out_dim)
-
-    def score(self, qr, codes):
-        """``<Q q, c[idx]>`` for rotated queries ``qr (nq, D)`` -> ``(nq, n)``."""
-        cents = self._const("centroids", qr)
-        return self._ops().scalar_score(qr, codes, cents, self.bits, self.out_dim)
-
-    def weighted_sum(self, w, codes):
-        """``w (nw, n) @ c[idx]`` in the rotated domain -> ``(nw, D)``."""
-        cents = self._const("centroids", w)
-        return self._ops().scalar_weighted_sum(w, codes, cents, self.bits, self.out_dim)
-
-    def decode(self, codes, dtype):
-        """Unit-vector reconstruction ``Q^T c[idx]`` ``(n, d)``."""
-        return self.rotation.inverse(self.rotated_values(codes, dtype))
 
 
 class _TurboQuant(Quantizer):
@@ -145,6 +89,34 @@ class _TurboQuant(Quantizer):
     def _build(self) -> None:
         """Build the seeded stages (rotation + codebook, sketch) of the variant."""
         raise NotImplementedError
+
+    # -- the scalar stage: rotation + per-coordinate Lloyd-Max codes (Alg. 1, lines 2-3, 6-8) ------
+    def _build_scalar_stage(self, bits: int) -> None:
+        """The rotation ``Q``, the codebook of the rotated coordinates' law and its plan."""
+        self.rotation = make_rotation(self.rotation_kind, self.dim, self.seed)
+        self.out_dim = self.rotation.out_dim
+        self.codebook = coordinate_codebook(self.out_dim, bits, exact=self.codebook_law == "exact")
+        self.scalar_plan = ScalarPlan(self.out_dim, self.codebook)
+
+    def _rotate_units(self, x, divisor=None):
+        """``Q (x / divisor)``: the rows the scalar codes are taken of.
+
+        The rotation is linear, so ``Q (x / r) = (Q x) / r``: the division is
+        done in place on the rotated copy, which saves a pass over the input
+        and a temporary of its size.
+        """
+        y = self.rotation.apply(x)
+        if divisor is not None:
+            y /= divisor[:, None]
+        return y
+
+    def _scalar_codes(self, x, divisor=None):
+        """Packed codes of the unit rows ``x / divisor[:, None]`` (``x`` itself if no divisor)."""
+        return self._ops().scalar_encode(self.scalar_plan, self._rotate_units(x, divisor))
+
+    def _scalar_decode(self, codes, dtype):
+        """Unit-vector reconstruction ``Q^T c[idx]`` ``(n, d)``."""
+        return self.rotation.inverse(self._ops().scalar_values(self.scalar_plan, codes, dtype))
 
     def config(self) -> dict:
         return {
@@ -196,12 +168,15 @@ class TurboQuantMSE(_TurboQuant):
     method = "turboquant-mse"
 
     def _build(self) -> None:
-        self.stage = _ScalarStage(
-            self.dim, self.bits, self.seed, self.rotation_kind, self.codebook_law, self.backend
-        )
+        self._build_scalar_stage(self.bits)
+
+    @property
+    def plan(self) -> ScalarPlan:
+        """What the backend's scalar operations take: bits, codebook, bytes per row."""
+        return self.scalar_plan
 
     def field_layout(self) -> dict:
-        return {"codes": ((self.stage.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}
+        return {"codes": ((self.scalar_plan.nbytes,), "uint8"), "norms": ((), self.norm_dtype)}
 
     @property
     def expected_mse(self) -> float:
@@ -213,32 +188,38 @@ class TurboQuantMSE(_TurboQuant):
         bits up; at 1 bit the error follows the signal: 0.30 measured vs 0.27 at
         d = 96).
         """
-        return self.dim * self.stage.codebook.mse
+        return self.dim * self.codebook.mse
 
     def _encode_rows(self, x) -> dict:
         norms, safe = safe_norms(x)
         return {
-            "codes": self.stage.encode(x, safe),
+            "codes": self._scalar_codes(x, safe),
             "norms": store_scalars(norms, self.norm_dtype, "norms"),
         }
 
     def _decode_rows(self, fields, dtype):
         xp = namespace(fields["codes"])
         norms = xp.astype(fields["norms"], dtype)
-        return self.stage.decode(fields["codes"], dtype) * norms[:, None]
+        return self._scalar_decode(fields["codes"], dtype) * norms[:, None]
+
+    def _prepare_vectors(self, x):
+        norms, safe = safe_norms(x)
+        return self._rotate_units(x, safe)
 
     def _prepare_queries(self, q):
-        return self.stage.rotation.apply(q)
+        return self.rotation.apply(q)
 
     def _weighted_sum_rows(self, w, fields):
         # sum_i w_i ||x_i|| Q^T c[idx_i] = Q^T sum_i (w_i ||x_i||) c[idx_i]: one rotation per weight row
         xp = namespace(w)
         wn = w * xp.astype(fields["norms"], w.dtype)[None, :]
-        return self.stage.rotation.inverse(self.stage.weighted_sum(wn, fields["codes"]))
+        sums = self._ops().scalar_weighted_sum(self.scalar_plan, wn, fields["codes"])
+        return self.rotation.inverse(sums)
 
     def _score_rows(self, qr, fields):
         xp = namespace(qr)
-        return self.stage.score(qr, fields["codes"]) * xp.astype(fields["norms"], qr.dtype)[None, :]
+        s = self._ops().scalar_score(self.scalar_plan, qr, fields["codes"])
+        return s * xp.astype(fields["norms"], qr.dtype)[None, :]
 
 
 class TurboQuantProd(_TurboQuant):
@@ -265,19 +246,18 @@ class TurboQuantProd(_TurboQuant):
     method = "turboquant-prod"
 
     def _build(self) -> None:
-        self.stage = (
-            _ScalarStage(
-                self.dim,
-                self.bits - 1,
-                self.seed,
-                self.rotation_kind,
-                self.codebook_law,
-                self.backend,
-            )
-            if self.bits > 1
-            else None
-        )
+        if self.bits > 1:
+            self._build_scalar_stage(self.bits - 1)
+        else:  # no MSE stage: plain QJL with m = d
+            self.rotation = self.codebook = self.scalar_plan = None
+            self.out_dim = self.dim
         self.sketch = SignSketch(self.dim, self.dim, self.seed, "residual-sketch", self.backend)
+
+    @property
+    def plan(self) -> ResidualPlan:
+        """The MSE stage's :class:`~polarquant.plan.ScalarPlan` (``None`` at 1 bit) and the
+        residual's :class:`~polarquant.plan.SignPlan`."""
+        return ResidualPlan(self.scalar_plan, self.sketch.plan)
 
     @property
     def expected_mse(self) -> float:
@@ -287,13 +267,13 @@ class TurboQuantProd(_TurboQuant):
         ``E||r_hat - r||^2 = ||r||^2 ((pi/2) d/m - 1/m)`` with ``m = d``
         (see :attr:`polarquant.PolarQuantQJL.expected_mse`).
         """
-        residual = 1.0 if self.stage is None else self.dim * self.stage.codebook.mse
+        residual = 1.0 if self.codebook is None else self.dim * self.codebook.mse
         return residual * (math.pi / 2 - 1 / self.dim)
 
     def field_layout(self) -> dict:
         layout = {}
-        if self.stage is not None:
-            layout["codes"] = ((self.stage.nbytes,), "uint8")
+        if self.scalar_plan is not None:
+            layout["codes"] = ((self.scalar_plan.nbytes,), "uint8")
         layout["signs"] = ((self.sketch.nbytes,), "uint8")
         layout["norms"] = ((), self.norm_dtype)
         layout["residual_norms"] = ((), self.norm_dtype)
@@ -304,9 +284,9 @@ class TurboQuantProd(_TurboQuant):
         norms, safe = safe_norms(x)
         u = x / safe[:, None]
         fields = {}
-        if self.stage is not None:
-            fields["codes"] = self.stage.encode(u)
-            r = u - self.stage.decode(fields["codes"], u.dtype)
+        if self.scalar_plan is not None:
+            fields["codes"] = self._scalar_codes(u)
+            r = u - self._scalar_decode(fields["codes"], u.dtype)
         else:
             r = u
         gamma = xp.linalg.vector_norm(r, axis=-1)
@@ -319,18 +299,23 @@ class TurboQuantProd(_TurboQuant):
         xp = namespace(fields["signs"])
         gamma = xp.astype(fields["residual_norms"], dtype)
         u_hat = self.sketch.reconstruct(fields["signs"], gamma)
-        if self.stage is not None:
-            u_hat = u_hat + self.stage.decode(fields["codes"], dtype)
+        if self.scalar_plan is not None:
+            u_hat = u_hat + self._scalar_decode(fields["codes"], dtype)
         return u_hat * xp.astype(fields["norms"], dtype)[:, None]
 
+    def _prepare_vectors(self, x):
+        # the MSE stage's input; the residual's sketch input depends on its codes
+        norms, safe = safe_norms(x)
+        return None if self.rotation is None else self._rotate_units(x, safe)
+
     def _prepare_queries(self, q):
-        return (self.stage.rotation.apply(q) if self.stage else None, self.sketch.project(q))
+        return (None if self.rotation is None else self.rotation.apply(q), self.sketch.project(q))
 
     def _score_rows(self, state, fields):
         qr, sq = state
         xp = namespace(sq)
         gamma = xp.astype(fields["residual_norms"], sq.dtype)
         s = (QJL_SCALE / self.sketch.m) * self.sketch.inner(sq, fields["signs"]) * gamma[None, :]
-        if self.stage is not None:
-            s = s + self.stage.score(qr, fields["codes"])
+        if self.scalar_plan is not None:
+            s = s + self._ops().scalar_score(self.scalar_plan, qr, fields["codes"])
         return s * xp.astype(fields["norms"], sq.dtype)[None, :]

@@ -1,25 +1,27 @@
 """Compile a backend's kernels ahead of time (``polarquant warmup``).
 
 The ``numba`` backend compiles each kernel the first time it meets a new
-combination of argument types (float32 or float64 data, number of PolarQuant
-levels, float16 or float32 radii) and, for the PolarQuant score from codes, of
-level bit widths; a compilation costs one to a few seconds of CPU
-(``docs/backends.md`` has the measured costs).  Numba keeps what it compiled on
-disk (``__pycache__`` next to the kernels, or ``NUMBA_CACHE_DIR``), so a later
-process loads it in milliseconds instead.  :func:`warmup` pays the compilations
-once, up front, for the configurations of the papers and of ``polarquant demo``:
-it runs small encode, decode, score and weighted-sum calls through the public
-API (so it compiles exactly what those calls compile, nothing chosen by hand)
-and reports each step's time.  Run it once after installing, or in a container
-build, and first calls are fast from then on.
+combination of argument types (float32 or float64 data, float16 or float32
+radii) and, for the PolarQuant score from codes, of level bit widths; a
+compilation costs one to a few seconds of CPU (``docs/performance.md`` has the
+measured costs, ``benchmarks/bench_compile.py`` measures them).  Numba keeps
+what it compiled on disk (``__pycache__`` next to the kernels, or
+``NUMBA_CACHE_DIR``), so a later process loads it in milliseconds instead.
+:func:`warmup` pays the compilations once, up front, for the configurations of
+the papers and of ``polarquant demo``: it runs small encode, decode, score and
+weighted-sum calls through the public API (so it compiles exactly what those
+calls compile, nothing chosen by hand) and reports each step's time.  Run it
+once after installing, or in a container build, and first calls are fast from
+then on.
 
 Dimensions and bit widths of TurboQuant and QJL are run-time arguments of the
 kernels: one small dimension (:data:`DIM`) compiles what every dimension uses.
 The PolarQuant score compiles one kernel per combination of level bit widths,
 used only from a few thousand rows on (it folds levels 1 and 2 into the
 query); the score step therefore also scores that many rows
-(``numba_backend.fold_rows``).  float16 input is computed in float32 and needs
-nothing more; float64 data compiles its own kernels on first use (not warmed).
+(``numba_backend.polar.fold_rows``).  float16 input is computed in float32 and
+needs nothing more; float64 data compiles its own kernels on first use (not
+warmed).
 
 Examples
 --------
@@ -36,6 +38,8 @@ import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
+
+from .plan import PolarPlan
 
 __all__ = ["DIM", "paper_configs", "warmup"]
 
@@ -84,23 +88,36 @@ def _label(q) -> str:
     return " ".join(parts)
 
 
+def _fold_rows(ops) -> Callable | None:
+    """``fold_rows(plan)`` of the numba backend's PolarQuant score, ``None`` on other backends.
+
+    The rows from which that score folds levels 1 and 2 into the query's table
+    (a kernel of its own, compiled per combination of bit widths).
+    """
+    if ops.NAME != "numba":
+        return None
+    from .backends.numba_backend.polar import fold_rows
+
+    return fold_rows
+
+
 def _steps(groups, ops, xp) -> list[tuple[str, Callable[[], None]]]:
     """``(label, run)`` per operation and group: encode, decode, score, weighted_sum.
 
     The steps share the codes of the encode step; all data is seeded.
     """
     rng = np.random.default_rng(0)
-    fold_rows = getattr(ops, "fold_rows", None)
+    fold_rows = _fold_rows(ops)
     steps = []
     for label, quantizers in groups:
         data = []
         for q in quantizers:
             x = rng.standard_normal((ROWS, q.dim)).astype(np.float32)
             w = rng.standard_normal((2, ROWS)).astype(np.float32)
-            bits = getattr(q, "bits", None)
+            plan = getattr(q.plan, "first", q.plan)  # PolarQuantQJL: its PolarQuant stage
             many = None
-            if fold_rows is not None and hasattr(q, "levels"):  # PolarQuant's folded score
-                many = fold_rows(q.dim, bits)
+            if fold_rows is not None and isinstance(plan, PolarPlan):  # the folded score
+                many = fold_rows(plan)
             big = None if many is None else rng.standard_normal((many, q.dim)).astype(np.float32)
             data.append({"q": q, "x": xp.asarray(x), "w": xp.asarray(w), "big": big})
 

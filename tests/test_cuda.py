@@ -2,29 +2,20 @@
 
 Three layers, the first two run on any machine with a C++ compiler and nvcc:
 
-1. **Sources**: ``kernels.cu`` compiles to PTX with nvcc for sm_80 and sm_90
-   (and with NVRTC, CuPy's compiler, where its library is installed); every
-   kernel the host code asks for exists, with the parameter count the host
-   passes.
-2. **Host side, kernels emulated on the CPU**: CuPy is replaced (through
-   ``_launch.get_cupy``) by a small NumPy-backed fake whose kernels record
-   each launch -- grid, block, dynamic shared memory, arguments checked
-   against the kernel's C signature (exact NumPy scalar types) -- and then run
-   it on the CPU.  The emulator is ``kernels.cu`` itself compiled as plain C++
-   (its thread code is ``__host__ __device__``) plus one small driver per
-   kernel generated from the kernel's signature here, which walks the grid the
-   host planned: every grid-stride thread, every warp of the score kernels,
-   the block-per-row loop of ``polar_encode``, with the shared memory the host
-   asked for (too little is an error).  Outputs are allocated NaN/0xAB-filled,
-   so a missed element shows.  This checks the Python entry points, the launch
-   plans and the kernels' arithmetic against the NumPy reference -- all but
-   the CUDA-only glue (``__syncthreads``, warp shuffles, the real scheduler).
-   Out-of-bounds accesses, silent on a GPU, show under AddressSanitizer::
-
-       PQ_EMULATOR_CXXFLAGS="-fsanitize=address,undefined -g" ASAN_OPTIONS=detect_leaks=0 \
-       LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
-       python -m pytest tests/test_cuda.py -k "not nvcc and not imports_without"
-
+1. **Sources**: ``common.cuh``, ``scalar.cu``, ``sign.cu`` and ``polar.cu``,
+   as the one module CuPy compiles, compile to PTX with nvcc for sm_80 and
+   sm_90 (and with NVRTC, CuPy's compiler, where its library is installed),
+   and each ``.cu`` file compiles on its own; every kernel the host code asks
+   for exists, with the parameters the host passes, in the file of its
+   algorithm, whose header names the reference operations it mirrors.
+2. **Host side, kernels emulated on the CPU**: CuPy is replaced by the fake
+   of ``tests/cuda_emulator.py``, whose kernels record each launch (grid,
+   block, shared memory, device, arguments checked against the kernel's C
+   signature) and run it on the kernels compiled as plain C++.  Every
+   operation against the NumPy reference on the same plan and data: packed
+   bytes identical (away from decision boundaries for the polar transform),
+   decoded values identical, scores and weighted sums within float
+   tolerance; launch plans; the same errors as the reference.
 3. **GPU** (``@pytest.mark.gpu``, skipped unless CuPy sees a CUDA device):
    every operation against the reference on the same data, and the five
    quantizers with ``backend="cupy"``, codes moved between host and device
@@ -33,80 +24,59 @@ Three layers, the first two run on any machine with a C++ compiler and nvcc:
 
 from __future__ import annotations
 
-import ctypes
-import os
 import re
-import shutil
 import subprocess
-import types
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from polarquant.backends import OPERATIONS
 from polarquant.backends import cupy_backend as cb
 from polarquant.backends import numpy_backend as ref
 from polarquant.backends.cupy_backend import _launch
 
-from polarquant.packing import unpack_codes
+from polarquant.codebooks import Codebook, angle_codebook
+from polarquant.packing import pack_codes, unpack_codes
+from polarquant.plan import PolarPlan, ScalarPlan, SignPlan
 from polarquant.polar import polar_transform
+from tests.cuda_emulator import (
+    SIGNATURES,
+    SOURCE,
+    SOURCE_DIR,
+    FakeArray,
+    build_emulator,
+    cxx,
+    dev,
+    host,
+    install_fake_cupy,
+)
 
-SOURCE = _launch.kernel_source()
-CU_PATH = Path(cb.__file__).with_name(_launch.SOURCE)
+
+# ================================================================ fixtures
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    """The kernels compiled for the CPU (``tests/cuda_emulator.py``)."""
+    if cxx() is None:
+        pytest.skip("no C++ compiler to build the CPU emulator of the kernels")
+    return build_emulator(tmp_path_factory.mktemp("cuda_emulator"))
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch, emulator):
+    """CuPy replaced by the fake, kernels run by the emulator."""
+    yield install_fake_cupy(monkeypatch, emulator)
+    _launch.clear_caches()
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """CuPy replaced by the fake, launches only recorded (no compiler needed)."""
+    yield install_fake_cupy(monkeypatch, None)
+    _launch.clear_caches()
 
 
 # ================================================================ 1. sources
-_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\((.*?)\)\s*\{', re.S)
-
-
-def _split_params(text: str) -> list[str]:
-    """Split a C parameter list on top-level commas (macro calls keep theirs)."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "," and depth == 0:
-            out.append(" ".join(cur.split()))
-            cur = ""
-            continue
-        depth += ch == "("
-        depth -= ch == ")"
-        cur += ch
-    out.append(" ".join(cur.split()))
-    return [p for p in out if p]
-
-
-@dataclass(frozen=True)
-class Param:
-    ctype: str  # e.g. "const float*", "long long"
-    name: str
-    levels: bool  # a PQ_LEVEL_PARAMS(type, name) group of MAX_LEVELS pointers
-
-
-def _parse_param(p: str) -> Param:
-    m = re.fullmatch(r"PQ_LEVEL_PARAMS\((.*),\s*(\w+)\)", p)
-    if m:
-        return Param(m.group(1).strip(), m.group(2), True)
-    m = re.fullmatch(r"(.*?)\s*(\w+)", p)
-    return Param(m.group(1).strip(), m.group(2), False)
-
-
-def kernel_signatures(src: str = SOURCE) -> dict[str, list[Param]]:
-    return {
-        name: [_parse_param(p) for p in _split_params(params)]
-        for name, params in _KERNEL_RE.findall(src)
-    }
-
-
-SIGNATURES = kernel_signatures()
-
-
-def _expanded(params: list[Param]) -> list[str]:
-    """C types of the kernel's parameters, level groups expanded."""
-    out = []
-    for p in params:
-        out += [p.ctype] * (_launch.MAX_LEVELS if p.levels else 1)
-    return out
-
-
 def test_every_requested_kernel_is_defined():
     """The host asks only for kernels the source defines, and the source has no orphans."""
     assert sorted(SIGNATURES) == sorted(_launch.KERNELS)
@@ -114,38 +84,89 @@ def test_every_requested_kernel_is_defined():
         assert re.search(rf'extern "C" __global__ void {name}\(', SOURCE), name
 
 
+@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar"])
+def test_kernels_are_filed_by_algorithm_beside_their_reference(algorithm):
+    """``<algorithm>.cu`` defines exactly the ``<algorithm>_*`` kernels; its header names the
+    reference operations it mirrors and the tests that hold it; ``<algorithm>.py`` launches them."""
+    text = _launch.read_source(f"{algorithm}.cu")
+    defined = set(re.findall(r'extern "C" __global__ void (\w+)\(', text))
+    assert defined == {k for k in _launch.KERNELS if k.startswith(f"{algorithm}_")}
+    header = text[: text.index("*/")]
+    ops = [op for op in OPERATIONS if op.startswith(f"{algorithm}_")]
+    assert f"polarquant.backends.numpy_backend.{ops[0]}" in header
+    for op in ops:
+        assert op in header and hasattr(ref, op), op
+    assert "tests/test_cuda.py" in header and "tests/test_backends.py" in header
+    assert f"{algorithm}.py" in header
+    assert text.count('#include "common.cuh"') == 1
+    module = __import__(f"polarquant.backends.cupy_backend.{algorithm}", fromlist=["x"])
+    assert sorted(module.__all__) == sorted(ops)
+    assert all(getattr(cb, op) is getattr(module, op) for op in ops)
+
+
+def test_module_source_is_the_files_in_order():
+    """One source string: the header once, then the three algorithms; no include left."""
+    assert _launch.SOURCES == ("common.cuh", "scalar.cu", "sign.cu", "polar.cu")
+    positions = [SOURCE.index(f"======== {name} ========") for name in _launch.SOURCES]
+    assert positions == sorted(positions)
+    assert '#include "common.cuh"\n' not in SOURCE
+    assert SOURCE.count("#define PQ_COMMON_CUH") == 1
+
+
 def _nvcc() -> str | None:
+    import shutil
+
     for cand in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
         if cand and Path(cand).exists():
             return cand
     return None
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_every_kernel(arch, tmp_path):
-    """``nvcc -std=c++17 -arch=ARCH -ptx``: every kernel is emitted, with the parameters expected."""
-    nvcc = _nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc is not installed (needed to compile-check the CUDA sources)")
-    ptx = tmp_path / f"kernels_{arch}.ptx"
+def _ptx(nvcc, source: Path, out: Path, arch: str, *extra) -> str:
     res = subprocess.run(
-        [nvcc, "-std=c++17", f"-arch={arch}", "-ptx", "-o", str(ptx), str(CU_PATH)],
+        [nvcc, "-std=c++17", f"-arch={arch}", "-ptx", *extra, "-o", str(out), str(source)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    text = ptx.read_text()
+    return out.read_text()
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_every_kernel(arch, tmp_path):
+    """``nvcc -std=c++17 -arch=ARCH -ptx`` of the module source: every kernel is emitted, with
+    the parameters expected (pointers and 64-bit integers ``u64``, ``int`` ``u32``)."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed (needed to compile-check the CUDA sources)")
+    src = tmp_path / "polarquant_kernels.cu"
+    src.write_text(SOURCE)
+    text = _ptx(nvcc, src, tmp_path / f"kernels_{arch}.ptx", arch)
     for name, params in SIGNATURES.items():
         m = re.search(rf"\.entry {name}\((.*?)\)", text, re.S)
         assert m, f"{name} missing from the PTX"
         ptx_params = re.findall(r"\.param \.(\w+)", m.group(1))
-        want = ["u32" if t == "int" else "u64" for t in _expanded(params)]
-        assert ptx_params == want, name
+        assert ptx_params == ["u32" if p.ctype == "int" else "u64" for p in params], name
+
+
+@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar"])
+def test_nvcc_compiles_each_file_on_its_own(algorithm, tmp_path):
+    """Each ``.cu`` file includes what it uses (``common.cuh``) and compiles alone."""
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc is not installed (needed to compile-check the CUDA sources)")
+    text = _ptx(
+        nvcc, SOURCE_DIR / f"{algorithm}.cu", tmp_path / "k.ptx", "sm_80", "-I", str(SOURCE_DIR)
+    )
+    assert set(re.findall(r"\.entry (\w+)\(", text)) == {
+        k for k in _launch.KERNELS if k.startswith(f"{algorithm}_")
+    }
 
 
 def _nvrtc_library():
     """libnvrtc from the nvidia-cuda-nvrtc wheel or the system, if any."""
+    import ctypes
     import ctypes.util
     import glob
     import importlib.util
@@ -173,13 +194,15 @@ def _nvrtc_library():
 
 
 def test_nvrtc_compiles_the_source():
-    """CuPy compiles with NVRTC (no host headers): the source must compile there too."""
+    """CuPy compiles with NVRTC (no host headers, no include path): the source must compile there."""
+    import ctypes
+
     lib = _nvrtc_library()
     if lib is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
     prog = ctypes.c_void_p()
     src = SOURCE.encode()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"kernels.cu", 0, None, None) == 0
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"polarquant.cu", 0, None, None) == 0
     opts = [b"-std=c++17", b"-arch=compute_80"]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
@@ -191,556 +214,12 @@ def test_nvrtc_compiles_the_source():
     assert rc == 0, log.value.decode(errors="replace")
 
 
-# ================================================================ 2. the CPU emulator
-HARNESS_HEAD = r"""
-#include "kernels.cu"
-#include <vector>
-
-namespace {
-
-struct NoSync {
-    void operator()() const {}
-};
-
-/* Emulated dynamic shared memory of one block (8-byte aligned). */
-struct SharedBuf {
-    std::vector<double> storage;
-    explicit SharedBuf(long long bytes) : storage(static_cast<size_t>(bytes / 8 + 2)) {}
-    unsigned char* bytes() { return reinterpret_cast<unsigned char*>(storage.data()); }
-    template <typename T> T* as() { return reinterpret_cast<T*>(storage.data()); }
-};
-
-enum { OK = 0, BAD_SHARED = 1, BAD_GROUP = 2, BAD_BITS = 3, BAD_STRIDE = 4, BAD_LEVELS = 5,
-       BAD_POINTERS = 6, BAD_LAUNCH = 7 };
-
-bool launch_ok(int gx, int gy, int bx) {
-    return gx >= 1 && gy >= 1 && gy <= 65535 && bx >= 1 && bx <= 1024;
-}
-
-bool group_ok(int group, int bx) {
-    return group >= 1 && group <= 32 && (group & (group - 1)) == 0 && bx % 32 == 0;
-}
-
-/* The warp loop of score_row_groups: warp w of the grid takes rows base + lane / group
- * for base = w * per_warp, + nwarps * per_warp, ...; the group's lanes are summed. */
-template <typename T, typename Partial>
-void emu_row_groups(long long threads_x, long long rows, int group, T* out, Partial partial) {
-    const long long nwarps = threads_x / 32;
-    const int per_warp = 32 / group;
-    for (long long w = 0; w < nwarps; ++w)
-        for (long long base = w * per_warp; base < rows; base += nwarps * per_warp)
-            for (int g = 0; g < per_warp; ++g) {
-                const long long row = base + g;
-                if (row >= rows) continue;
-                T acc = T(0);
-                for (int sub = 0; sub < group; ++sub) acc += partial(row, sub);
-                out[row] = acc;
-            }
-}
-
-#define EMU_CHECK(cond, code) \
-    if (!(cond)) return code
-#define EMU_GRID_STRIDE(call)                                        \
-    do {                                                             \
-        const long long G = static_cast<long long>(gx) * bx;         \
-        for (long long g = 0; g < G; ++g) call;                      \
-    } while (0)
-
-template <typename T>
-int emu_scalar_encode(int gx, int gy, int bx, long long smem, const T* y, long long rows, int n,
-                      const T* bnd, int nbnd, int bits, unsigned char* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(smem >= static_cast<long long>(nbnd) * sizeof(T), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* s = sh.as<T>();
-    stage(s, bnd, nbnd, 0, 1);
-    EMU_GRID_STRIDE(scalar_encode_range(y, rows, n, s, nbnd, bits, out, g, G));
-    return OK;
-}
-
-template <typename T>
-int emu_scalar_values(int gx, int gy, int bx, long long smem, const unsigned char* packed,
-                      long long rows, int n, int bits, const T* cents, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(smem >= (1LL << bits) * static_cast<long long>(sizeof(T)), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* s = sh.as<T>();
-    stage(s, cents, 1 << bits, 0, 1);
-    EMU_GRID_STRIDE(scalar_values_range(packed, rows, n, bits, s, out, g, G));
-    return OK;
-}
-
-template <typename T>
-int emu_scalar_score_lut(int gx, int gy, int bx, long long smem, const T* q, long long nq,
-                         const unsigned char* packed, long long rows, int n, int bits,
-                         const T* cents, int stride, int group, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(group_ok(group, bx), BAD_GROUP);
-    EMU_CHECK(8 % bits == 0, BAD_BITS);
-    const int nbytes = packed_nbytes(n, bits);
-    EMU_CHECK(stride >= nbytes, BAD_STRIDE);
-    EMU_CHECK(smem >= 256LL * stride * static_cast<long long>(sizeof(T)), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* table = sh.as<T>();
-    for (int by = 0; by < gy; ++by)
-        for (long long qi = by; qi < nq; qi += gy) {
-            scalar_lut_build(table, q + qi * n, n, bits, cents, stride, 0, 1);
-            emu_row_groups(static_cast<long long>(gx) * bx, rows, group, out + qi * rows,
-                           [&](long long row, int sub) {
-                               return lut_row_partial(packed + row * nbytes, nbytes, table, stride,
-                                                      sub, group);
-                           });
-        }
-    return OK;
-}
-
-template <typename T>
-int emu_scalar_score_gather(int gx, int gy, int bx, long long smem, const T* q, long long nq,
-                            const unsigned char* packed, long long rows, int n, int bits,
-                            const T* cents, int group, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(group_ok(group, bx), BAD_GROUP);
-    EMU_CHECK(smem >= (1LL << bits) * static_cast<long long>(sizeof(T)), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* s = sh.as<T>();
-    stage(s, cents, 1 << bits, 0, 1);
-    const int nbytes = packed_nbytes(n, bits);
-    for (int by = 0; by < gy; ++by)
-        for (long long qi = by; qi < nq; qi += gy)
-            emu_row_groups(static_cast<long long>(gx) * bx, rows, group, out + qi * rows,
-                           [&](long long row, int sub) {
-                               return gather_row_partial(packed + row * nbytes, q + qi * n, n, bits,
-                                                         s, sub, group);
-                           });
-    return OK;
-}
-
-template <typename T>
-int emu_sign_encode(int gx, int gy, int bx, long long smem, const T* p, long long rows, int m,
-                    unsigned char* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    (void)smem;
-    EMU_GRID_STRIDE(sign_encode_range(p, rows, m, out, g, G));
-    return OK;
-}
-
-template <typename T>
-int emu_sign_values(int gx, int gy, int bx, long long smem, const unsigned char* packed,
-                    long long rows, int m, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    (void)smem;
-    EMU_GRID_STRIDE(sign_values_range(packed, rows, m, out, g, G));
-    return OK;
-}
-
-template <typename T>
-int emu_sign_score_lut(int gx, int gy, int bx, long long smem, const T* s, long long nq,
-                       const unsigned char* packed, long long rows, int m, int stride, int group,
-                       T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(group_ok(group, bx), BAD_GROUP);
-    const int nbytes = packed_nbytes(m, 1);
-    EMU_CHECK(stride >= nbytes, BAD_STRIDE);
-    EMU_CHECK(smem >= 256LL * stride * static_cast<long long>(sizeof(T)), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* table = sh.as<T>();
-    for (int by = 0; by < gy; ++by)
-        for (long long qi = by; qi < nq; qi += gy) {
-            sign_lut_build(table, s + qi * m, m, stride, 0, 1);
-            emu_row_groups(static_cast<long long>(gx) * bx, rows, group, out + qi * rows,
-                           [&](long long row, int sub) {
-                               return lut_row_partial(packed + row * nbytes, nbytes, table, stride,
-                                                      sub, group);
-                           });
-        }
-    return OK;
-}
-
-template <typename T>
-int emu_sign_score_gather(int gx, int gy, int bx, long long smem, const T* s, long long nq,
-                          const unsigned char* packed, long long rows, int m, int group, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(group_ok(group, bx), BAD_GROUP);
-    (void)smem;
-    const int nbytes = packed_nbytes(m, 1);
-    for (int by = 0; by < gy; ++by)
-        for (long long qi = by; qi < nq; qi += gy)
-            emu_row_groups(static_cast<long long>(gx) * bx, rows, group, out + qi * rows,
-                           [&](long long row, int sub) {
-                               return sign_gather_row_partial(packed + row * nbytes, s + qi * m, m,
-                                                              sub, group);
-                           });
-    return OK;
-}
-
-template <typename P>
-bool levels_ok(int levels, const P* ptrs) {
-    if (levels < 1 || levels > PQ_MAX_LEVELS) return false;
-    for (int l = 0; l < PQ_MAX_LEVELS; ++l)
-        if ((l < levels) != (ptrs[l] != nullptr)) return false;  // used levels set, the rest NULL
-    return true;
-}
-
-template <typename T>
-int emu_polar_encode(int gx, int gy, int bx, long long smem, const T* y, long long rows, int dim,
-                     int levels, unsigned long long bits_word, const T* const* bnd,
-                     unsigned char* const* out, T* radii) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(levels_ok(levels, bnd) && levels_ok(levels, out), BAD_POINTERS);
-    EMU_CHECK(smem >= polar_encode_shared_bytes(dim, levels, bits_word, sizeof(T)), BAD_SHARED);
-    SharedBuf shared(smem);
-    const PolarEncodeShared<T> sh = polar_encode_shared<T>(shared.bytes(), dim, levels, bits_word);
-    PolarEncodeLevels<T> lv;
-    polar_encode_levels_init(lv, sh.bnd, out, levels, bits_word);
-    polar_encode_stage_bnd(lv, bnd, 0, 1);
-    const int nr = dim >> levels;
-    for (int b = 0; b < gx; ++b)
-        for (long long row = b; row < rows; row += gx)
-            polar_encode_row(y + row * dim, dim, lv, sh.bufA, sh.bufB, sh.codes, radii + row * nr,
-                             row, 0, 1, NoSync());
-    return OK;
-}
-
-template <typename T>
-int emu_polar_values(int gx, int gy, int bx, long long smem, const T* radii, long long rows,
-                     int dim, int levels, unsigned long long bits_word,
-                     const unsigned char* const* packed, const T* const* cents, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(levels_ok(levels, packed) && levels_ok(levels, cents), BAD_POINTERS);
-    EMU_CHECK(smem >= polar_trig_total(bits_word, levels) * static_cast<long long>(sizeof(T)),
-              BAD_SHARED);
-    SharedBuf sh(smem);
-    PolarCodes<T> pc;
-    polar_codes_init(pc, packed, dim, levels, bits_word, sh.as<T>());
-    polar_trig_build(pc, cents, 0, 1);
-    EMU_GRID_STRIDE(polar_values_range(pc, radii, rows, dim, out, g, G));
-    return OK;
-}
-
-template <typename T>
-int emu_polar_score(int gx, int gy, int bx, long long smem, const T* q, long long nq,
-                    const T* radii, long long rows, int dim, int levels,
-                    unsigned long long bits_word, const unsigned char* const* packed,
-                    const T* const* cents, int group, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(group_ok(group, bx), BAD_GROUP);
-    EMU_CHECK(levels_ok(levels, packed) && levels_ok(levels, cents), BAD_POINTERS);
-    EMU_CHECK(smem >= polar_trig_total(bits_word, levels) * static_cast<long long>(sizeof(T)),
-              BAD_SHARED);
-    SharedBuf sh(smem);
-    PolarCodes<T> pc;
-    polar_codes_init(pc, packed, dim, levels, bits_word, sh.as<T>());
-    polar_trig_build(pc, cents, 0, 1);
-    for (int by = 0; by < gy; ++by)
-        for (long long qi = by; qi < nq; qi += gy)
-            emu_row_groups(static_cast<long long>(gx) * bx, rows, group, out + qi * rows,
-                           [&](long long row, int sub) {
-                               return polar_row_partial(pc, q + qi * dim, radii, row, dim, sub,
-                                                        group);
-                           });
-    return OK;
-}
-
-/* The weighted-sum kernels: block (bx, by) takes its run of rows and the weight-row tiles
- * by * PQ_WS_TILE, + gy * PQ_WS_TILE, ...; its threads run one after the other (their
- * atomicAdds become plain additions). */
-template <typename T>
-int emu_scalar_weighted_sum(int gx, int gy, int bx, long long smem, const T* w, long long nw,
-                            const unsigned char* packed, long long rows, int n, int bits,
-                            const T* cents, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(smem >= (1LL << bits) * static_cast<long long>(sizeof(T)), BAD_SHARED);
-    SharedBuf sh(smem);
-    T* s = sh.as<T>();
-    stage(s, cents, 1 << bits, 0, 1);
-    for (int by = 0; by < gy; ++by)
-        for (int b = 0; b < gx; ++b) {
-            long long start, stop;
-            block_rows(rows, b, gx, start, stop);
-            for (long long i0 = static_cast<long long>(by) * PQ_WS_TILE; i0 < nw;
-                 i0 += static_cast<long long>(gy) * PQ_WS_TILE)
-                for (int t = 0; t < bx; ++t)
-                    scalar_weighted_sum_block(w, nw, packed, rows, n, bits, s, out, i0, start, stop,
-                                              t, bx);
-        }
-    return OK;
-}
-
-template <typename T>
-int emu_polar_weighted_sum(int gx, int gy, int bx, long long smem, const T* w, long long nw,
-                           const T* radii, long long rows, int dim, int levels,
-                           unsigned long long bits_word, const unsigned char* const* packed,
-                           const T* const* cents, T* out) {
-    EMU_CHECK(launch_ok(gx, gy, bx), BAD_LAUNCH);
-    EMU_CHECK(levels_ok(levels, packed) && levels_ok(levels, cents), BAD_POINTERS);
-    EMU_CHECK(smem >= polar_trig_total(bits_word, levels) * static_cast<long long>(sizeof(T)),
-              BAD_SHARED);
-    SharedBuf sh(smem);
-    PolarCodes<T> pc;
-    polar_codes_init(pc, packed, dim, levels, bits_word, sh.as<T>());
-    polar_trig_build(pc, cents, 0, 1);
-    for (int by = 0; by < gy; ++by)
-        for (int b = 0; b < gx; ++b) {
-            long long start, stop;
-            block_rows(rows, b, gx, start, stop);
-            for (long long i0 = static_cast<long long>(by) * PQ_WS_TILE; i0 < nw;
-                 i0 += static_cast<long long>(gy) * PQ_WS_TILE)
-                for (int t = 0; t < bx; ++t)
-                    polar_weighted_sum_block(pc, w, nw, radii, rows, dim, out, i0, start, stop, t,
-                                             bx);
-        }
-    return OK;
-}
-
-}  // namespace
-"""
-
-
-def harness_source() -> str:
-    """The emulator: HARNESS_HEAD plus ``emu_<kernel>`` with each kernel's own parameter list."""
-    parts = [HARNESS_HEAD]
-    for name, params in SIGNATURES.items():
-        op = re.sub(r"_f(32|64)$", "", name)
-        decl = ", ".join(
-            f"PQ_LEVEL_PARAMS({p.ctype}, {p.name})" if p.levels else f"{p.ctype} {p.name}"
-            for p in params
-        )
-        body, call = [], []
-        for p in params:
-            if p.levels:
-                body.append(
-                    f"    {p.ctype} const {p.name}_levels[PQ_MAX_LEVELS] = "
-                    f"PQ_LEVEL_ARRAY({p.name});"
-                )
-                call.append(f"{p.name}_levels")
-            else:
-                call.append(p.name)
-        parts.append(
-            f'extern "C" int emu_{name}(int gx, int gy, int bx, long long smem, {decl}) {{\n'
-            + "\n".join(body)
-            + f"\n    return emu_{op}(gx, gy, bx, smem, {', '.join(call)});\n}}\n"
-        )
-    return "\n".join(parts)
-
-
-def _cxx() -> str | None:
-    return shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """``kernels.cu`` compiled for the CPU as a shared library of ``emu_<kernel>`` drivers."""
-    cxx = _cxx()
-    if cxx is None:
-        pytest.skip("no C++ compiler to build the CPU emulator of the kernels")
-    d = tmp_path_factory.mktemp("cuda_emulator")
-    (d / "harness.cpp").write_text(harness_source())
-    lib = d / "libpq_emu.so"
-    res = subprocess.run(
-        [
-            cxx,
-            "-std=c++17",
-            "-O1",
-            "-shared",
-            "-fPIC",
-            "-ffp-contract=off",
-            "-Wall",
-            f"-I{CU_PATH.parent}",
-            # e.g. "-fsanitize=address,undefined" (run with LD_PRELOAD=libasan.so)
-            *os.environ.get("PQ_EMULATOR_CXXFLAGS", "").split(),
-            "-o",
-            str(lib),
-            str(d / "harness.cpp"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert res.returncode == 0, res.stderr
-    return ctypes.CDLL(str(lib))
-
-
-# ---------------------------------------------------------------- the fake CuPy
-class FakeArray(np.ndarray):
-    """A NumPy array that claims to live on a CUDA device (``.device.id``)."""
-
-    def __array_finalize__(self, obj):
-        self._device_id = getattr(obj, "_device_id", 0)
-
-    @property
-    def device(self):
-        return FakeDevice(self._device_id)
-
-
-class FakeDevice:
-    def __init__(self, device_id=0):
-        self.id = int(device_id)
-
-    def __enter__(self):
-        FAKE_STATE["device_stack"].append(self.id)
-        return self
-
-    def __exit__(self, *exc):
-        FAKE_STATE["device_stack"].pop()
-
-
-FAKE_STATE: dict = {"device_stack": []}
-
-#: The device the fake reports (an H100 SXM: 132 SMs).
-FAKE_LIMITS = {16: 132, 39: 2048, 81: 233472, 97: 232448}
-
-
-@dataclass
-class Launch:
-    kernel: str
-    grid: tuple
-    block: tuple
-    args: tuple
-    shared_mem: int
-    device: int | None
-
-
-_CTYPE_OF = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64}
-
-
-class FakeKernel:
-    """Records each launch, checks it against the kernel's C signature, then emulates it."""
-
-    def __init__(self, fake, name):
-        self.fake, self.name = fake, name
-        self._max_dynamic = 48 * 1024
-        self.opt_ins = []
-
-    @property
-    def max_dynamic_shared_size_bytes(self):
-        return self._max_dynamic
-
-    @max_dynamic_shared_size_bytes.setter
-    def max_dynamic_shared_size_bytes(self, value):
-        assert isinstance(value, int) and value <= FAKE_LIMITS[97]
-        self._max_dynamic = value
-        self.opt_ins.append(value)
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        stack = FAKE_STATE["device_stack"]
-        self.fake.launches.append(
-            Launch(self.name, grid, block, args, shared_mem, stack[-1] if stack else None)
-        )
-        assert isinstance(grid, tuple) and isinstance(block, tuple) and isinstance(args, tuple)
-        assert all(type(g) is int and g >= 1 for g in grid), grid
-        assert all(type(b) is int and b >= 1 for b in block), block
-        assert len(grid) <= 2 and len(block) == 1
-        assert block[0] <= 1024 and block[0] % 32 == 0
-        assert shared_mem <= self._max_dynamic, "launch above the opted-in shared memory"
-        ctypes_args = self._check_args(args)
-        if self.fake.emulator is not None:
-            gx, gy = (*grid, 1)[:2]
-            fn = getattr(self.fake.emulator, f"emu_{self.name}")
-            rc = fn(
-                ctypes.c_int(gx),
-                ctypes.c_int(gy),
-                ctypes.c_int(block[0]),
-                ctypes.c_longlong(shared_mem),
-                *ctypes_args,
-            )
-            assert rc == 0, f"{self.name}: emulator refused the launch (code {rc})"
-
-    def _check_args(self, args):
-        types_ = _expanded(SIGNATURES[self.name])
-        assert len(args) == len(types_), (self.name, len(args), len(types_))
-        out = []
-        for a, t in zip(args, types_, strict=True):
-            if "*" in t:
-                if type(a) is np.uint64 and int(a) == 0:  # _launch.NULL
-                    out.append(ctypes.c_void_p(None))
-                    continue
-                assert isinstance(a, FakeArray), (self.name, t, type(a))
-                assert a.flags.c_contiguous
-                base = t.replace("const", "").replace("*", "").strip()
-                want = {"float": np.float32, "double": np.float64, "unsigned char": np.uint8}[base]
-                assert a.dtype == want, (self.name, t, a.dtype)
-                out.append(ctypes.c_void_p(a.ctypes.data))
-            else:
-                assert type(a) is _CTYPE_OF[t], (self.name, t, type(a))
-                out.append(
-                    {
-                        "int": ctypes.c_int32,
-                        "long long": ctypes.c_int64,
-                        "unsigned long long": ctypes.c_uint64,
-                    }[t](int(a))
-                )
-        return out
-
-
-class FakeRawModule:
-    def __init__(self, fake, code=None, options=()):
-        assert code == SOURCE and options == ("-std=c++17",)
-        self.fake = fake
-        fake.modules_built += 1
-
-    def get_function(self, name):
-        k = FakeKernel(self.fake, name)
-        self.fake.kernels[name] = k
-        return k
-
-
-def _fill_empty(shape, dtype):
-    dtype = np.dtype(dtype)
-    fill = np.nan if dtype.kind == "f" else 0xAB
-    return np.full(shape, fill, dtype=dtype).view(FakeArray)
-
-
-def make_fake_cupy(emulator=None):
-    fake = types.SimpleNamespace()
-    fake.ndarray = FakeArray
-    fake.launches, fake.kernels, fake.modules_built, fake.emulator = [], {}, 0, emulator
-    fake.asarray = lambda a, dtype=None: np.array(a, dtype=dtype).view(FakeArray)
-    fake.empty = _fill_empty
-    fake.zeros = lambda shape, dtype: np.zeros(shape, dtype=dtype).view(FakeArray)
-    fake.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(FakeArray)
-    fake.RawModule = lambda code=None, options=(): FakeRawModule(fake, code, options)
-    runtime = types.SimpleNamespace(
-        deviceGetAttribute=lambda attr, dev: FAKE_LIMITS[attr], getDevice=lambda: 0
-    )
-    fake.cuda = types.SimpleNamespace(runtime=runtime, Device=FakeDevice)
-    return fake
-
-
-@pytest.fixture
-def fake_cupy(monkeypatch, emulator):
-    """CuPy replaced by the fake, kernels run by the emulator."""
-    fake = make_fake_cupy(emulator)
-    monkeypatch.setattr(_launch, "get_cupy", lambda: fake)
-    _launch.clear_caches()
-    yield fake
-    _launch.clear_caches()
-
-
-@pytest.fixture
-def recorder(monkeypatch):
-    """CuPy replaced by the fake, launches only recorded (no compiler needed)."""
-    fake = make_fake_cupy(None)
-    monkeypatch.setattr(_launch, "get_cupy", lambda: fake)
-    _launch.clear_caches()
-    yield fake
-    _launch.clear_caches()
-
-
-def dev(a):
-    """A host array as a fake device array."""
-    return np.ascontiguousarray(a).view(FakeArray)
-
-
-def host(a):
-    return np.asarray(a).view(np.ndarray)
-
-
-# ---------------------------------------------------------------- data
-def _codebook(rng, bits, dtype):
-    """Random increasing centroids over about [-2.5, 2.5] and their midpoints."""
+# ================================================================ 2. emulated kernels
+def _book(rng, bits) -> Codebook:
+    """Random increasing centroids over about [-2.5, 2.5] and their midpoints as thresholds."""
     c = np.cumsum(rng.uniform(0.5, 1.5, 1 << bits))
     c = (c - c.mean()) * (5.0 / (c[-1] - c[0] + 1.0))
-    return c.astype(dtype), ((c[1:] + c[:-1]) / 2).astype(dtype)
+    return Codebook(c, (c[1:] + c[:-1]) / 2, (c[0] - 1.0, c[-1] + 1.0), 0.0, "random test book")
 
 
 def _away_from(x, boundaries, gap):
@@ -756,32 +235,37 @@ def _tol(dtype):
     return dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-11)
 
 
+def _suffix(dtype) -> str:
+    return "f32" if dtype == np.float32 else "f64"
+
+
 FLOATS = [np.float32, np.float64]
 
 
-# ---------------------------------------------------------------- emulated kernels vs the reference
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("shape", [(7, 37), (3, 2, 128), (1, 1), (5, 0), (0, 16)])
 def test_scalar_encode_and_values(fake_cupy, rng, dtype, bits, shape):
-    cents, bnd = _codebook(rng, bits, dtype)
-    y = _away_from(rng.standard_normal(shape) * 1.2, bnd, 1e-4).astype(dtype)
-    got = cb.scalar_encode(dev(y), dev(bnd), bits)
-    want = ref.scalar_encode(y, bnd, bits)
+    """Packed bytes and decoded values identical to the reference's (inputs 1e-4 from boundaries)."""
+    plan = ScalarPlan(shape[-1], _book(rng, bits))
+    y = _away_from(rng.standard_normal(shape) * 1.2, plan.boundaries.astype(dtype), 1e-4)
+    y = y.astype(dtype)
+    got = cb.scalar_encode(plan, dev(y))
+    want = ref.scalar_encode(plan, y)
     assert isinstance(got, FakeArray) and got.dtype == np.uint8 and got.shape == want.shape
     np.testing.assert_array_equal(host(got), want)
-    n = shape[-1]
-    vals = cb.scalar_values(dev(want), dev(cents), bits, n)
+    vals = cb.scalar_values(plan, dev(want), dtype)
     assert vals.dtype == dtype and vals.shape == shape
-    np.testing.assert_array_equal(host(vals), ref.scalar_values(want, cents, bits, n))
+    np.testing.assert_array_equal(host(vals), ref.scalar_values(plan, want, dtype))
 
 
 def test_scalar_encode_ties_go_up_and_nan_last(fake_cupy):
     """Exactly on a boundary -> the upper cell (side="right"); NaN -> the last cell, as NumPy."""
-    bnd = np.array([-1.0, 0.0, 1.0])
+    book = Codebook(np.array([-1.5, -0.5, 0.5, 1.5]), np.array([-1.0, 0.0, 1.0]), (-2, 2), 0.0)
+    plan = ScalarPlan(8, book)
     y = np.array([[-1.0, 0.0, 1.0, -2.0, np.nan, 0.5, -0.0, np.inf]])
-    got = host(cb.scalar_encode(dev(y), dev(bnd), 2))
-    np.testing.assert_array_equal(got, ref.scalar_encode(y, bnd, 2))
+    got = host(cb.scalar_encode(plan, dev(y)))
+    np.testing.assert_array_equal(got, ref.scalar_encode(plan, y))
     np.testing.assert_array_equal(unpack_codes(got, 2, 8), [[1, 2, 3, 0, 3, 2, 2, 3]])
 
 
@@ -793,36 +277,30 @@ def test_scalar_score(fake_cupy, monkeypatch, rng, dtype, bits, path):
     monkeypatch.setattr(_launch, "LUT_MIN_ROWS", 0 if path == "lut" else 10**9)
     monkeypatch.setattr(_launch, "LUT_MAX_SHARED_BYTES", 200 * 1024)  # the 8-bit float64 table too
     n, rows, nq = 45, 70, 3
-    cents, _ = _codebook(rng, bits, dtype)
-    codes = rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8)
-    from polarquant.packing import pack_codes
-
-    packed = pack_codes(codes, bits)
+    plan = ScalarPlan(n, _book(rng, bits))
+    packed = pack_codes(rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8), bits)
     q = rng.standard_normal((nq, n)).astype(dtype)
-    got = cb.scalar_score(dev(q), dev(packed), dev(cents), bits, n)
+    got = cb.scalar_score(plan, dev(q), dev(packed))
     assert got.shape == (nq, rows) and got.dtype == dtype
-    np.testing.assert_allclose(
-        host(got), ref.scalar_score(q, packed, cents, bits, n), **_tol(dtype)
-    )
-    used = {launch.kernel for launch in fake_cupy.launches}
+    np.testing.assert_allclose(host(got), ref.scalar_score(plan, q, packed), **_tol(dtype))
     lut = path == "lut" and 8 % bits == 0
-    assert used == {
-        f"scalar_score_{'lut' if lut else 'gather'}_{'f32' if dtype == np.float32 else 'f64'}"
-    }
+    used = {launch.kernel for launch in fake_cupy.launches}
+    assert used == {f"scalar_score_{'lut' if lut else 'gather'}_{_suffix(dtype)}"}
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("m", [1, 8, 13, 64, 256, 300])
 def test_sign_encode_values(fake_cupy, rng, dtype, m):
+    plan = SignPlan(m)
     p = rng.standard_normal((9, m)).astype(dtype)
     p[0, : min(m, 3)] = [0.0, -0.0, -1e-30][: min(m, 3)]
-    got = cb.sign_encode(dev(p))
-    want = ref.sign_encode(p)
+    got = cb.sign_encode(plan, dev(p))
+    want = ref.sign_encode(plan, p)
     assert got.shape == want.shape and got.dtype == np.uint8
     np.testing.assert_array_equal(host(got), want)
-    vals = cb.sign_values(dev(want), m, dtype)
+    vals = cb.sign_values(plan, dev(want), dtype)
     assert vals.dtype == dtype
-    np.testing.assert_array_equal(host(vals), ref.sign_values(want, m, dtype))
+    np.testing.assert_array_equal(host(vals), ref.sign_values(plan, want, dtype))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -831,79 +309,72 @@ def test_sign_encode_values(fake_cupy, rng, dtype, m):
 def test_sign_score(fake_cupy, monkeypatch, rng, dtype, m, path):
     monkeypatch.setattr(_launch, "LUT_MIN_ROWS", 0 if path == "lut" else 10**9)
     monkeypatch.setattr(_launch, "LUT_MAX_SHARED_BYTES", 200 * 1024)
-    packed = ref.sign_encode(rng.standard_normal((50, m)))
+    plan = SignPlan(m)
+    packed = ref.sign_encode(plan, rng.standard_normal((50, m)))
     s = rng.standard_normal((4, m)).astype(dtype)
-    got = cb.sign_score(dev(s), dev(packed), m)
+    got = cb.sign_score(plan, dev(s), dev(packed))
     assert got.shape == (4, 50) and got.dtype == dtype
-    np.testing.assert_allclose(host(got), ref.sign_score(s, packed, m), **_tol(dtype))
-    kernel = fake_cupy.launches[-1].kernel
-    assert kernel.startswith(f"sign_score_{path}_")
+    np.testing.assert_allclose(host(got), ref.sign_score(plan, s, packed), **_tol(dtype))
+    assert fake_cupy.launches[-1].kernel.startswith(f"sign_score_{path}_")
 
 
-POLAR_CASES = [  # (dim, levels, bits)
-    (16, 4, (4, 2, 2, 2)),
-    (128, 4, (4, 2, 2, 2)),
-    (96, 5, (3, 3, 2, 2, 1)),
-    (8, 3, (8, 7, 5)),
-    (64, 1, (6,)),
-    (32, 5, (1, 1, 1, 1, 1)),
+POLAR_CASES = [  # (dim, bits per level)
+    (16, (4, 2, 2, 2)),
+    (128, (4, 2, 2, 2)),
+    (96, (3, 3, 2, 2, 1)),
+    (8, (8, 7, 5)),
+    (64, (6,)),
+    (32, (1, 1, 1, 1, 1)),
 ]
 
 
-def _polar_books(dim, levels, bits, dtype):
-    from polarquant.codebooks import angle_codebook
-
-    books = [angle_codebook(level, b) for level, b in zip(range(1, levels + 1), bits, strict=True)]
-    return (
-        [cb_.boundaries.astype(dtype) for cb_ in books],
-        [cb_.centroids.astype(dtype) for cb_ in books],
-    )
+def _polar_plan(dim, bits) -> PolarPlan:
+    return PolarPlan(dim, [angle_codebook(level, b) for level, b in enumerate(bits, start=1)])
 
 
-def _near_boundary(y, levels, bnds, gap):
+def _near_boundary(plan, y, dtype, gap):
     """Per level, True where the reference angle lies within ``gap`` of a boundary."""
-    _, angles = polar_transform(np.asarray(y, dtype=np.float64), levels)
+    _, angles = polar_transform(np.asarray(y, dtype=np.float64), plan.levels)
     return [
-        np.min(np.abs(psi[..., None] - np.asarray(b, np.float64)), axis=-1) < gap
-        if len(b)
-        else np.zeros(psi.shape, bool)
-        for psi, b in zip(angles, bnds, strict=True)
+        np.min(np.abs(psi[..., None] - book.boundaries.astype(dtype).astype(np.float64)), axis=-1)
+        < gap
+        for psi, book in zip(angles, plan.codebooks, strict=True)
     ]
 
 
+def _level_codes(plan, codes, level):
+    return unpack_codes(
+        codes[..., plan.level_slice(level)], plan.bits[level - 1], plan.counts[level - 1]
+    )
+
+
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize(("dim", "levels", "bits"), POLAR_CASES)
-def test_polar_encode_values_score(fake_cupy, rng, dtype, dim, levels, bits):
-    """Codes equal the reference's except for angles within 1e-5 of a boundary; radii, values, scores close."""
-    bnds, cents = _polar_books(dim, levels, bits, dtype)
+@pytest.mark.parametrize(("dim", "bits"), POLAR_CASES)
+def test_polar_encode_values_score(fake_cupy, rng, dtype, dim, bits):
+    """Codes equal the reference's except for angles within 1e-5 of a boundary; radii close;
+    decoded values identical (the plan's cos/sin tables, the same products); scores close."""
+    plan = _polar_plan(dim, bits)
     y = rng.standard_normal((11, dim)).astype(dtype)
     y[0] = 0.0  # a zero row: angles 0, radii 0
     y[1, :2] = [1.0, -1e-30]  # atan2 = -1e-30: plus 2 pi rounds to 2 pi, which maps to 0
-    packed, radii = cb.polar_encode(dev(y), levels, [dev(b) for b in bnds], bits)
-    want_packed, want_radii = ref.polar_encode(y, levels, bnds, bits)
+    codes, radii = cb.polar_encode(plan, dev(y))
+    want_codes, want_radii = ref.polar_encode(plan, y)
+    assert codes.shape == want_codes.shape == (11, plan.nbytes) and codes.dtype == np.uint8
     assert radii.dtype == dtype and radii.shape == want_radii.shape
     np.testing.assert_allclose(host(radii), want_radii, **_tol(dtype))
-    near = _near_boundary(y, levels, bnds, 1e-5 if dtype == np.float32 else 1e-12)
-    for level, (p, w, b, close) in enumerate(zip(packed, want_packed, bits, near, strict=True), 1):
-        assert p.shape == w.shape and p.dtype == np.uint8
-        n = dim >> level
-        diff = unpack_codes(host(p), b, n) != unpack_codes(w, b, n)
+    near = _near_boundary(plan, y, dtype, 1e-5 if dtype == np.float32 else 1e-12)
+    for level, close in enumerate(near, start=1):
+        diff = _level_codes(plan, host(codes), level) != _level_codes(plan, want_codes, level)
         assert not np.any(diff & ~close), f"level {level}: codes differ away from boundaries"
-    vals = cb.polar_values(
-        [dev(p) for p in want_packed], dev(want_radii), [dev(c) for c in cents], bits, dim
-    )
+    vals = cb.polar_values(plan, dev(want_codes), dev(want_radii), dtype)
     assert vals.shape == (11, dim) and vals.dtype == dtype
-    np.testing.assert_allclose(
-        host(vals), ref.polar_values(want_packed, want_radii, cents, bits, dim), **_tol(dtype)
-    )
+    np.testing.assert_array_equal(host(vals), ref.polar_values(plan, want_codes, want_radii, dtype))
     q = rng.standard_normal((3, dim)).astype(dtype)
-    got = cb.polar_score(
-        dev(q), [dev(p) for p in want_packed], dev(want_radii), [dev(c) for c in cents], bits, dim
-    )
+    got = cb.polar_score(plan, dev(q), dev(want_codes), dev(want_radii))
     assert got.shape == (3, 11) and got.dtype == dtype
     np.testing.assert_allclose(
         host(got),
-        ref.polar_score(q, want_packed, want_radii, cents, bits, dim),
+        ref.polar_score(plan, q, want_codes, want_radii),
         rtol=1e-4 if dtype == np.float32 else 1e-10,
         atol=1e-4 if dtype == np.float32 else 1e-10,
     )
@@ -932,82 +403,94 @@ def test_scalar_weighted_sum(fake_cupy, rng, dtype, bits, rows, n, nw):
     """``w @ c[idx]`` against the reference: several blocks of rows (300 rows: 5 blocks), weight
     rows beyond one tile of 8 (9: two ``y`` blocks), ``n`` above the block's 256 threads (300:
     threads take two coordinates), a one-coordinate row (255 threads idle)."""
-    cents, _ = _codebook(rng, bits, dtype)
-    codes = rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8)
-    from polarquant.packing import pack_codes
-
-    packed = pack_codes(codes, bits)
+    plan = ScalarPlan(n, _book(rng, bits))
+    packed = pack_codes(rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8), bits)
     w = rng.standard_normal((nw, rows)).astype(dtype)
-    got = cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), bits, n)
-    want = ref.scalar_weighted_sum(w, packed, cents, bits, n)
-    _assert_weighted(got, want, w, ref.scalar_values(packed, cents, bits, n), WS_RTOL[dtype])
+    got = cb.scalar_weighted_sum(plan, dev(w), dev(packed))
+    want = ref.scalar_weighted_sum(plan, w, packed)
+    _assert_weighted(got, want, w, ref.scalar_values(plan, packed, dtype), WS_RTOL[dtype])
     (launch,) = fake_cupy.launches
-    assert launch.kernel == f"scalar_weighted_sum_{'f32' if dtype == np.float32 else 'f64'}"
+    assert launch.kernel == f"scalar_weighted_sum_{_suffix(dtype)}"
     assert launch.grid == (-(-rows // 64), -(-nw // 8))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize(("dim", "levels", "bits"), POLAR_CASES)
-def test_polar_weighted_sum(fake_cupy, rng, dtype, dim, levels, bits):
+@pytest.mark.parametrize(("dim", "bits"), POLAR_CASES)
+def test_polar_weighted_sum(fake_cupy, rng, dtype, dim, bits):
     """``w @ polar_values(...)`` against the reference, 1-D and 2-D weights, 200 rows (4 blocks)."""
-    bnds, cents = _polar_books(dim, levels, bits, dtype)
-    y = rng.standard_normal((200, dim)).astype(dtype)
-    packed, radii = ref.polar_encode(y, levels, bnds, bits)
-    values = ref.polar_values(packed, radii, cents, bits, dim)
-    args = ([dev(p) for p in packed], dev(radii), [dev(c) for c in cents], bits, dim)
+    plan = _polar_plan(dim, bits)
+    codes, radii = ref.polar_encode(plan, rng.standard_normal((200, dim)).astype(dtype))
+    values = ref.polar_values(plan, codes, radii, dtype)
     for shape in [(200,), (10, 200)]:
         w = rng.standard_normal(shape).astype(dtype)
-        got = cb.polar_weighted_sum(dev(w), *args)
-        want = ref.polar_weighted_sum(w, packed, radii, cents, bits, dim)
+        got = cb.polar_weighted_sum(plan, dev(w), dev(codes), dev(radii))
+        want = ref.polar_weighted_sum(plan, w, codes, radii)
         _assert_weighted(got, want, w, values, WS_RTOL[dtype])
     assert fake_cupy.launches[-1].grid == (4, 2)
 
 
 def test_weighted_sum_one_hot_is_the_decode(fake_cupy, rng):
     """One-hot weights pick rows: the sums are the decoded rows, exactly (only zeros are added)."""
-    cents, bnd = _codebook(rng, 3, np.float32)
-    packed = ref.scalar_encode(rng.standard_normal((150, 40)).astype(np.float32), bnd, 3)
+    plan = ScalarPlan(40, _book(rng, 3))
+    packed = ref.scalar_encode(plan, rng.standard_normal((150, 40)).astype(np.float32))
     w = np.zeros((3, 150), np.float32)
     w[[0, 1, 2], [0, 77, 149]] = 1.0
-    got = host(cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), 3, 40))
-    np.testing.assert_array_equal(got, ref.scalar_values(packed, cents, 3, 40)[[0, 77, 149]])
+    got = host(cb.scalar_weighted_sum(plan, dev(w), dev(packed)))
+    np.testing.assert_array_equal(got, ref.scalar_values(plan, packed, np.float32)[[0, 77, 149]])
 
 
 def test_batch_shapes_and_single_rows(fake_cupy, rng):
     """Leading batch axes pass through; a 1-D row scores to ``q.shape[:-1]`` (matmul rules)."""
-    cents, bnd = _codebook(rng, 3, np.float32)
+    plan = ScalarPlan(20, _book(rng, 3))
     y = rng.standard_normal((2, 3, 20)).astype(np.float32)
-    packed = cb.scalar_encode(dev(y), dev(bnd), 3)
+    packed = cb.scalar_encode(plan, dev(y))
     assert packed.shape == (2, 3, 8)
-    assert cb.scalar_values(packed, dev(cents), 3, 20).shape == (2, 3, 20)
+    assert cb.scalar_values(plan, packed, np.float32).shape == (2, 3, 20)
     q = rng.standard_normal((4, 20)).astype(np.float32)
     one = host(packed)[0, 0]
-    s = cb.scalar_score(dev(q), dev(one), dev(cents), 3, 20)
+    s = cb.scalar_score(plan, dev(q), dev(one))
     assert s.shape == (4,)
-    np.testing.assert_allclose(
-        host(s), ref.scalar_score(q, one, cents, 3, 20), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(host(s), ref.scalar_score(plan, q, one), rtol=1e-5, atol=1e-5)
+    polar = _polar_plan(16, (4, 2))
+    codes, radii = cb.polar_encode(polar, dev(rng.standard_normal((2, 3, 16))))
+    assert codes.shape == (2, 3, polar.nbytes) and radii.shape == (2, 3, 4)
+    assert cb.polar_values(polar, codes, radii, np.float64).shape == (2, 3, 16)
+    s = cb.polar_score(polar, dev(q[:, :16]), codes[1, 2], radii[1, 2])
+    assert s.shape == (4,)
 
 
-def test_mixed_and_integer_dtypes_follow_numpy_promotion(fake_cupy, rng):
-    """float32 queries with float64 centroids score in float64, as ``q @ values.T`` does."""
-    cents, _ = _codebook(rng, 2, np.float64)
-    packed = ref.scalar_encode(rng.standard_normal((6, 10)), (cents[1:] + cents[:-1]) / 2, 2)
-    q = rng.standard_normal((2, 10)).astype(np.float32)
-    got = cb.scalar_score(dev(q), dev(packed), dev(cents), 2, 10)
-    assert got.dtype == np.float64
-    np.testing.assert_allclose(host(got), ref.scalar_score(q, packed, cents, 2, 10), rtol=1e-6)
-    y = rng.integers(-3, 3, (4, 9))
-    np.testing.assert_array_equal(
-        host(cb.scalar_encode(dev(y), dev(cents[1:]), 2)), ref.scalar_encode(y, cents[1:], 2)
-    )
+def test_result_dtypes_follow_the_reference(fake_cupy, rng):
+    """Integer queries score in float64 and float16 ones in float32, float16 values decode
+    exactly as the reference's, float64 radii make float64 polar scores: ``q @ values.T``."""
+    plan = ScalarPlan(10, _book(rng, 2))
+    packed = ref.scalar_encode(plan, rng.standard_normal((6, 10)))
+    for q in (rng.integers(-3, 3, (2, 10)), rng.standard_normal((2, 10)).astype(np.float16)):
+        got, want = cb.scalar_score(plan, dev(q), dev(packed)), ref.scalar_score(plan, q, packed)
+        assert got.dtype == want.dtype, (q.dtype, got.dtype, want.dtype)
+        np.testing.assert_allclose(host(got), want, **_tol(np.float32))  # float16 in, float32 out
+    half = cb.scalar_values(plan, dev(packed), np.float16)
+    assert half.dtype == np.float16
+    np.testing.assert_array_equal(host(half), ref.scalar_values(plan, packed, np.float16))
+    y = rng.integers(-3, 3, (4, 10))
+    np.testing.assert_array_equal(host(cb.scalar_encode(plan, dev(y))), ref.scalar_encode(plan, y))
+    polar = _polar_plan(16, (4, 2))
+    codes, radii = ref.polar_encode(polar, rng.standard_normal((5, 16)))
+    q = rng.standard_normal((2, 16)).astype(np.float32)
+    got = cb.polar_score(polar, dev(q), dev(codes), dev(radii))
+    assert got.dtype == np.float64 == ref.polar_score(polar, q, codes, radii).dtype
+    signs = SignPlan(12)
+    bits = ref.sign_encode(signs, rng.standard_normal((3, 12)))
+    s = rng.integers(-2, 3, (2, 12))
+    assert cb.sign_score(signs, dev(s), dev(bits)).dtype == ref.sign_score(signs, s, bits).dtype
+    _, r16 = cb.polar_encode(polar, dev(rng.standard_normal((3, 16)).astype(np.float16)))
+    assert r16.dtype == ref.polar_encode(polar, np.ones((3, 16), np.float16))[1].dtype
 
 
 # ---------------------------------------------------------------- launch plans
 def test_module_is_compiled_once_and_kernels_cached(recorder, rng):
-    cents, bnd = _codebook(rng, 2, np.float32)
+    plan = ScalarPlan(8, _book(rng, 2))
     for _ in range(3):
-        cb.scalar_encode(dev(rng.standard_normal((4, 8)).astype(np.float32)), dev(bnd), 2)
+        cb.scalar_encode(plan, dev(rng.standard_normal((4, 8)).astype(np.float32)))
     assert recorder.modules_built == 1
     assert list(recorder.kernels) == ["scalar_encode_f32"]
     assert len(recorder.launches) == 3
@@ -1017,22 +500,23 @@ def test_module_is_compiled_once_and_kernels_cached(recorder, rng):
     ("rows", "n", "bits", "blocks"),
     [
         (1, 1, 1, 1),  # one byte
-        (3, 100, 3, 2),  # 3 * 38 = 114 bytes... -> 1 block; see below
+        (3, 100, 3, 1),  # 3 * 38 = 114 bytes
         (1000, 128, 4, 250),  # 64000 bytes, not a multiple of 256 threads per block -> ceil
         (100_000, 128, 4, 32 * 132),  # capped at 32 blocks per SM
     ],
 )
-def test_elementwise_grid_sizes(recorder, rows, n, bits, blocks):
-    y = np.zeros((rows, n), np.float32)
-    cb.scalar_encode(dev(y), dev(np.zeros((1 << bits) - 1, np.float32)), bits)
+def test_elementwise_grid_sizes(recorder, rng, rows, n, bits, blocks):
+    plan = ScalarPlan(n, _book(rng, bits))
+    cb.scalar_encode(plan, dev(np.zeros((rows, n), np.float32)))
     (launch,) = recorder.launches
-    work = rows * (-(-n * bits // 8))
     assert launch.block == (256,)
-    assert launch.grid == (min(-(-work // 256), 32 * 132),)
-    if rows != 3:
-        assert launch.grid == (blocks,)
+    assert launch.grid == (blocks,) == (min(-(-rows * plan.nbytes // 256), 32 * 132),)
     assert launch.shared_mem == ((1 << bits) - 1) * 4
     assert launch.device == 0
+    y_, rows_, n_, bits_, bnd, out = launch.args
+    assert (type(rows_), type(n_), type(bits_)) == (np.int64, np.int32, np.int32)
+    assert (int(rows_), int(n_), int(bits_)) == (rows, n, bits)
+    np.testing.assert_array_equal(host(bnd), plan.boundaries.astype(np.float32))
 
 
 def test_grid_caps_for_huge_problems():
@@ -1065,43 +549,45 @@ def test_grid_caps_for_huge_problems():
     assert _launch.weighted_sum_grid(10**9, 10**7, lim) == (1, 65535)
 
 
-def test_empty_problems_launch_nothing(recorder):
+def test_empty_problems_launch_nothing(recorder, rng):
     z = np.zeros
-    out = cb.scalar_encode(dev(z((0, 16), np.float32)), dev(z(3, np.float32)), 2)
+    book = _book(rng, 2)
+    out = cb.scalar_encode(ScalarPlan(16, book), dev(z((0, 16), np.float32)))
     assert out.shape == (0, 4) and out.dtype == np.uint8
-    out = cb.scalar_encode(dev(z((5, 0), np.float32)), dev(z(3, np.float32)), 2)
+    out = cb.scalar_encode(ScalarPlan(0, book), dev(z((5, 0), np.float32)))
     assert out.shape == (5, 0)
-    s = cb.scalar_score(
-        dev(z((2, 0), np.float32)), dev(z((5, 0), np.uint8)), dev(z(4, np.float32)), 2, 0
-    )
+    s = cb.scalar_score(ScalarPlan(0, book), dev(z((2, 0), np.float32)), dev(z((5, 0), np.uint8)))
     assert s.shape == (2, 5) and np.all(host(s) == 0)  # an empty sum is 0, not garbage
-    s = cb.sign_score(dev(z((0, 8), np.float64)), dev(z((5, 1), np.uint8)), 8)
+    s = cb.sign_score(SignPlan(8), dev(z((0, 8), np.float64)), dev(z((5, 1), np.uint8)))
     assert s.shape == (0, 5)
-    v = cb.sign_values(dev(z((0, 2), np.uint8)), 16, np.float32)
+    v = cb.sign_values(SignPlan(16), dev(z((0, 2), np.uint8)), np.float32)
     assert v.shape == (0, 16)
     ws = cb.scalar_weighted_sum(
-        dev(z((3, 0), np.float32)), dev(z((0, 4), np.uint8)), dev(z(4, np.float32)), 2, 16
+        ScalarPlan(16, book), dev(z((3, 0), np.float32)), dev(z((0, 4), np.uint8))
     )
     assert ws.shape == (3, 16) and np.all(host(ws) == 0)  # a sum over no rows is 0
+    polar = PolarPlan(8, [angle_codebook(1, 1)])
     ws = cb.polar_weighted_sum(
-        dev(z((2, 0), np.float64)),
-        [dev(z((0, 1), np.uint8))],
-        dev(z((0, 4), np.float64)),
-        [dev(z(2, np.float64))],
-        [1],
-        8,
+        polar, dev(z((2, 0), np.float64)), dev(z((0, 1), np.uint8)), dev(z((0, 4), np.float64))
     )
     assert ws.shape == (2, 8) and ws.dtype == np.float64 and np.all(host(ws) == 0)
+    codes, radii = cb.polar_encode(polar, dev(z((0, 8), np.float32)))
+    assert codes.shape == (0, 1) and radii.shape == (0, 4)
+    empty = PolarPlan(0, [angle_codebook(1, 2)])
+    v = cb.polar_values(empty, dev(z((3, 0), np.uint8)), dev(z((3, 0), np.float32)), np.float32)
+    assert v.shape == (3, 0)
     assert recorder.launches == []
 
 
-def test_score_launch_plan_and_argument_types(recorder, rng):
+def test_score_launch_plan_and_argument_types(recorder):
     """The 4-bit, d = 128 byte-table plan: 64 KiB table, opted in above 48 KiB, 3 blocks per SM."""
     rows, n, nq = 200_000, 128, 2
+    plan = ScalarPlan(
+        n, Codebook(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16)[:-1] + 1 / 15, (-2, 2), 0.0)
+    )
     packed = np.zeros((rows, 64), np.uint8)
-    cents = np.linspace(-1, 1, 16).astype(np.float32)
     q = np.zeros((nq, n), np.float32)
-    out = cb.scalar_score(dev(q), dev(packed), dev(cents), 4, n)
+    out = cb.scalar_score(plan, dev(q), dev(packed))
     assert out.shape == (nq, rows) and out.dtype == np.float32
     (launch,) = recorder.launches
     assert launch.kernel == "scalar_score_lut_f32"
@@ -1126,52 +612,60 @@ def test_score_launch_plan_and_argument_types(recorder, rng):
         64,
         32,
     )
+    np.testing.assert_array_equal(host(c_), plan.centroids.astype(np.float32))
     assert np.shares_memory(o_, out)  # the kernel writes the returned array
     # float64: the table (128 KiB) exceeds the budget -> the gather kernel, centroids in shared
-    cb.scalar_score(dev(q.astype(np.float64)), dev(packed), dev(cents.astype(np.float64)), 4, n)
+    cb.scalar_score(plan, dev(q.astype(np.float64)), dev(packed))
     assert recorder.launches[-1].kernel == "scalar_score_gather_f64"
     assert recorder.launches[-1].shared_mem == 16 * 8
-    # a second call with the same table size does not opt in again
-    cb.scalar_score(dev(q), dev(packed), dev(cents), 4, n)
+    # a second call with the same table size does not opt in again, nor cast the centroids again
+    cb.scalar_score(plan, dev(q), dev(packed))
     assert recorder.kernels["scalar_score_lut_f32"].opt_ins == [65536]
+    assert recorder.launches[-1].args[6] is c_
 
 
-def test_polar_launch_plans(recorder, rng):
-    dim, levels, bits = 128, 4, (4, 2, 2, 2)
-    y = np.zeros((10, dim), np.float32)
-    bnds = [np.zeros((1 << b) - 1, np.float32) for b in bits]
-    packed, radii = cb.polar_encode(dev(y), levels, [dev(b) for b in bnds], bits)
+def test_polar_launch_plans(recorder):
+    """One code array per row, the plan's offsets and tables, built once per dtype and device."""
+    plan = _polar_plan(128, (4, 2, 2, 2))
+    assert plan.offsets == (0, 32, 40, 44, 46)
+    codes, radii = cb.polar_encode(plan, dev(np.zeros((10, 128), np.float32)))
     enc = recorder.launches[-1]
     assert enc.kernel == "polar_encode_f32"
     assert enc.grid == (10,) and enc.block == (64,)
     assert enc.shared_mem == (64 + 32 + 15 + 3 + 3 + 3) * 4 + (128 - 8)
-    assert [tuple(p.shape) for p in packed] == [(10, 32), (10, 8), (10, 4), (10, 2)]
-    assert radii.shape == (10, 8) and radii.dtype == np.float32
-    args = enc.args
-    assert type(args[4]) is np.uint64 and int(args[4]) == 0x2224
-    assert all(a is _launch.NULL for a in args[5 + levels : 5 + 16])  # unused slots are NULL
-    assert all(np.shares_memory(a, p) for a, p in zip(args[21 : 21 + levels], packed, strict=True))
-    assert all(a is _launch.NULL for a in args[21 + levels : 37])
-    assert np.shares_memory(args[37], radii)
-    cents = [dev(np.zeros(1 << b, np.float32)) for b in bits]
-    cb.polar_values(packed, radii, cents, bits, dim)
+    assert codes.shape == (10, 46) and radii.shape == (10, 8) and radii.dtype == np.float32
+    y_, rows_, dim_, levels_, word, bnd, width, offsets, codes_, radii_ = enc.args
+    assert (int(rows_), int(dim_), int(levels_), int(width)) == (10, 128, 4, 15)
+    assert type(word) is np.uint64 and int(word) == 0x2224
+    assert bnd.shape == (4, 15) and bnd.dtype == np.float32
+    for level, book in enumerate(plan.codebooks):
+        np.testing.assert_array_equal(
+            host(bnd)[level, : book.boundaries.shape[0]], book.boundaries.astype(np.float32)
+        )
+    assert offsets.dtype == np.int32 and host(offsets).tolist() == list(plan.offsets)
+    assert np.shares_memory(codes_, codes) and np.shares_memory(radii_, radii)
+    cb.polar_values(plan, codes, radii, np.float32)
     v = recorder.launches[-1]
     assert v.kernel == "polar_values_f32" and v.grid == (-(-10 * 64 // 256),)
     assert v.shared_mem == 2 * (16 + 4 + 4 + 4) * 4
-    cb.polar_score(dev(np.zeros((3, dim), np.float32)), packed, radii, cents, bits, dim)
+    r_, rows_, dim_, levels_, word, offsets_v, codes_v, cos_t, sin_t, width, out = v.args
+    assert offsets_v is offsets and np.shares_memory(codes_v, codes)
+    cos_h, sin_h = plan.trig_tables(np.float32)
+    np.testing.assert_array_equal(host(cos_t), cos_h)
+    np.testing.assert_array_equal(host(sin_t), sin_h)
+    assert int(width) == 16
+    cb.polar_score(plan, dev(np.zeros((3, 128), np.float32)), codes, radii)
     s = recorder.launches[-1]
-    assert (
-        s.kernel == "polar_score_f32" and s.grid == (2, 3) and int(s.args[-2]) == 32
-    )  # 8 rows per block
+    assert s.kernel == "polar_score_f32" and s.grid == (2, 3) and int(s.args[-2]) == 32
+    assert s.args[9] is cos_t and s.args[10] is sin_t  # kept with the plan, not rebuilt
 
 
-def test_weighted_sum_launch_plans(recorder):
+def test_weighted_sum_launch_plans(recorder, rng):
     """Arguments typed as the C signatures, the zeroed output written, shared memory sized."""
     rows, n, nw = 32768, 128, 3
-    packed = np.zeros((rows, 64), np.uint8)
-    cents = np.zeros(16, np.float32)
+    plan = ScalarPlan(n, _book(rng, 4))
     w = np.zeros((nw, rows), np.float32)
-    out = cb.scalar_weighted_sum(dev(w), dev(packed), dev(cents), 4, n)
+    out = cb.scalar_weighted_sum(plan, dev(w), dev(np.zeros((rows, 64), np.uint8)))
     assert out.shape == (nw, n) and out.dtype == np.float32
     (launch,) = recorder.launches
     assert launch.kernel == "scalar_weighted_sum_f32"
@@ -1186,123 +680,208 @@ def test_weighted_sum_launch_plans(recorder):
     )
     assert (int(nw_), int(rows_), int(n_), int(bits_)) == (nw, rows, n, 4)
     assert np.shares_memory(o_, out) and np.all(host(out) == 0)  # zeros: the kernel adds into it
-    bits = (4, 2, 2, 2)
-    packed = [dev(np.zeros((100, (128 >> lv) * b // 8), np.uint8)) for lv, b in enumerate(bits, 1)]
-    cents = [dev(np.zeros(1 << b, np.float64)) for b in bits]
-    w = dev(np.zeros((20, 100), np.float64))
-    out = cb.polar_weighted_sum(w, packed, dev(np.zeros((100, 8), np.float64)), cents, bits, 128)
+    polar = _polar_plan(128, (4, 2, 2, 2))
+    out = cb.polar_weighted_sum(
+        polar,
+        dev(np.zeros((20, 100), np.float64)),
+        dev(np.zeros((100, polar.nbytes), np.uint8)),
+        dev(np.zeros((100, 8), np.float64)),
+    )
     launch = recorder.launches[-1]
     assert launch.kernel == "polar_weighted_sum_f64" and launch.grid == (2, 3)
     assert launch.shared_mem == 2 * (16 + 4 + 4 + 4) * 8
     assert type(launch.args[6]) is np.uint64 and int(launch.args[6]) == 0x2224
-    assert all(a is _launch.NULL for a in launch.args[7 + 4 : 7 + 16])
+    assert host(launch.args[7]).tolist() == list(polar.offsets)
     assert np.shares_memory(launch.args[-1], out) and out.shape == (20, 128)
 
 
 def test_arrays_on_another_device_run_there(recorder, rng):
-    """Output and launch follow the inputs' device; inputs spread over devices are refused."""
-    y = dev(np.zeros((4, 8), np.float32))
-    y._device_id = 1
-    b = dev(np.zeros(3, np.float32))
-    b._device_id = 1
-    cb.scalar_encode(y, b, 2)
-    assert recorder.launches[-1].device == 1
+    """Output, launch and the plan's constants follow the inputs' device (the fake checks every
+    pointer argument is on the launch's device); inputs spread over devices are refused."""
+    plan = ScalarPlan(8, _book(rng, 2))
+    cb.scalar_encode(plan, dev(np.zeros((4, 8), np.float32)))
+    out = cb.scalar_encode(plan, dev(np.zeros((4, 8), np.float32), device_id=1))
+    assert recorder.launches[-1].device == 1 and out.device.id == 1
+    assert recorder.launches[-2].args[4] is not recorder.launches[-1].args[4]  # one copy each
+    polar = _polar_plan(16, (4, 2))
+    codes, radii = cb.polar_encode(polar, dev(np.ones((2, 16), np.float32), device_id=1))
+    assert codes.device.id == 1 and recorder.launches[-1].device == 1
+    cb.polar_values(polar, codes, radii, np.float32)
     with pytest.raises(ValueError, match="one device"):
-        cb.scalar_encode(y, dev(np.zeros(3, np.float32)), 2)
+        cb.scalar_score(plan, dev(np.zeros((1, 8), np.float32)), out)
+    with pytest.raises(ValueError, match="one device"):
+        cb.polar_values(polar, codes, dev(host(radii)), np.float32)
 
 
 # ---------------------------------------------------------------- errors
+def _plans():
+    book = Codebook(np.linspace(-1, 1, 4), np.array([-0.5, 0.0, 0.5]), (-2, 2), 0.0)
+    return ScalarPlan(8, book), SignPlan(8), PolarPlan(4, [angle_codebook(1, 2)])
+
+
 def _numpy_input_calls():
+    scalar, sign, polar = _plans()
     f, u = np.zeros((2, 8), np.float32), np.zeros((2, 2), np.uint8)
-    c, b = np.zeros(4, np.float32), np.zeros(3, np.float32)
+    s1, pc, pr = (
+        np.zeros((2, 1), np.uint8),
+        np.zeros((2, 1), np.uint8),
+        np.zeros((2, 2), np.float32),
+    )
+    w = np.zeros((1, 2), np.float32)
     return [
-        ("x", lambda: cb.scalar_encode(f, dev(b), 2)),
-        ("boundaries", lambda: cb.scalar_encode(dev(f), b, 2)),
-        ("packed codes", lambda: cb.scalar_values(u, dev(c), 2, 8)),
-        ("centroids", lambda: cb.scalar_values(dev(u), c, 2, 8)),
-        ("queries", lambda: cb.scalar_score(f, dev(u), dev(c), 2, 8)),
-        ("x", lambda: cb.sign_encode(f)),
-        ("packed codes", lambda: cb.sign_values(np.zeros((2, 1), np.uint8), 8, np.float32)),
-        ("queries", lambda: cb.sign_score(f, dev(np.zeros((2, 1), np.uint8)), 8)),
-        ("x", lambda: cb.polar_encode(f, 1, [dev(b)], [2])),
-        (
-            "radii",
-            lambda: cb.polar_values(
-                [dev(np.zeros((2, 1), np.uint8))], np.zeros((2, 4), np.float32), [dev(c)], [2], 8
-            ),
-        ),
-        (
-            "weights",
-            lambda: cb.scalar_weighted_sum(np.zeros((1, 2), np.float32), dev(u), dev(c), 2, 8),
-        ),
-        (
-            "weights",
-            lambda: cb.polar_weighted_sum(
-                np.zeros((1, 2), np.float32),
-                [dev(np.zeros((2, 1), np.uint8))],
-                dev(np.zeros((2, 4), np.float32)),
-                [dev(c)],
-                [2],
-                8,
-            ),
-        ),
+        ("x", lambda: cb.scalar_encode(scalar, f)),
+        ("packed codes", lambda: cb.scalar_values(scalar, u, np.float32)),
+        ("packed codes", lambda: cb.scalar_score(scalar, dev(f), u)),
+        ("queries", lambda: cb.scalar_score(scalar, f, dev(u))),
+        ("weights", lambda: cb.scalar_weighted_sum(scalar, w, dev(u))),
+        ("x", lambda: cb.sign_encode(sign, f)),
+        ("packed codes", lambda: cb.sign_values(sign, s1, np.float32)),
+        ("queries", lambda: cb.sign_score(sign, f, dev(s1))),
+        ("x", lambda: cb.polar_encode(polar, np.zeros((2, 4), np.float32))),
+        ("angle codes", lambda: cb.polar_values(polar, pc, dev(pr), np.float32)),
+        ("radii", lambda: cb.polar_values(polar, dev(pc), pr, np.float32)),
+        ("queries", lambda: cb.polar_score(polar, np.zeros((1, 4), np.float32), dev(pc), dev(pr))),
+        ("weights", lambda: cb.polar_weighted_sum(polar, w, dev(pc), dev(pr))),
     ]
 
 
 @pytest.mark.parametrize(("name", "call"), _numpy_input_calls())
 def test_numpy_input_is_a_type_error(recorder, name, call):
-    with pytest.raises(TypeError, match="the cupy backend needs CuPy arrays") as err:
+    with pytest.raises(TypeError, match="the cupy backend runs on CuPy arrays") as err:
         call()
     msg = str(err.value)
     assert "never moves data between host and device implicitly" in msg
-    assert "cupy.asarray" in msg and name in msg
+    assert "cupy.asarray" in msg and f"but {name} is a numpy.ndarray" in msg
     assert recorder.launches == []
 
 
-def test_bad_dtypes_and_shapes(recorder):
-    f = dev(np.zeros((2, 8), np.float32))
-    b = dev(np.zeros(3, np.float32))
-    c = dev(np.zeros(4, np.float32))
-    u = dev(np.zeros((2, 2), np.uint8))
-    with pytest.raises(TypeError, match="real floats"):
-        cb.scalar_encode(dev(np.zeros((2, 8), np.complex64)), b, 2)
-    with pytest.raises(TypeError, match="uint8"):
-        cb.scalar_values(dev(np.zeros((2, 2), np.int16)), c, 2, 8)
-    with pytest.raises(ValueError, match="bytes per vector"):
-        cb.scalar_values(u, c, 2, 9)
-    with pytest.raises(ValueError, match="0-d"):
-        cb.scalar_encode(np.array(1.0, np.float32).view(FakeArray), b, 2)
-    with pytest.raises(ValueError, match="boundaries"):
-        cb.scalar_encode(f, dev(np.zeros(4, np.float32)), 2)
-    with pytest.raises(ValueError, match="1-D"):
-        cb.scalar_encode(f, dev(np.zeros((1, 3), np.float32)), 2)
-    with pytest.raises(IndexError, match="centroids"):
-        cb.scalar_values(u, dev(np.zeros(3, np.float32)), 2, 8)
-    with pytest.raises(ValueError, match="last dimension"):
-        cb.scalar_score(dev(np.zeros((2, 7), np.float32)), u, c, 2, 8)
-    with pytest.raises(ValueError, match="bits"):
-        cb.scalar_encode(f, b, 9)
-    with pytest.raises(TypeError, match="bits"):
-        cb.scalar_encode(f, b, 2.0)
-    with pytest.raises(ValueError, match="divisible"):
-        cb.polar_encode(dev(np.zeros((2, 12), np.float32)), 3, [b, b, b], [2, 2, 2])
-    with pytest.raises(ValueError, match="full codebook"):
-        cb.polar_encode(f, 1, [dev(np.zeros(2, np.float32))], [2])
-    with pytest.raises(ValueError, match="at most 16"):
-        cb.polar_encode(dev(np.zeros((1, 1 << 17), np.float32)), 17, [b] * 17, [2] * 17)
-    with pytest.raises(ValueError, match="do not match"):
+def _bad_calls(mod, arr):
+    """(what, call) pairs of one bad argument each, for every operation; ``arr`` makes arrays."""
+    scalar, sign, polar = _plans()
+    f32 = np.float32
+    packed, signs = arr(np.zeros((5, 2), np.uint8)), arr(np.zeros((5, 1), np.uint8))
+    codes, radii = arr(np.zeros((5, 1), np.uint8)), arr(np.ones((5, 1), f32))
+    return [
+        (
+            "scalar_encode complex",
+            lambda: mod.scalar_encode(scalar, arr(np.ones((2, 8), np.complex64))),
+        ),
+        ("scalar_encode width", lambda: mod.scalar_encode(scalar, arr(np.ones((2, 7), f32)))),
+        ("scalar_encode 0-d", lambda: mod.scalar_encode(scalar, arr(np.array(1.0, f32)))),
+        (
+            "scalar_values int16",
+            lambda: mod.scalar_values(scalar, arr(np.zeros((5, 2), np.int16)), f32),
+        ),
+        (
+            "scalar_values bytes",
+            lambda: mod.scalar_values(scalar, arr(np.zeros((5, 3), np.uint8)), f32),
+        ),
+        ("scalar_values dtype", lambda: mod.scalar_values(scalar, packed, np.int32)),
+        (
+            "scalar_score queries",
+            lambda: mod.scalar_score(scalar, arr(np.ones((3, 7), f32)), packed),
+        ),
+        (
+            "scalar_score 3-d",
+            lambda: mod.scalar_score(
+                scalar, arr(np.ones((3, 8), f32)), arr(np.zeros((2, 5, 2), np.uint8))
+            ),
+        ),
+        (
+            "scalar_weighted_sum weights",
+            lambda: mod.scalar_weighted_sum(scalar, arr(np.ones((3, 4), f32)), packed),
+        ),
+        (
+            "scalar_weighted_sum 1-D codes",
+            lambda: mod.scalar_weighted_sum(
+                scalar, arr(np.ones((3, 2), f32)), arr(np.zeros(2, np.uint8))
+            ),
+        ),
+        (
+            "scalar_weighted_sum 0-d",
+            lambda: mod.scalar_weighted_sum(scalar, arr(np.array(1.0, f32)), packed),
+        ),
+        (
+            "scalar_weighted_sum complex",
+            lambda: mod.scalar_weighted_sum(scalar, arr(np.ones((1, 5), np.complex64)), packed),
+        ),
+        ("sign_encode width", lambda: mod.sign_encode(sign, arr(np.ones((2, 9), f32)))),
+        ("sign_values bytes", lambda: mod.sign_values(sign, arr(np.zeros((5, 2), np.uint8)), f32)),
+        ("sign_score queries", lambda: mod.sign_score(sign, arr(np.ones((3, 9), f32)), signs)),
+        ("polar_encode width", lambda: mod.polar_encode(polar, arr(np.ones((2, 6), f32)))),
+        (
+            "polar_values radii",
+            lambda: mod.polar_values(polar, codes, arr(np.ones((5, 3), f32)), f32),
+        ),
+        (
+            "polar_values int radii",
+            lambda: mod.polar_values(polar, codes, arr(np.ones((5, 2), np.int32)), f32),
+        ),
+        (
+            "polar_values codes",
+            lambda: mod.polar_values(polar, arr(np.zeros((5, 2), np.uint8)), radii, f32),
+        ),
+        (
+            "polar_score queries",
+            lambda: mod.polar_score(
+                polar, arr(np.ones((3, 5), f32)), codes, arr(np.ones((5, 2), f32))
+            ),
+        ),
+        (
+            "polar_weighted_sum weights",
+            lambda: mod.polar_weighted_sum(
+                polar, arr(np.ones((3, 6), f32)), codes, arr(np.ones((5, 2), f32))
+            ),
+        ),
+    ]
+
+
+def _outcome(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the test compares whatever is raised
+        return type(exc), str(exc)
+    return None, None
+
+
+def test_same_errors_as_the_reference(recorder):
+    """The same bad input raises the same exception type with the same message as on the
+    reference (the shared checks of ``_checks``, run in the same order), and launches nothing."""
+    ours = [_outcome(c) for _, c in _bad_calls(cb, dev)]
+    theirs = [_outcome(c) for _, c in _bad_calls(ref, np.asarray)]
+    for (what, _), got, want in zip(_bad_calls(ref, np.asarray), ours, theirs, strict=True):
+        assert want[0] is not None, f"{what}: the reference raised nothing"
+        assert got == want, what
+    assert recorder.launches == []
+
+
+def test_kernel_limits_are_value_errors(recorder):
+    """What the plan allows but the kernels cannot do: more than 16 levels (the bit widths
+    travel in one 64-bit word), a polar_encode row larger than the device's shared memory."""
+    deep = PolarPlan(1 << 17, [angle_codebook(min(level, 4), 1) for level in range(1, 18)])
+    with pytest.raises(ValueError, match="at most 16 polar levels"):
+        cb.polar_encode(deep, dev(np.zeros((1, 1 << 17), np.float32)))
+    with pytest.raises(ValueError, match="at most 16 polar levels"):
         cb.polar_values(
-            [dev(np.zeros((2, 1), np.uint8))], dev(np.zeros((2, 3), np.float32)), [c], [2], 8
+            deep,
+            dev(np.zeros((1, deep.nbytes), np.uint8)),
+            dev(np.zeros((1, 1), np.float32)),
+            np.float32,
         )
-    with pytest.raises(ValueError, match="matmul mismatch"):
-        cb.scalar_weighted_sum(dev(np.zeros((1, 3), np.float32)), u, c, 2, 8)
-    with pytest.raises(ValueError, match="0-d"):
-        cb.scalar_weighted_sum(np.array(1.0, np.float32).view(FakeArray), u, c, 2, 8)
-    with pytest.raises(ValueError, match=r"codes shaped \(rows, nbytes\)"):
-        cb.scalar_weighted_sum(dev(np.zeros(8, np.float32)), dev(np.zeros(2, np.uint8)), c, 2, 8)
-    with pytest.raises(TypeError, match="real floats"):
-        cb.scalar_weighted_sum(dev(np.zeros((1, 2), np.complex64)), u, c, 2, 8)
+    wide = _polar_plan(1 << 16, (4, 2))
+    with pytest.raises(ValueError, match="shared memory"):
+        cb.polar_encode(wide, dev(np.zeros((1, 1 << 16), np.float64)))
     assert recorder.launches == []
+
+
+def test_configure_threads_is_a_checked_no_op():
+    """Nothing to configure on the device; the arguments are checked as on the reference."""
+    assert cb.configure_threads() is None and cb.configure_threads(4) is None
+    for kwargs in ({"threads": 0}, {"threads": 2.0}, {"spin_count": 10}):
+        got = _outcome(lambda kw=kwargs: cb.configure_threads(**kw))
+        want = _outcome(lambda kw=kwargs: ref.configure_threads(**kw))
+        assert got[0] is want[0] is not None, kwargs
+        assert got[1] == want[1].replace("numpy backend", "cupy backend"), kwargs
 
 
 def test_module_imports_without_cupy():
@@ -1311,10 +890,15 @@ def test_module_imports_without_cupy():
         "import sys; from polarquant.backends import cupy_backend; "
         "print('cupy' in sys.modules, cupy_backend.NAME)"
     )
-    import sys
-
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "cupy"]
+
+
+def test_backend_module_follows_the_protocol():
+    from polarquant.backends import Backend
+
+    assert isinstance(cb, Backend)
+    assert cb.NAME == "cupy" and cb.SCORES_FROM_CODES is False
 
 
 # ================================================================ 3. on a CUDA device
@@ -1354,20 +938,20 @@ def test_gpu_scalar_ops(cp, monkeypatch, rng, dtype, bits, path):
     monkeypatch.setattr(_launch, "LUT_MIN_ROWS", 0 if path == "lut" else 10**9)
     monkeypatch.setattr(_launch, "LUT_MAX_SHARED_BYTES", 200 * 1024)
     n, rows = 131, 3000
-    cents, bnd = _codebook(rng, bits, dtype)
-    y = _away_from(rng.standard_normal((rows, n)), bnd, 1e-4).astype(dtype)
-    packed = cb.scalar_encode(cp.asarray(y), cp.asarray(bnd), bits)
-    want = ref.scalar_encode(y, bnd, bits)
+    plan = ScalarPlan(n, _book(rng, bits))
+    y = _away_from(rng.standard_normal((rows, n)), plan.boundaries.astype(dtype), 1e-4).astype(
+        dtype
+    )
+    packed = cb.scalar_encode(plan, cp.asarray(y))
+    want = ref.scalar_encode(plan, y)
     np.testing.assert_array_equal(cp.asnumpy(packed), want)
     np.testing.assert_array_equal(
-        cp.asnumpy(cb.scalar_values(packed, cp.asarray(cents), bits, n)),
-        ref.scalar_values(want, cents, bits, n),
+        cp.asnumpy(cb.scalar_values(plan, packed, dtype)), ref.scalar_values(plan, want, dtype)
     )
     q = rng.standard_normal((5, n)).astype(dtype)
-    got = cb.scalar_score(cp.asarray(q), packed, cp.asarray(cents), bits, n)
     np.testing.assert_allclose(
-        cp.asnumpy(got),
-        ref.scalar_score(q, want, cents, bits, n),
+        cp.asnumpy(cb.scalar_score(plan, cp.asarray(q), packed)),
+        ref.scalar_score(plan, q, want),
         rtol=1e-4 if dtype == np.float32 else 1e-10,
         atol=1e-4 if dtype == np.float32 else 1e-10,
     )
@@ -1381,18 +965,19 @@ def test_gpu_scalar_ops(cp, monkeypatch, rng, dtype, bits, path):
 def test_gpu_sign_ops(cp, monkeypatch, rng, dtype, m, path):
     monkeypatch.setattr(_launch, "LUT_MIN_ROWS", 0 if path == "lut" else 10**9)
     monkeypatch.setattr(_launch, "LUT_MAX_SHARED_BYTES", 200 * 1024)
+    plan = SignPlan(m)
     p = rng.standard_normal((2000, m)).astype(dtype)
     p[0, :2] = [0.0, -0.0]
-    packed = cb.sign_encode(cp.asarray(p))
-    want = ref.sign_encode(p)
+    packed = cb.sign_encode(plan, cp.asarray(p))
+    want = ref.sign_encode(plan, p)
     np.testing.assert_array_equal(cp.asnumpy(packed), want)
     np.testing.assert_array_equal(
-        cp.asnumpy(cb.sign_values(packed, m, dtype)), ref.sign_values(want, m, dtype)
+        cp.asnumpy(cb.sign_values(plan, packed, dtype)), ref.sign_values(plan, want, dtype)
     )
     s = rng.standard_normal((3, m)).astype(dtype)
     np.testing.assert_allclose(
-        cp.asnumpy(cb.sign_score(cp.asarray(s), packed, m)),
-        ref.sign_score(s, want, m),
+        cp.asnumpy(cb.sign_score(plan, cp.asarray(s), packed)),
+        ref.sign_score(plan, s, want),
         rtol=1e-4 if dtype == np.float32 else 1e-10,
         atol=1e-3 if dtype == np.float32 else 1e-10,
     )
@@ -1401,30 +986,27 @@ def test_gpu_sign_ops(cp, monkeypatch, rng, dtype, m, path):
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize(("dim", "levels", "bits"), POLAR_CASES)
-def test_gpu_polar_ops(cp, rng, dtype, dim, levels, bits):
-    bnds, cents = _polar_books(dim, levels, bits, dtype)
+@pytest.mark.parametrize(("dim", "bits"), POLAR_CASES)
+def test_gpu_polar_ops(cp, rng, dtype, dim, bits):
+    plan = _polar_plan(dim, bits)
     y = rng.standard_normal((1500, dim)).astype(dtype)
     y[0] = 0.0
-    packed, radii = cb.polar_encode(cp.asarray(y), levels, [cp.asarray(b) for b in bnds], bits)
-    want_packed, want_radii = ref.polar_encode(y, levels, bnds, bits)
+    codes, radii = cb.polar_encode(plan, cp.asarray(y))
+    want_codes, want_radii = ref.polar_encode(plan, y)
     np.testing.assert_allclose(cp.asnumpy(radii), want_radii, **_tol(dtype))
-    near = _near_boundary(y, levels, bnds, 1e-5 if dtype == np.float32 else 1e-12)
-    for level, (p, w, b, close) in enumerate(zip(packed, want_packed, bits, near, strict=True), 1):
-        n = dim >> level
-        diff = unpack_codes(cp.asnumpy(p), b, n) != unpack_codes(w, b, n)
+    near = _near_boundary(plan, y, dtype, 1e-5 if dtype == np.float32 else 1e-12)
+    for level, close in enumerate(near, start=1):
+        diff = _level_codes(plan, cp.asnumpy(codes), level) != _level_codes(plan, want_codes, level)
         assert not np.any(diff & ~close), f"level {level}"
-    dp = [cp.asarray(p) for p in want_packed]
-    dc = [cp.asarray(c) for c in cents]
-    vals = cb.polar_values(dp, cp.asarray(want_radii), dc, bits, dim)
-    np.testing.assert_allclose(
-        cp.asnumpy(vals), ref.polar_values(want_packed, want_radii, cents, bits, dim), **_tol(dtype)
+    dc, dr = cp.asarray(want_codes), cp.asarray(want_radii)
+    np.testing.assert_array_equal(  # the plan's cos/sin tables and the reference's products
+        cp.asnumpy(cb.polar_values(plan, dc, dr, dtype)),
+        ref.polar_values(plan, want_codes, want_radii, dtype),
     )
     q = rng.standard_normal((4, dim)).astype(dtype)
-    got = cb.polar_score(cp.asarray(q), dp, cp.asarray(want_radii), dc, bits, dim)
     np.testing.assert_allclose(
-        cp.asnumpy(got),
-        ref.polar_score(q, want_packed, want_radii, cents, bits, dim),
+        cp.asnumpy(cb.polar_score(plan, cp.asarray(q), dc, dr)),
+        ref.polar_score(plan, q, want_codes, want_radii),
         rtol=1e-4 if dtype == np.float32 else 1e-10,
         atol=1e-3 if dtype == np.float32 else 1e-10,
     )
@@ -1438,30 +1020,21 @@ def test_gpu_weighted_sums(cp, rng, dtype, bits):
     """Both weighted sums on the device against the reference (20,000 rows, 1 and 12 weight rows:
     many blocks adding with atomics, two weight tiles)."""
     rows, n = 20000, 128
-    cents, bnd = _codebook(rng, bits, dtype)
-    packed = ref.scalar_encode(rng.standard_normal((rows, n)).astype(dtype), bnd, bits)
-    values = ref.scalar_values(packed, cents, bits, n)
+    plan = ScalarPlan(n, _book(rng, bits))
+    packed = ref.scalar_encode(plan, rng.standard_normal((rows, n)).astype(dtype))
+    values = ref.scalar_values(plan, packed, dtype)
     for nw in (1, 12):
         w = rng.standard_normal((nw, rows)).astype(dtype)
-        got = cb.scalar_weighted_sum(cp.asarray(w), cp.asarray(packed), cp.asarray(cents), bits, n)
-        want = ref.scalar_weighted_sum(w, packed, cents, bits, n)
+        got = cb.scalar_weighted_sum(plan, cp.asarray(w), cp.asarray(packed))
+        want = ref.scalar_weighted_sum(plan, w, packed)
         _assert_weighted(cp.asnumpy(got), want, w, values, WS_RTOL[dtype])
-    lv, pb = 4, (bits, 2, 2, 2)
-    bnds, pcents = _polar_books(n, lv, pb, dtype)
-    pk, radii = ref.polar_encode(rng.standard_normal((rows, n)).astype(dtype), lv, bnds, pb)
+    polar = _polar_plan(n, (bits, 2, 2, 2))
+    codes, radii = ref.polar_encode(polar, rng.standard_normal((rows, n)).astype(dtype))
     w = rng.standard_normal((12, rows)).astype(dtype)
-    got = cb.polar_weighted_sum(
-        cp.asarray(w),
-        [cp.asarray(p) for p in pk],
-        cp.asarray(radii),
-        [cp.asarray(c) for c in pcents],
-        pb,
-        n,
-    )
-    want = ref.polar_weighted_sum(w, pk, radii, pcents, pb, n)
-    # cos/sin of the centroids come from the device (1 ulp): float64 within 1e-10 of the scale
-    rtol = WS_RTOL[dtype] if dtype == np.float32 else 1e-10
-    _assert_weighted(cp.asnumpy(got), want, w, ref.polar_values(pk, radii, pcents, pb, n), rtol)
+    got = cb.polar_weighted_sum(polar, cp.asarray(w), cp.asarray(codes), cp.asarray(radii))
+    want = ref.polar_weighted_sum(polar, w, codes, radii)
+    values = ref.polar_values(polar, codes, radii, dtype)
+    _assert_weighted(cp.asnumpy(got), want, w, values, WS_RTOL[dtype])
 
 
 def _quantizers():

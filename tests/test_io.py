@@ -22,6 +22,7 @@ import struct
 import tracemalloc
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -653,3 +654,45 @@ def test_backend_is_not_a_configuration_key():
     assert "backend" not in config
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['backend'\]"):
         pq.from_config({**config, "backend": "numba"})
+
+
+V1 = Path(__file__).with_name("data") / "format_v1"
+
+
+@pytest.mark.parametrize("name", ["polarquant", "polarquant_qjl", "turboquant_mse"])
+def test_format_version_1_files_still_load(name, tmp_path):
+    """Files written by polarquant before the angle layout changed (format version 1) still load.
+
+    ``tests/data/format_v1`` was written by the previous release (one field ``angles_<l>``
+    per PolarQuant level): loading joins the levels into the one ``angles`` field, and the
+    decoded vectors equal what that release decoded (stored beside the file) to float32
+    rounding: the codes are the same bytes and the arithmetic is the same, so anything
+    wider than a few ulps would be a level joined in the wrong place.  Encoding the same
+    vectors (``vectors.npy``) today gives the same bytes (the NumPy reference's arithmetic
+    did not change).  Saving again writes the current version, which loads back byte for
+    byte.
+    """
+    codes = pq.load(V1 / f"{name}.npz")
+    with zipfile.ZipFile(V1 / f"{name}.npz") as zf:
+        meta = json.loads(np.load(zf.open("__meta__.npy")).tobytes())
+    assert meta["format_version"] == 1
+    quantizer = pq.from_config(codes.config)
+    assert set(codes.fields) == set(quantizer.field_layout())
+    if "angles" in codes.fields:
+        with np.load(V1 / f"{name}.npz") as old:
+            levels = sorted(k for k in old.files if k.startswith("angles_"))
+            assert levels and "angles" not in old.files
+            joined = np.concatenate([old[k] for k in levels], axis=-1)
+        np.testing.assert_array_equal(codes.fields["angles"], joined)
+    want = np.load(V1 / f"{name}_decoded.npy")
+    np.testing.assert_allclose(quantizer.decode(codes), want, rtol=0, atol=1e-6)
+    # the vectors that release encoded: the reference writes the same bytes today
+    fresh = quantizer.encode(np.load(V1 / "vectors.npy"))
+    for field, value in codes.fields.items():
+        np.testing.assert_array_equal(fresh.fields[field], value, err_msg=field)
+    pq.save(tmp_path / "again.npz", codes)
+    with zipfile.ZipFile(tmp_path / "again.npz") as zf:
+        assert json.loads(np.load(zf.open("__meta__.npy")).tobytes())["format_version"] == 2
+    again = pq.load(tmp_path / "again.npz")
+    for field, value in codes.fields.items():
+        np.testing.assert_array_equal(again.fields[field], value)

@@ -194,9 +194,9 @@ def test_sub_quantizers_use_codebooks_of_their_own_dimension(variant):
     extra = 0 if variant == "mse" else 1  # prod spends one bit on the QJL residual
     out, reg = codec.outlier_quantizer, codec.regular_quantizer
     assert (out.dim, reg.dim) == (32, 96)
-    assert out.stage.codebook == coordinate_codebook(32, 4 - extra)
-    assert reg.stage.codebook == coordinate_codebook(96, 3 - extra)
-    assert out.stage.codebook != coordinate_codebook(128, 4 - extra)
+    assert out.codebook == coordinate_codebook(32, 4 - extra)
+    assert reg.codebook == coordinate_codebook(96, 3 - extra)
+    assert out.codebook != coordinate_codebook(128, 4 - extra)
     assert out.seed != reg.seed  # independent quantizers
 
 

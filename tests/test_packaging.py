@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 #: What the source tree holds besides Python modules that the wheel must carry.
-DATA_SUFFIXES = (".npz", ".txt", ".md", ".cu", ".typed")
+DATA_SUFFIXES = (".npz", ".txt", ".md", ".cu", ".cuh", ".typed")
 
 
 def _source_files() -> set[str]:

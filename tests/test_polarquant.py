@@ -53,7 +53,8 @@ def test_matches_the_per_vector_oracle(rng):
     for i in range(5):
         _, angles = naive.polar_transform(q @ x[i], levels)
         for level, (psi, b) in enumerate(zip(angles, bits, strict=True), start=1):
-            got = unpack_codes(codes.fields[f"angles_{level}"][i], b, len(psi)).tolist()
+            row = codes.fields["angles"][i, pq.plan.level_slice(level)]
+            got = unpack_codes(row, b, len(psi)).tolist()
             cents = angle_codebook(level, b).centroids
             assert got == [naive.nearest(p, cents) for p in psi]
 

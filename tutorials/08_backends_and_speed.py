@@ -225,14 +225,14 @@ m = 256
 qjl = pq.QJL(d, proj_dim=m, seed=0)
 qjl_codes = qjl.encode(keys)
 signs = qjl_codes.fields["signs"]  # (192, 32) uint8: 8 sign bits per byte
-s = qjl.sketch.project(queries)  # (96, 256): S q
+s = qjl.prepare_queries(queries)  # (96, 256): S q, what score hands the backend
 bits = packing.unpack_codes(signs, 1, m).astype(np.float32)  # (192, 256) of 0/1
 pm = packing.unpack_signs(signs, m)  # (192, 256) of -1/+1
 
 lhs = s @ pm.T  # <s, sign(Sk)>
 rhs = 2 * (s @ bits.T) - s.sum(axis=1, keepdims=True)  # 2 sum_{bit=1} s_i - sum_i s_i
 scale = np.abs(s).sum(axis=1, keepdims=True)  # sum_i |s_i|, per query
-by_backend = {name: pq.get_backend(name).sign_score(s, signs, m) for name in COMPARE}
+by_backend = {name: pq.get_backend(name).sign_score(qjl.plan, s, signs) for name in COMPARE}
 
 print(f"signs {signs.shape} {signs.dtype}, projected queries {s.shape}")
 print(f"identity: max |lhs - rhs| / sum|s| = {np.max(np.abs(lhs - rhs) / scale):.1e}")
@@ -249,8 +249,8 @@ assert np.allclose(qjl.score(queries, qjl_codes), expected, rtol=1e-5, atol=1e-6
 # %% [markdown]
 # Now the table itself.  We let the library tell us which signs each of the 256 byte values
 # holds (`unpack_signs` of the bytes $0..255$), build $T$ with one matrix product, and score every
-# key by summing $m/8 = 32$ table entries.  Where Numba is installed we also ask its kernel
-# `byte_tables` (the one `numba_backend.sign_score` uses) for its table and compare.
+# key by summing $m/8 = 32$ table entries: what `numba_backend.sign_score` does, whose
+# result we compared above.
 
 # %%
 nbytes = m // 8
@@ -264,16 +264,6 @@ print(
 )
 assert np.max(np.abs(from_table - lhs) / scale) < 1e-5
 
-if HAVE_NUMBA:
-    # the kernel's layout: row i holds T[i, j, v] at column 256 j + v
-    tables = np.empty((s.shape[0], nbytes * 256), dtype=np.float32)
-    nb.kernels.byte_tables(s, np.array([-1.0, 1.0], dtype=np.float32), 1, tables)
-    kernel_T = tables.reshape(-1, nbytes, 256)
-    rel = np.max(np.abs(kernel_T - T)) / np.abs(s).max()
-    print(f"numba byte_tables vs ours: max |difference| / max |s_i| = {rel:.1e}")
-    assert np.allclose(kernel_T, T, rtol=1e-5, atol=1e-5 * float(np.abs(s).max()))
-else:
-    print("numba not installed: the kernel's own table is not compared")
 
 # %% [markdown]
 # The score of one key is the sum of the table entries under its bytes: in the picture, one white
@@ -314,9 +304,9 @@ plotting.show(fig)
 tq = pq.TurboQuantMSE(d, bits=4, seed=0)
 tq_codes = tq.encode(keys)
 packed = tq_codes.fields["codes"]  # (192, 32): two 4-bit codes per byte
-qr = tq.stage.rotation.apply(queries)  # Q q, once per query
-cents = np.asarray(tq.stage.codebook.centroids, dtype=np.float32)  # the 16 Lloyd-Max centroids
-values = ref.scalar_values(packed, cents, 4, d)  # c[idx]: only to define the check's scale
+qr = tq.prepare_queries(queries)  # Q q, once per query
+cents = np.asarray(tq.plan.centroids, dtype=np.float32)  # the plan's 16 Lloyd-Max centroids
+values = ref.scalar_values(tq.plan, packed, np.float32)  # c[idx]: only to define the check's scale
 cs_scale = np.linalg.norm(qr, axis=1)[:, None] * np.linalg.norm(values, axis=1)[None, :]
 
 codes_of_byte = packing.unpack_codes(byte_values, 4, 2)  # (256, 2): the two codes byte v holds
@@ -326,7 +316,7 @@ exact4 = qr @ values.T
 print(f"table scores: max rel. difference {np.max(np.abs(from_table4 - exact4) / cs_scale):.1e}")
 assert np.max(np.abs(from_table4 - exact4) / cs_scale) < 1e-5
 for name in COMPARE:
-    got = pq.get_backend(name).scalar_score(qr, packed, cents, 4, d)
+    got = pq.get_backend(name).scalar_score(tq.plan, qr, packed)
     err = np.max(np.abs(got - exact4) / cs_scale)
     print(f"{name:6} scalar_score: max rel. difference {err:.1e}")
     assert err < 1e-5
@@ -391,15 +381,15 @@ d2 = 128
 rng = np.random.default_rng(2504_19874)
 x = rng.standard_normal((N_CHECK, d2)).astype(np.float32)
 tq128 = pq.TurboQuantMSE(d2, bits=4, seed=0)
-y = tq128.stage.rotation.apply(x / np.linalg.norm(x, axis=1, keepdims=True))  # rotated unit rows
-bnd = np.asarray(tq128.stage.codebook.boundaries, dtype=np.float32)  # 15 decision thresholds
+y = tq128.prepare_vectors(x)  # the rotated unit rows encode hands the backend
+plan = tq128.plan  # 4 bits, 15 decision thresholds, 64 bytes per row
 
 peak = {}
 for name in COMPARE:
     ops = pq.get_backend(name)
-    ops.scalar_encode(y[:8], bnd, 4)  # warm-up: Numba compiles (or loads from its cache) here
+    ops.scalar_encode(plan, y[:8])  # warm-up: Numba compiles (or loads from its cache) here
     tracemalloc.start()
-    out = ops.scalar_encode(y, bnd, 4)
+    out = ops.scalar_encode(plan, y)
     peak[name] = tracemalloc.get_traced_memory()[1] / out.nbytes
     tracemalloc.stop()
     print(f"{name:6} scalar_encode: peak traced memory = {peak[name]:.2f} x the packed output")
@@ -422,44 +412,43 @@ if HAVE_NUMBA:
 # $y = t_k$ in cell $k + 1$.
 
 # %%
-on_boundaries = bnd[None, :]  # y = t_0, ..., t_14 exactly
+bnd = plan.boundaries.astype(np.float32)
+on_boundaries = np.zeros((1, d2), dtype=np.float32)
+on_boundaries[0, :15] = bnd  # y = t_0, ..., t_14 exactly (and zeros after them)
 for name in COMPARE:
-    tie_codes = packing.unpack_codes(
-        pq.get_backend(name).scalar_encode(on_boundaries, bnd, 4), 4, 15
-    )
-    print(f"{name:6} codes of y = t_k: {tie_codes[0].tolist()}")
-    assert np.array_equal(tie_codes[0], np.arange(1, 16))
+    tie_codes = packing.unpack_codes(pq.get_backend(name).scalar_encode(plan, on_boundaries), 4, d2)
+    print(f"{name:6} codes of y = t_k: {tie_codes[0, :15].tolist()}")
+    assert np.array_equal(tie_codes[0, :15], np.arange(1, 16))
 
 # %%
 qjl128 = pq.QJL(d2, proj_dim=256, seed=0)
 pol128 = pq.PolarQuant(d2, levels=4, bits=(4, 2, 2, 2), seed=0)
-p = qjl128.sketch.project(x)  # S x, (N_CHECK, 256)
-yp = pol128.rotation.apply(x)  # PolarQuant rotates, then transforms (no normalisation)
-pol_bounds = [np.asarray(cb.boundaries, dtype=np.float32) for cb in pol128.codebooks]
+p = qjl128.prepare_vectors(x)  # S x, (N_CHECK, 256)
+yp = pol128.prepare_vectors(x)  # PolarQuant rotates, then transforms (no normalisation)
 
 if not HAVE_NUMBA:
     print("numba not installed: no second backend to compare the codes with")
 else:
     scalar_diff = np.count_nonzero(
-        packing.unpack_codes(nb.scalar_encode(y, bnd, 4), 4, d2)
-        != packing.unpack_codes(ref.scalar_encode(y, bnd, 4), 4, d2)
+        packing.unpack_codes(nb.scalar_encode(plan, y), 4, d2)
+        != packing.unpack_codes(ref.scalar_encode(plan, y), 4, d2)
     )
     sign_diff = np.count_nonzero(
-        packing.unpack_codes(nb.sign_encode(p), 1, 256)
-        != packing.unpack_codes(ref.sign_encode(p), 1, 256)
+        packing.unpack_codes(nb.sign_encode(qjl128.plan, p), 1, 256)
+        != packing.unpack_codes(ref.sign_encode(qjl128.plan, p), 1, 256)
     )
     print(f"scalar codes: {scalar_diff} of {y.size} differ")
     print(f"sign bits:    {sign_diff} of {p.size} differ")
     assert scalar_diff == 0 and sign_diff == 0
 
-    mine, mine_radii = nb.polar_encode(yp, 4, pol_bounds, pol128.bits)
-    theirs, their_radii = ref.polar_encode(yp, 4, pol_bounds, pol128.bits)
+    pplan = pol128.plan  # levels, bits, codebooks, and where each level's codes sit in a row
+    mine, mine_radii = nb.polar_encode(pplan, yp)
+    theirs, their_radii = ref.polar_encode(pplan, yp)
     polar_diff, polar_total = 0, 0
-    for level, (a, b, bits_l, count) in enumerate(
-        zip(mine, theirs, pol128.bits, pol128.counts, strict=True), start=1
-    ):
-        ca = packing.unpack_codes(a, bits_l, count).astype(int)
-        cb_ = packing.unpack_codes(b, bits_l, count).astype(int)
+    for level, (bits_l, count) in enumerate(zip(pplan.bits, pplan.counts, strict=True), start=1):
+        part = pplan.level_slice(level)  # this level's bytes of every row
+        ca = packing.unpack_codes(mine[:, part], bits_l, count).astype(int)
+        cb_ = packing.unpack_codes(theirs[:, part], bits_l, count).astype(int)
         step = np.abs(ca - cb_)
         if level == 1:  # the level-1 cells wrap around at 2 pi
             step = np.minimum(step, (1 << bits_l) - step)
@@ -540,18 +529,13 @@ print(
 
 # %%
 def kernel_only(method, quantizer, x):
-    """The backend's encode operation alone, on what the quantizer would hand it."""
+    """The backend's encode operation alone, on what the quantizer hands it (its plan and rows)."""
+    rows = quantizer.prepare_vectors(x)
     if method.startswith("TurboQuant"):
-        stage = quantizer.stage
-        rows = stage.rotation.apply(x / np.linalg.norm(x, axis=1, keepdims=True))
-        b = np.asarray(stage.codebook.boundaries, dtype=np.float32)
-        return lambda ops: ops.scalar_encode(rows, b, stage.bits)
+        return lambda ops: ops.scalar_encode(quantizer.plan, rows)
     if method.startswith("QJL"):
-        proj = quantizer.sketch.project(x)
-        return lambda ops: ops.sign_encode(proj)
-    rows = quantizer.rotation.apply(x)
-    bounds = [np.asarray(cb.boundaries, dtype=np.float32) for cb in quantizer.codebooks]
-    return lambda ops: ops.polar_encode(rows, quantizer.levels, bounds, quantizer.bits)
+        return lambda ops: ops.sign_encode(quantizer.plan, rows)
+    return lambda ops: ops.polar_encode(quantizer.plan, rows)
 
 
 timing = {}
@@ -659,8 +643,9 @@ plotting.show(fig)
 # ## 5. The GPU path
 #
 # The `cupy` backend implements the same eleven operations as raw CUDA kernels
-# (`backends/cupy_backend/kernels.cu`, shipped with the package and compiled at first use by
-# CuPy's NVRTC, cached by CuPy):
+# (`backends/cupy_backend/scalar.cu`, `sign.cu` and `polar.cu`, one file per algorithm beside
+# their shared `common.cuh`, shipped with the package and compiled at first use by CuPy's NVRTC,
+# cached by CuPy):
 #
 # * **encode**: one thread per output byte searches its $8/b$ codes (boundaries staged in shared
 #   memory) and writes the byte; sign bits likewise, 8 comparisons per byte; PolarQuant encodes
@@ -680,12 +665,18 @@ plotting.show(fig)
 
 # %%
 print("cupy backend:", status["cupy"] or "available (run scripts/gpu_check.sh to check it)")
-cu = resources.files("polarquant.backends.cupy_backend").joinpath("kernels.cu")
-if cu.is_file():
+cu_files = sorted(
+    f
+    for f in resources.files("polarquant.backends.cupy_backend").iterdir()
+    if f.name.endswith(".cu")
+)
+for cu in cu_files:  # one file per algorithm: scalar.cu, sign.cu, polar.cu
     kernels_cu = sorted(set(re.findall(r"__global__ void (\w+)_f(?:32|64)\(", cu.read_text())))
-    print(f"{len(kernels_cu)} CUDA kernels (each in float32 and float64):", ", ".join(kernels_cu))
-else:
-    print("kernels.cu is not part of this installation")
+    print(
+        f"{cu.name}: {len(kernels_cu)} CUDA kernels (float32 and float64):", ", ".join(kernels_cu)
+    )
+if not cu_files:
+    print("the CUDA sources are not part of this installation")
 
 # %% [markdown]
 # ## Exercises
@@ -715,7 +706,8 @@ for j in range(4):
         for t in range(4):  # code t of byte v sits 6 - 2t bits up
             table[j, v] += q16[4 * j + t] * c2[(v >> (6 - 2 * t)) & 3]
 by_table = sum(table[j, key_bytes[j]] for j in range(4))
-by_reference = ref.scalar_score(q16[None, :], key_bytes[None, :], c2, 2, 16)[0, 0]
+plan16 = pq.plan.ScalarPlan(16, pq.codebooks.coordinate_codebook(16, 2))  # 16 two-bit codes
+by_reference = ref.scalar_score(plan16, q16[None, :], key_bytes[None, :])[0, 0]
 direct = float(q16 @ c2[code16])
 print(
     f"bytes {key_bytes.tolist()}: table {by_table:.12f}, reference {by_reference:.12f}, "

@@ -1,13 +1,19 @@
-"""Host side of the CuPy backend: the compiled module, the device's limits, launch sizes.
+"""Host side of the CuPy backend: the compiled module, the device's limits, launch sizes, launches.
 
 Nothing here computes on data.  It answers three questions for the entry
-points of :mod:`polarquant.backends.cupy_backend`:
+points (:mod:`.scalar`, :mod:`.sign`, :mod:`.polar`):
 
-* **which code**: ``kernels.cu`` (package data, read with
-  :mod:`importlib.resources`) is compiled once per process on first use with
-  ``cupy.RawModule(code=..., options=("-std=c++17",))``; kernels are fetched
-  by name with ``get_function`` and cached (CuPy itself caches the binary per
-  device and in ``~/.cupy/kernel_cache``);
+* **which code**: the CUDA sources (package data, read with
+  :mod:`importlib.resources`) are :data:`SOURCES`: ``common.cuh`` (what the
+  kernels share), then ``scalar.cu``, ``sign.cu`` and ``polar.cu``, one file
+  per algorithm.  :func:`kernel_source` concatenates them into one source
+  string (each ``.cu`` file's ``#include "common.cuh"``, there for nvcc and
+  editors, becomes a comment: the header is already above it), which is
+  compiled once per process on first use with ``cupy.RawModule(code=...,
+  options=("-std=c++17",))``.  One string rather than ``#include`` with an
+  include path, because CuPy keys its kernel cache (``~/.cupy/kernel_cache``)
+  by the source text: an edited header then recompiles.  Kernels are fetched
+  by name with ``get_function`` and cached;
 * **how many threads**: grid-stride loops everywhere, so the grid is capped
   by the device rather than by the problem: ``blocks = min(ceil(work /
   threads), 32 * SM count)`` for one-thread-per-element kernels, a block per
@@ -17,12 +23,12 @@ points of :mod:`polarquant.backends.cupy_backend`:
   least ``WS_MIN_ROWS`` rows per block and weight rows ``WS_TILE`` at a time
   on ``gridDim.y``;
 * **how much shared memory**: per kernel, from the sizes the kernel lays out
-  (the formulas mirror ``kernels.cu``); above the 48 KiB default a kernel is
+  (the formulas mirror the ``.cu`` files); above the 48 KiB default a kernel is
   opted in (``max_dynamic_shared_size_bytes``) up to the device's limit.
 
 ``get_cupy`` is the only place that imports CuPy: importing this module needs
 no CuPy, and the tests replace ``get_cupy`` with a NumPy-backed fake to check
-every launch on a machine without a GPU.
+every launch on a machine without a GPU (``tests/cuda_emulator.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from .. import INSTALL_HINTS
 THREADS = 256
 #: Grid cap of the grid-stride kernels, in blocks per multiprocessor.
 BLOCKS_PER_SM = 32
-#: Most polar levels the kernels take (one pointer argument per level and array).
+#: Most polar levels the kernels take: the bit widths travel 4 bits per level in one
+#: 64-bit kernel argument (``PQ_MAX_LEVELS`` in ``polar.cu``).
 MAX_LEVELS = 16
 #: Dynamic shared memory a kernel may use without opting in.
 DEFAULT_SHARED_BYTES = 48 * 1024
-#: Static ``__shared__`` bytes of the polar kernels (528 B, see ``ptxas -v``) plus margin.
+#: Static ``__shared__`` bytes of the polar kernels (at most 400 B, see ``ptxas -v``) plus margin.
 STATIC_SHARED_BYTES = 1024
 #: Largest byte table (256 entries per byte position, per query) the score kernels
 #: build in shared memory; larger tables, and bit widths 3, 5, 6, 7, use the gather
@@ -58,12 +65,10 @@ WS_TILE = 8
 #: Fewest rows per block of a weighted-sum kernel: a block ends with one ``atomicAdd``
 #: per output element it touches, worth it over 64 rows (as many loads per element).
 WS_MIN_ROWS = 64
-#: Per-row sizes are ``int`` in the kernels.
-INT32_MAX = 2**31 - 1
-#: A null pointer argument (unused polar levels): eight zero bytes.
-NULL = np.uint64(0)
 
-SOURCE = "kernels.cu"
+#: The CUDA sources, in the order they are compiled (one unit): shared helpers, then one file
+#: per algorithm.
+SOURCES = ("common.cuh", "scalar.cu", "sign.cu", "polar.cu")
 COMPILE_OPTIONS = ("-std=c++17",)
 
 _OPERATIONS = (
@@ -104,9 +109,27 @@ def get_cupy():
     return cupy
 
 
+def read_source(name: str) -> str:
+    """The text of one file of :data:`SOURCES` (package data)."""
+    return importlib.resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+_INCLUDE_COMMON = '#include "common.cuh"'
+
+
 def kernel_source() -> str:
-    """The CUDA C source of every kernel (package data ``kernels.cu``)."""
-    return importlib.resources.files(__package__).joinpath(SOURCE).read_text(encoding="utf-8")
+    """The CUDA C source of every kernel: the files of :data:`SOURCES`, concatenated.
+
+    A ``.cu`` file's ``#include "common.cuh"`` becomes a comment (the header
+    is the first file), so the result compiles with no include path.
+    """
+    parts = []
+    for name in SOURCES:
+        text = read_source(name)
+        if name != SOURCES[0]:
+            text = text.replace(_INCLUDE_COMMON, f"/* {_INCLUDE_COMMON}: {SOURCES[0]} is above */")
+        parts.append(f"/* ======== {name} ======== */\n{text}")
+    return "\n".join(parts)
 
 
 # Caches keyed by id(cupy module): one entry per process with the real CuPy.
@@ -295,3 +318,65 @@ def launch(name: str, grid, block, args: tuple, shared_mem: int, device_id: int)
             k.max_dynamic_shared_size_bytes = int(shared_mem)
             _opted_in[key] = int(shared_mem)
     k(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem))
+
+
+def elementwise(name: str, work: int, args: tuple, shared: int, device_id: int) -> None:
+    """Launch a one-thread-per-item grid-stride kernel over ``work`` items (none: no launch)."""
+    if work == 0:
+        return
+    grid = (elementwise_grid(work, device_limits(device_id)),)
+    launch(name, grid, (THREADS,), args, shared, device_id)
+
+
+def scores(
+    name: str, rows: int, nq: int, elements: int, head: tuple, out, shared: int, device_id: int
+) -> None:
+    """Launch a score kernel: ``group`` lanes per row over ``elements`` items per row.
+
+    The kernel's arguments are ``head``, then ``group``, then ``out`` (``nq, rows``).
+    """
+    if rows == 0 or nq == 0 or elements == 0:
+        return
+    lim = device_limits(device_id)
+    group = group_size(elements)
+    grid = score_grid(rows, nq, group, shared, lim)
+    launch(name, grid, (THREADS,), (*head, np.int32(group), out), shared, device_id)
+
+
+def scores_lut_or_gather(
+    kind: str,
+    suffix: str,
+    lut_bits: int,
+    head: tuple,
+    shape: tuple[int, int, int, int],
+    gather_shared: int,
+    out,
+    itemsize: int,
+    device_id: int,
+) -> None:
+    """Score with the per-query byte tables when they fit (1, 2, 4, 8 bits), else by gathering.
+
+    ``kind`` is ``"scalar"`` or ``"sign"``, ``suffix`` the dtype's (``"f32"``);
+    ``lut_bits`` the code width seen by :func:`use_lut` (1 for sign bits);
+    ``shape`` is ``(rows, nq, nbytes, n)``.
+    """
+    rows, nq, nbytes, n = shape
+    if rows and nq and n:
+        lim = device_limits(device_id)
+        if use_lut(lut_bits, nbytes, rows, itemsize, lim):
+            stride = np.int32(lut_stride(nbytes))
+            shared = lut_shared_bytes(nbytes, itemsize)
+            name = f"{kind}_score_lut_{suffix}"
+            scores(name, rows, nq, nbytes, (*head, stride), out, shared, device_id)
+            return
+    scores(f"{kind}_score_gather_{suffix}", rows, nq, n, head, out, gather_shared, device_id)
+
+
+def weighted_sums(
+    name: str, rows: int, nw: int, cols: int, args: tuple, out, shared: int, device_id: int
+) -> None:
+    """Launch a weighted-sum kernel adding into the zeroed ``out`` (empty problems: no launch)."""
+    if rows == 0 or nw == 0 or cols == 0:
+        return
+    grid = weighted_sum_grid(rows, nw, device_limits(device_id))
+    launch(name, grid, (THREADS,), (*args, out), shared, device_id)
