@@ -149,6 +149,37 @@ def check_values_dtype(dtype):
     return dtype
 
 
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype the reference casts a plan's constants to for data of ``dtype``.
+
+    float64 stays, everything else is float32 (:func:`polarquant._array.compute_dtype`).
+    """
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def transform_dtype(dtype) -> np.dtype:
+    """The dtype of the reference's polar radii for rows of ``dtype``: what ``hypot`` computes in.
+
+    The rows' own float dtype; for integers and booleans NumPy's choice
+    (float16 up to 8 bits, float32 for 16 bits, float64 above).
+    """
+    zero = np.zeros((), dtype=dtype)
+    return np.hypot(zero, zero).dtype
+
+
+def product_dtypes(left, *more) -> tuple[np.dtype, np.dtype, np.dtype]:
+    """``(values, result, work)`` dtypes of ``a @ values`` for ``a`` of dtype ``left``.
+
+    The reference decodes the rows in the compute dtype of the data (``more``
+    are the dtypes of the other data the rows are decoded from: the radii) and
+    then multiplies, giving ``result_type(left, values)``; a fused kernel
+    computes in ``work``, the kernel dtype of that result (:func:`work_dtype`).
+    """
+    values = compute_dtype(np.result_type(left, *more))
+    result = np.result_type(left, values)
+    return values, result, work_dtype(result)
+
+
 def work_dtype(*dtypes) -> np.dtype:
     """The kernels' dtype for data of ``dtypes``: their promotion, float16 -> float32, ints -> float64."""
     dt = np.result_type(*dtypes)

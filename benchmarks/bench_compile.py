@@ -10,6 +10,10 @@ Usage::
     python benchmarks/bench_compile.py compile run \\
         --python before=/tmp/venv_before/bin/python --python after=python
 
+The code before the plans change is measured through its own interface (old
+signatures, its private constants): the only place that touches it, so that the
+before/after tables of ``docs/performance.md`` can be reproduced.
+
 The operations are the paper configurations, called on the backend directly
 (what a quantizer hands it: rotated or sketched float32 rows, packed codes,
 float16 radii):
@@ -89,11 +93,9 @@ def _plan_first(ref) -> bool:
 
 def _fold_rows(ops, plan) -> int:
     """Rows from which ``polar_score`` folds levels 1 and 2 (8192 for the paper's widths)."""
-    if hasattr(ops, "fold_rows"):  # the interface before plans
+    if plan is None:  # the tree before plans (measured as "before"): fold_rows(dim, bits)
         return ops.fold_rows(DIM, POLAR_BITS)
-    from polarquant.backends.numba_backend import polar
-
-    return polar.fold_rows(plan)
+    return ops.fold_rows(plan)
 
 
 def cases(rows: int, queries: int, ops, ref) -> dict:

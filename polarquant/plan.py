@@ -55,6 +55,8 @@ import numpy as np
 
 from ._array import ConstantCache, check_bits, check_int
 from .codebooks import Codebook
+from .packing import packed_nbytes
+from .polar import angle_counts, check_levels
 
 __all__ = ["ScalarPlan", "SignPlan", "PolarPlan", "ResidualPlan", "MAX_ROW_BITS"]
 
@@ -70,11 +72,6 @@ def _check_row_bits(count: int, bits: int, name: str) -> None:
         )
 
 
-def _nbytes(count: int, bits: int) -> int:
-    """Bytes of ``count`` packed codes of ``bits`` bits (:func:`polarquant.packing.packed_nbytes`)."""
-    return -(-count * bits // 8)
-
-
 def _codebook(book: Any, what: str) -> Codebook:
     """``book`` itself if it is a :class:`Codebook` (checked when made: sorted, finite, sizes)."""
     if not isinstance(book, Codebook):
@@ -85,7 +82,7 @@ def _codebook(book: Any, what: str) -> Codebook:
 
 
 class _Cached:
-    """The cache every plan carries (not part of its value: excluded from ``==`` and ``repr``)."""
+    """The cache every plan carries (not in its ``repr``; plans compare by identity)."""
 
     _constants: ConstantCache
     _derived: dict
@@ -93,6 +90,29 @@ class _Cached:
     def _init_cache(self) -> None:
         object.__setattr__(self, "_constants", ConstantCache())
         object.__setattr__(self, "_derived", {})
+
+    def _books(self) -> tuple:
+        """The plan's codebooks, one per level (a scalar plan has one)."""
+        raise NotImplementedError
+
+    def boundary_table(self, dtype) -> np.ndarray:
+        """Every level's thresholds rounded to ``dtype``, host ``(levels, 2**max(bits) - 1)``.
+
+        Rounded as the reference compares them (its constant cast to the data's
+        compute dtype), padded with ``+inf`` (never ``<=`` a finite value): the
+        table a kernel's binary search of ``bits`` steps reads.  Read-only, kept.
+        """
+        dtype = np.dtype(dtype)
+
+        def build():
+            books = self._books()
+            table = np.full((len(books), (1 << max(b.bits for b in books)) - 1), np.inf, dtype)
+            for level, book in enumerate(books):
+                table[level, : book.boundaries.shape[0]] = book.boundaries.astype(dtype)
+            table.flags.writeable = False
+            return table
+
+        return self.derived(("boundary_table", dtype.str), build)
 
     def derived(self, key: Any, build: Callable[[], Any]) -> Any:
         """``build()``, computed at the first call with this ``key`` and kept with the plan.
@@ -136,8 +156,11 @@ class ScalarPlan(_Cached):
         _check_row_bits(n, bits, "n")
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "bits", bits)
-        object.__setattr__(self, "nbytes", _nbytes(n, bits))
+        object.__setattr__(self, "nbytes", packed_nbytes(n, bits))
         self._init_cache()
+
+    def _books(self) -> tuple:
+        return (self.codebook,)
 
     @property
     def boundaries(self) -> np.ndarray:
@@ -184,7 +207,7 @@ class SignPlan(_Cached):
         m = check_int(self.m, "m", low=0)
         _check_row_bits(m, 1, "m")
         object.__setattr__(self, "m", m)
-        object.__setattr__(self, "nbytes", _nbytes(m, 1))
+        object.__setattr__(self, "nbytes", packed_nbytes(m, 1))
         self._init_cache()
 
     @property
@@ -241,18 +264,16 @@ class PolarPlan(_Cached):
         dim = check_int(self.dim, "dim", low=0)
         if isinstance(self.codebooks, Codebook) or not isinstance(self.codebooks, Sequence):
             raise TypeError("codebooks must be a sequence of Codebook, one per level")
-        levels = len(self.codebooks)
-        if levels < 1:
+        if not self.codebooks:
             raise ValueError("the polar transform needs at least one level (one codebook)")
-        if dim % (1 << levels):
-            raise ValueError(f"dim={dim} must be a multiple of 2**levels = {1 << levels}")
+        levels = check_levels(dim, len(self.codebooks))  # the transform's own check
         _check_row_bits(dim, 1, "dim")
         books = tuple(
             _codebook(b, f"codebook of level {level}")
             for level, b in enumerate(self.codebooks, start=1)
         )
         bits = tuple(check_bits(b.bits) for b in books)
-        counts = tuple(dim >> level for level in range(1, levels + 1))
+        counts = tuple(angle_counts(dim, levels))
         angle_bits = sum(c * b for c, b in zip(counts, bits, strict=True))
         if angle_bits > MAX_ROW_BITS:
             raise ValueError(
@@ -261,7 +282,7 @@ class PolarPlan(_Cached):
             )
         offsets = [0]
         for count, b in zip(counts, bits, strict=True):
-            offsets.append(offsets[-1] + _nbytes(count, b))
+            offsets.append(offsets[-1] + packed_nbytes(count, b))
         for name, value in (
             ("dim", dim),
             ("codebooks", books),
@@ -274,6 +295,9 @@ class PolarPlan(_Cached):
         ):
             object.__setattr__(self, name, value)
         self._init_cache()
+
+    def _books(self) -> tuple:
+        return self.codebooks
 
     def level_slice(self, level: int) -> slice:
         """The bytes of level ``level`` (1-based) in a row of angle codes."""

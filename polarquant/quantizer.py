@@ -262,6 +262,11 @@ class Quantizer(abc.ABC):
     @abc.abstractmethod
     def _score_rows(self, state, fields: dict): ...
 
+    @property
+    def plan(self):
+        """What this quantizer hands the kernel backends (:mod:`polarquant.plan`), built once."""
+        raise NotImplementedError(f"{type(self).__name__} defines no plan")
+
     def _prepare_vectors(self, x):
         """The rows the backend's encode operation receives for ``x`` (see :meth:`prepare_vectors`)."""
         raise NotImplementedError(f"{type(self).__name__} has no single encode input")
@@ -423,7 +428,8 @@ class Quantizer(abc.ABC):
 
         What ``encode`` computes before the kernel (TurboQuantMSE: the rotated
         unit vectors ``Q x / ||x||``; PolarQuant: ``Q x``; QJL: the sketch
-        ``S x``; TurboQuantProd and PolarQuantQJL: their first stage's input),
+        ``S x``; TurboQuantProd and PolarQuantQJL: their first stage's input, the
+        rotated unit vectors or, for TurboQuantProd at 1 bit, their sketch),
         for timing or checking a backend operation on its own, with
         ``quantizer.plan``:
         ``get_backend("numba").scalar_encode(tq.plan, tq.prepare_vectors(x))``

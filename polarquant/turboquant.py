@@ -304,9 +304,10 @@ class TurboQuantProd(_TurboQuant):
         return u_hat * xp.astype(fields["norms"], dtype)[:, None]
 
     def _prepare_vectors(self, x):
-        # the MSE stage's input; the residual's sketch input depends on its codes
-        norms, safe = safe_norms(x)
-        return None if self.rotation is None else self._rotate_units(x, safe)
+        # the first stage's input, as _encode_rows computes it: Q u for the MSE stage, u = x / ||x||
+        # (the residual's sketch input depends on its codes); at 1 bit the sketch S u of u itself
+        u = x / safe_norms(x)[1][:, None]
+        return self.sketch.project(u) if self.rotation is None else self.rotation.apply(u)
 
     def _prepare_queries(self, q):
         return (None if self.rotation is None else self.rotation.apply(q), self.sketch.project(q))

@@ -19,7 +19,7 @@ kernels: one small dimension (:data:`DIM`) compiles what every dimension uses.
 The PolarQuant score compiles one kernel per combination of level bit widths,
 used only from a few thousand rows on (it folds levels 1 and 2 into the
 query); the score step therefore also scores that many rows
-(``numba_backend.polar.fold_rows``).  float16 input is computed in float32 and
+(``numba_backend.fold_rows``).  float16 input is computed in float32 and
 needs nothing more; float64 data compiles its own kernels on first use (not
 warmed).
 
@@ -94,11 +94,7 @@ def _fold_rows(ops) -> Callable | None:
     The rows from which that score folds levels 1 and 2 into the query's table
     (a kernel of its own, compiled per combination of bit widths).
     """
-    if ops.NAME != "numba":
-        return None
-    from .backends.numba_backend.polar import fold_rows
-
-    return fold_rows
+    return getattr(ops, "fold_rows", None)
 
 
 def _steps(groups, ops, xp) -> list[tuple[str, Callable[[], None]]]:

@@ -76,6 +76,7 @@ import polarquant as pq
 from polarquant.backends import cupy_backend as cb
 from polarquant.backends.cupy_backend import _launch
 from polarquant.codebooks import angle_codebook, coordinate_codebook
+from polarquant.plan import PolarPlan, ScalarPlan, SignPlan
 
 out_dir = sys.argv[1]
 N, D = int(os.environ.get("PQ_BENCH_N", 1_000_000)), 128
@@ -163,16 +164,14 @@ t_fp16 = score_row("fp16 keys @ q (cuBLAS)", lambda: keys16 @ q16, N * D * 2)
 
 # -- score-from-codes kernels, one query
 try:
-    bits = 4
-    cbk = coordinate_codebook(D, bits)
-    cents = cp.asarray(cbk.centroids, dtype=cp.float32)
-    codes = cb.scalar_encode(x, cp.asarray(cbk.boundaries, dtype=cp.float32), bits)
+    splan = ScalarPlan(D, coordinate_codebook(D, 4))  # what TurboQuantMSE(D, 4).plan holds
+    codes = cb.scalar_encode(splan, x)
     score_row("TurboQuantMSE 4-bit codes (scalar_score, byte table)",
-              lambda: cb.scalar_score(q, codes, cents, bits, D), codes.nbytes, t_fp16)
+              lambda: cb.scalar_score(splan, q, codes), codes.nbytes, t_fp16)
     saved = _launch.LUT_MAX_SHARED_BYTES
     _launch.LUT_MAX_SHARED_BYTES = 0
     score_row("TurboQuantMSE 4-bit codes (scalar_score, gather)",
-              lambda: cb.scalar_score(q, codes, cents, bits, D), codes.nbytes, t_fp16)
+              lambda: cb.scalar_score(splan, q, codes), codes.nbytes, t_fp16)
     _launch.LUT_MAX_SHARED_BYTES = saved
     del codes
 except Exception as exc:
@@ -180,41 +179,39 @@ except Exception as exc:
 
 try:
     m = 256
+    gplan = SignPlan(m)
     s_proj = rng.standard_normal((N, m), dtype=cp.float32)
-    signs = cb.sign_encode(s_proj)
+    signs = cb.sign_encode(gplan, s_proj)
     del s_proj
     sq = rng.standard_normal((1, m), dtype=cp.float32)
     score_row("QJL m=256 signs (sign_score, byte table)",
-              lambda: cb.sign_score(sq, signs, m), signs.nbytes, t_fp16)
+              lambda: cb.sign_score(gplan, sq, signs), signs.nbytes, t_fp16)
     saved = _launch.LUT_MAX_SHARED_BYTES
     _launch.LUT_MAX_SHARED_BYTES = 0
     score_row("QJL m=256 signs (sign_score, gather)",
-              lambda: cb.sign_score(sq, signs, m), signs.nbytes, t_fp16)
+              lambda: cb.sign_score(gplan, sq, signs), signs.nbytes, t_fp16)
     _launch.LUT_MAX_SHARED_BYTES = saved
     del signs
 except Exception as exc:
     report["errors"].append(f"sign: {exc!r}\n{traceback.format_exc()}")
 
 try:
-    levels, pbits = 4, (4, 2, 2, 2)
-    books = [angle_codebook(level, b) for level, b in zip(range(1, levels + 1), pbits)]
-    bnds = [cp.asarray(b.boundaries, dtype=cp.float32) for b in books]
-    pcents = [cp.asarray(b.centroids, dtype=cp.float32) for b in books]
-    packed, radii = cb.polar_encode(x, levels, bnds, pbits)
-    nbytes = sum(p.nbytes for p in packed) + radii.nbytes
+    pbits = (4, 2, 2, 2)
+    pplan = PolarPlan(D, tuple(angle_codebook(level, b) for level, b in enumerate(pbits, 1)))
+    packed, radii = cb.polar_encode(pplan, x)  # all levels' angle codes in one array
+    nbytes = packed.nbytes + radii.nbytes
     score_row("PolarQuant (4,2,2,2) (polar_score, float32 radii)",
-              lambda: cb.polar_score(q, packed, radii, pcents, pbits, D), nbytes, t_fp16)
-    encode_row("polar_encode kernel (4,2,2,2)",
-               lambda: cb.polar_encode(x, levels, bnds, pbits), N * D)
+              lambda: cb.polar_score(pplan, q, packed, radii), nbytes, t_fp16)
+    encode_row("polar_encode kernel (4,2,2,2)", lambda: cb.polar_encode(pplan, x), N * D)
     del packed, radii
 except Exception as exc:
     report["errors"].append(f"polar: {exc!r}\n{traceback.format_exc()}")
 
 # -- encode kernels and end-to-end quantizers
 try:
-    bnd4 = cp.asarray(coordinate_codebook(D, 4).boundaries, dtype=cp.float32)
-    encode_row("scalar_encode kernel 4-bit", lambda: cb.scalar_encode(x, bnd4, 4), N * D)
-    encode_row("sign_encode kernel", lambda: cb.sign_encode(x), N * D)
+    plan4, plan_d = ScalarPlan(D, coordinate_codebook(D, 4)), SignPlan(D)
+    encode_row("scalar_encode kernel 4-bit", lambda: cb.scalar_encode(plan4, x), N * D)
+    encode_row("sign_encode kernel", lambda: cb.sign_encode(plan_d, x), N * D)
 except Exception as exc:
     report["errors"].append(f"encode kernels: {exc!r}\n{traceback.format_exc()}")
 

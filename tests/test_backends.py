@@ -487,7 +487,8 @@ def test_quantizer_plan_and_prepared_rows_reproduce_encode_and_score(env):
     encode operation on ``(quantizer.plan, quantizer.prepare_vectors(x))`` is exactly the field
     ``encode`` stores (the same kernel on the same rows), and its score operation on the prepared
     queries, times the stored norms (and ``sqrt(pi/2)/m`` for QJL), is ``score`` within RTOL of
-    ``||q|| ||x_hat||`` (the same products, possibly chunked otherwise)."""
+    ``||q|| ||x_hat||`` (the same products, possibly chunked otherwise).  For TurboQuantProd,
+    the first stage's operation on the prepared rows gives its stored field."""
     rng = np.random.default_rng(17)
     d = 64
     x = rng.standard_normal((40, d)).astype(np.float32)
@@ -522,6 +523,17 @@ def test_quantizer_plan_and_prepared_rows_reproduce_encode_and_score(env):
         np.testing.assert_array_equal(again, stored, err_msg=name)
         want = host(quant.score(put(q), codes))
         _assert_scores(raw.astype(want.dtype), want, q, host(quant.decode(codes)), name)
+    # two stages: the first stage's input (rotated unit vectors; at 1 bit their sketch)
+    for bits in (3, 1):
+        prod = pq.TurboQuantProd(d, bits, seed=1, backend=env.name)
+        codes = prod.encode(put(x)).to_numpy().fields
+        prepared = prod.prepare_vectors(put(x))
+        if bits > 1:
+            again = host(ops.scalar_encode(prod.plan.first, prepared))
+            np.testing.assert_array_equal(again, codes["codes"], err_msg=f"prod {bits=}")
+        else:
+            again = host(ops.sign_encode(prod.plan.residual, prepared))
+            np.testing.assert_array_equal(again, codes["signs"], err_msg=f"prod {bits=}")
 
 
 # -- 2. disagreements are rare and between neighbours ------------------------------------------

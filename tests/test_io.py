@@ -680,7 +680,9 @@ def test_format_version_1_files_still_load(name, tmp_path):
     assert set(codes.fields) == set(quantizer.field_layout())
     if "angles" in codes.fields:
         with np.load(V1 / f"{name}.npz") as old:
-            levels = sorted(k for k in old.files if k.startswith("angles_"))
+            levels = sorted(
+                (k for k in old.files if k.startswith("angles_")), key=lambda k: int(k[7:])
+            )
             assert levels and "angles" not in old.files
             joined = np.concatenate([old[k] for k in levels], axis=-1)
         np.testing.assert_array_equal(codes.fields["angles"], joined)
@@ -696,3 +698,36 @@ def test_format_version_1_files_still_load(name, tmp_path):
     again = pq.load(tmp_path / "again.npz")
     for field, value in codes.fields.items():
         np.testing.assert_array_equal(again.fields[field], value)
+
+
+def test_angle_layouts_of_the_two_versions_are_not_mixed(tmp_path):
+    """A file is read with the layout of the version it declares, and only that one.
+
+    Version 1 means one ``angles_<l>`` per level; version 2 one ``angles``.  A version-2
+    file holding per-level fields, a version-1 file holding ``angles`` (or both kinds), and
+    a version-1 file whose levels have the wrong widths are refused as damaged, naming the
+    file (``ValueError``), never joined into codes of another shape.
+    """
+    v1 = V1 / "polarquant.npz"
+    meta, arrays = _members(v1)
+    joined = np.concatenate([arrays[f"angles_{level}"] for level in (1, 2, 3)], axis=-1)
+    as_v2 = {"angles": joined, "radii": arrays["radii"]}
+    specs2 = {
+        "angles": {"dtype": "uint8", "shape": list(joined.shape)},
+        "radii": meta["fields"]["radii"],
+    }
+    cases = {
+        "v2 with per-level fields": ({**meta, "format_version": 2}, arrays),
+        "v1 with one angles field": ({**meta, "fields": specs2}, as_v2),
+        "v1 with both kinds": ({**meta}, {**arrays, "angles": joined}),
+        "v1 with a level too narrow": (meta, {**arrays, "angles_2": arrays["angles_2"][..., :-1]}),
+    }
+    for what, (m, a) in cases.items():
+        out = tmp_path / f"{what.replace(' ', '_')}.npz"
+        _rewrite(v1, out, meta=m, arrays=a)
+        with pytest.raises(ValueError, match=out.name):
+            pq.load(out)
+    # and the same content, declared as what it is, loads
+    good = tmp_path / "v2.npz"
+    _rewrite(v1, good, meta={**meta, "format_version": 2, "fields": specs2}, arrays=as_v2)
+    np.testing.assert_array_equal(pq.load(good).fields["angles"], joined)

@@ -162,9 +162,9 @@ def test_plans_refuse_bad_sizes():
     with pytest.raises(TypeError, match="m must be an integer"):
         SignPlan("8")
     books = tuple(angle_codebook(lv, 2) for lv in (1, 2, 3))
-    with pytest.raises(ValueError, match="dim=12 must be a multiple of 2\\*\\*levels = 8"):
+    with pytest.raises(ValueError, match="dim=12 is not divisible by 2\\*\\*levels = 8"):
         PolarPlan(12, books)
-    with pytest.raises(ValueError, match="dim=20 must be a multiple of 2\\*\\*levels = 8"):
+    with pytest.raises(ValueError, match="dim=20 is not divisible by 2\\*\\*levels = 8"):
         PolarPlan(20, books)
     with pytest.raises(ValueError, match="needs at least one level"):
         PolarPlan(16, ())

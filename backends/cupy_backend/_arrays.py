@@ -10,8 +10,9 @@ What :mod:`.scalar`, :mod:`.sign` and :mod:`.polar` share before a launch:
   :mod:`polarquant.backends._checks`);
 * :func:`as_rows`: an argument as the C-contiguous ``(rows, width)`` array of
   one dtype that the kernels index;
-* :func:`product_dtypes`: the dtypes of ``a @ values`` as the reference
-  computes it, and the one dtype a fused kernel computes it in;
+* ``product_dtypes`` (from :mod:`polarquant.backends._checks`, shared with the
+  numba backend): the dtypes of ``a @ values`` as the reference computes it,
+  and the one dtype a fused kernel computes it in;
 * :func:`device_table`: a table derived from the plan, copied to one device
   once and kept with the plan (``plan.derived``).
 
@@ -26,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .._checks import check_array_type, work_dtype
+from .._checks import check_array_type, product_dtypes, work_dtype  # noqa: F401 (re-exported)
 
 #: How the ``TypeError`` for a non-CuPy argument says what to do.
 CUPY_HINT = (
@@ -63,21 +64,6 @@ def as_rows(cp, a, width: int, dtype):
 def kernel_name(operation: str, work) -> str:
     """``operation`` in the variant of dtype ``work``: ``scalar_encode_f32``."""
     return f"{operation}_{SUFFIX[np.dtype(work)]}"
-
-
-def product_dtypes(left, *more) -> tuple[np.dtype, np.dtype, np.dtype]:
-    """``(values, result, work)`` dtypes of ``a @ values`` for ``a`` of dtype ``left``.
-
-    The reference decodes the rows in the compute dtype of the data (float64
-    stays, everything else is float32; ``more`` are the dtypes of the other
-    data the rows are decoded from, the radii) and then multiplies, giving
-    ``result_type(left, values)``; a fused kernel computes in ``work``, the
-    kernel dtype of that result (:func:`.._checks.work_dtype`).
-    """
-    float64 = np.dtype(np.float64)
-    values = float64 if np.result_type(left, *more) == float64 else np.dtype(np.float32)
-    result = np.result_type(left, values)
-    return values, result, work_dtype(result)
 
 
 def device_table(plan, key: tuple, device_id: int, build: Callable[[], object]):

@@ -7,6 +7,9 @@ codes of a row are one byte array (:class:`polarquant.plan.PolarPlan`: level
 ``l`` at bytes ``offsets[l-1]:offsets[l]``), and so is the kernels' view of
 them: one ``(rows, nbytes)`` pointer plus the plan's offsets.
 
+Held to the reference by ``tests/test_backends.py`` (on a GPU) and
+``tests/test_cuda.py`` (the kernels emulated on the CPU, every launch checked).
+
 What the kernels need of the plan, derived once per dtype and device and kept
 with the plan (``plan.derived``, :func:`._arrays.device_table`):
 
@@ -34,11 +37,14 @@ from .._checks import (
     check_rows,
     check_values_dtype,
     check_weight_width,
+    compute_dtype,
+    product_dtypes,
     score_shape,
+    transform_dtype,
     work_dtype,
 )
 from . import _launch
-from ._arrays import as_rows, check_cupy, device_of, device_table, kernel_name, product_dtypes
+from ._arrays import as_rows, check_cupy, device_of, device_table, kernel_name
 
 __all__ = ["polar_encode", "polar_values", "polar_score", "polar_weighted_sum"]
 
@@ -53,14 +59,6 @@ def check_kernel_levels(plan) -> None:
         )
 
 
-def boundary_table(plan) -> np.ndarray:
-    """Every level's thresholds in one host ``(L, 2**max(bits) - 1)`` float64 table (zero-padded)."""
-    table = np.zeros((plan.levels, (1 << max(plan.bits)) - 1))
-    for level, book in enumerate(plan.codebooks):
-        table[level, : book.boundaries.shape[0]] = book.boundaries
-    return table
-
-
 def _offsets(cp, plan, dev):
     """The plan's byte offsets on device ``dev``, ``int32 (L + 1,)``."""
     return device_table(
@@ -68,21 +66,34 @@ def _offsets(cp, plan, dev):
     )
 
 
-def _boundaries(cp, plan, work, dev):
-    build = lambda: cp.asarray(boundary_table(plan), dtype=work)  # noqa: E731
-    return device_table(plan, ("boundaries", work.str), dev, build)
+def _boundaries(cp, plan, compute, work, dev):
+    """The plan's thresholds rounded to ``compute`` (as the reference compares), as ``work``."""
+    build = lambda: cp.asarray(plan.boundary_table(compute), dtype=work)  # noqa: E731
+    return device_table(plan, ("boundaries", compute.str, work.str), dev, build)
 
 
-def _trig(cp, plan, work, dev):
-    """``(cos, sin)`` tables ``(L, 2**max(bits))`` of ``work`` on device ``dev``."""
-    build = lambda: tuple(cp.asarray(t) for t in plan.trig_tables(work))  # noqa: E731
-    return device_table(plan, ("trig", work.str), dev, build)
+def _trig(cp, plan, dtype, work, dev):
+    """``(cos, sin)`` tables ``(L, 2**max(bits))`` computed in ``dtype``, held in ``work``, on ``dev``.
+
+    ``plan.trig_tables(dtype)``: the reference's ``cos(psi)`` on decoded angles of
+    ``dtype`` (the decode dtype), so that a float16 decode rounds as it does.
+    """
+    build = lambda: tuple(cp.asarray(t, dtype=work) for t in plan.trig_tables(dtype))  # noqa: E731
+    return device_table(plan, ("trig", np.dtype(dtype).str, work.str), dev, build)
 
 
-def _decoder_args(cp, plan, codes2, work, dev) -> tuple:
+def _radii_rows(cp, radii, count, dtype, work):
+    """The radii as ``(rows, count)`` of ``work``, rounded to ``dtype`` first where they are wider
+    (the reference decodes ``astype(radii, dtype)``)."""
+    if np.result_type(radii.dtype, dtype) != dtype:
+        radii = radii.astype(dtype)
+    return as_rows(cp, radii, count, work)
+
+
+def _decoder_args(cp, plan, codes2, dtype, work, dev) -> tuple:
     """``levels, bits_word, offsets, codes, cos_t, sin_t, width``: how every decoding kernel
-    reads a row of codes."""
-    cos_t, sin_t = _trig(cp, plan, work, dev)
+    reads a row of codes (angles decoded in ``dtype``, computed in ``work``)."""
+    cos_t, sin_t = _trig(cp, plan, dtype, work, dev)
     return (
         np.int32(plan.levels),
         _launch.level_bits_word(plan.bits),
@@ -102,7 +113,8 @@ def polar_encode(plan, y):
     check_rows(y, plan.dim)
     dev = device_of(y)
     check_kernel_levels(plan)
-    work = work_dtype(y.dtype)
+    radii_dtype = transform_dtype(y.dtype)  # polar_transform's: float16 stays, small ints too
+    work = work_dtype(radii_dtype)
     dim, nbytes, nr = plan.dim, plan.nbytes, plan.radii
     shared = _launch.polar_encode_shared_bytes(dim, plan.bits, work.itemsize)
     with cp.cuda.Device(dev):
@@ -112,7 +124,7 @@ def polar_encode(plan, y):
         codes = cp.empty((rows, nbytes), dtype=np.uint8)
         radii = cp.empty((rows, nr), dtype=work)
         if rows and dim:
-            bnd = _boundaries(cp, plan, work, dev)
+            bnd = _boundaries(cp, plan, compute_dtype(radii_dtype), work, dev)
             args = (
                 y2,
                 np.int64(rows),
@@ -128,7 +140,6 @@ def polar_encode(plan, y):
             grid = (_launch.rows_grid(rows, _launch.device_limits(dev)),)
             block = (_launch.polar_encode_threads(dim),)
             _launch.launch(kernel_name("polar_encode", work), grid, block, args, shared, dev)
-    radii_dtype = y.dtype if y.dtype.kind == "f" else work  # polar_transform's: float16 stays
     batch = y.shape[:-1]
     return codes.reshape(*batch, nbytes), radii.reshape(*batch, nr).astype(radii_dtype, copy=False)
 
@@ -147,11 +158,12 @@ def polar_values(plan, codes, radii, dtype):
     dim = plan.dim
     with cp.cuda.Device(dev):
         c2 = as_rows(cp, codes, plan.nbytes, np.uint8)
-        r2 = as_rows(cp, radii, plan.radii, work)
+        r2 = _radii_rows(cp, radii, plan.radii, dtype, work)
         rows = r2.shape[0]
         out = cp.empty((rows, dim), dtype=work)
         if rows and dim:
-            args = (r2, np.int64(rows), np.int32(dim), *_decoder_args(cp, plan, c2, work, dev), out)
+            decoder = _decoder_args(cp, plan, c2, dtype, work, dev)
+            args = (r2, np.int64(rows), np.int32(dim), *decoder, out)
             shared = _launch.polar_trig_shared_bytes(plan.bits, work.itemsize)
             name = kernel_name("polar_values", work)
             _launch.elementwise(name, rows * (dim // 2), args, shared, dev)
@@ -168,12 +180,12 @@ def polar_score(plan, q, codes, radii):
     shape = score_shape(q, codes)
     dev = device_of(codes, radii, q)
     check_kernel_levels(plan)
-    _, result, work = product_dtypes(q.dtype, radii.dtype)
+    values, result, work = product_dtypes(q.dtype, radii.dtype)
     dim = plan.dim
     with cp.cuda.Device(dev):
         q2 = as_rows(cp, q, dim, work)
         c2 = as_rows(cp, codes, plan.nbytes, np.uint8)
-        r2 = as_rows(cp, radii, plan.radii, work)
+        r2 = _radii_rows(cp, radii, plan.radii, values, work)
         rows, nq = r2.shape[0], q2.shape[0]
         out = (cp.zeros if dim == 0 else cp.empty)((nq, rows), dtype=work)
         if rows and nq and dim:
@@ -183,7 +195,7 @@ def polar_score(plan, q, codes, radii):
                 r2,
                 np.int64(rows),
                 np.int32(dim),
-                *_decoder_args(cp, plan, c2, work, dev),
+                *_decoder_args(cp, plan, c2, values, work, dev),
             )
             shared = _launch.polar_trig_shared_bytes(plan.bits, work.itemsize)
             name = kernel_name("polar_score", work)
@@ -200,12 +212,12 @@ def polar_weighted_sum(plan, w, codes, radii):
     check_weight_width(w, codes)
     dev = device_of(codes, radii, w)
     check_kernel_levels(plan)
-    _, result, work = product_dtypes(w.dtype, radii.dtype)
+    values, result, work = product_dtypes(w.dtype, radii.dtype)
     dim, rows = plan.dim, codes.shape[0]
     with cp.cuda.Device(dev):
         w2 = as_rows(cp, w, rows, work)
         c2 = as_rows(cp, codes, plan.nbytes, np.uint8)
-        r2 = as_rows(cp, radii, plan.radii, work)
+        r2 = _radii_rows(cp, radii, plan.radii, values, work)
         nw = w2.shape[0]
         out = cp.zeros((nw, dim), dtype=work)
         if rows and nw and dim:
@@ -215,7 +227,7 @@ def polar_weighted_sum(plan, w, codes, radii):
                 r2,
                 np.int64(rows),
                 np.int32(dim),
-                *_decoder_args(cp, plan, c2, work, dev),
+                *_decoder_args(cp, plan, c2, values, work, dev),
             )
             shared = _launch.polar_trig_shared_bytes(plan.bits, work.itemsize)
             name = kernel_name("polar_weighted_sum", work)

@@ -5,8 +5,11 @@ Mirrors :func:`polarquant.backends.numpy_backend.scalar_encode`,
 signatures, same checks in the same order, same result dtypes.  Each function
 checks its arguments, normalises them to C-contiguous rows of the kernel's
 dtype (float32 or float64) on their device, fetches the plan's codebook there
-(``plan.constant``: cast once per dtype and device), allocates the output and
+(cast once per dtype and device, kept with the plan), allocates the output and
 launches; see :mod:`polarquant.backends.cupy_backend` for the kernels' table.
+
+Held to the reference by ``tests/test_backends.py`` (on a GPU) and
+``tests/test_cuda.py`` (the kernels emulated on the CPU, every launch checked).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from .._checks import (
     check_rows,
     check_values_dtype,
     check_weight_width,
+    compute_dtype,
+    product_dtypes,
     score_shape,
     work_dtype,
 )
 from . import _launch
-from ._arrays import SUFFIX, as_rows, check_cupy, device_of, kernel_name, product_dtypes
+from ._arrays import SUFFIX, as_rows, check_cupy, device_of, device_table, kernel_name
 
 __all__ = ["scalar_encode", "scalar_values", "scalar_score", "scalar_weighted_sum"]
 
@@ -35,10 +40,12 @@ def scalar_encode(plan, y):
     check_rows(y, plan.n)
     dev = device_of(y)
     work = work_dtype(y.dtype)
+    compute = compute_dtype(y.dtype)  # the reference compares with thresholds rounded to this
     n, bits, nbytes = plan.n, plan.bits, plan.nbytes
     with cp.cuda.Device(dev):
         y2 = as_rows(cp, y, n, work)
-        bnd = plan.constant("boundaries", y2, work)
+        build = lambda: cp.asarray(plan.boundary_table(compute)[0], dtype=work)  # noqa: E731
+        bnd = device_table(plan, ("boundaries", compute.str, work.str), dev, build)
         rows = y2.shape[0]
         out = cp.empty((rows, nbytes), dtype=np.uint8)
         args = (y2, np.int64(rows), np.int32(n), np.int32(bits), bnd, out)

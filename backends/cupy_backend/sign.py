@@ -5,6 +5,9 @@ Mirrors :func:`polarquant.backends.numpy_backend.sign_encode`,
 order, same result dtypes.  Signs are one-bit codes against the fixed
 codebook ``(-1, +1)``, so the kernels need no constants; see
 :mod:`polarquant.backends.cupy_backend` for the kernels' table.
+
+Held to the reference by ``tests/test_backends.py`` (on a GPU) and
+``tests/test_cuda.py`` (the kernels emulated on the CPU, every launch checked).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from .._checks import (
     check_query_width,
     check_rows,
     check_values_dtype,
+    product_dtypes,
     score_shape,
     work_dtype,
 )
 from . import _launch
-from ._arrays import SUFFIX, as_rows, check_cupy, device_of, kernel_name, product_dtypes
+from ._arrays import SUFFIX, as_rows, check_cupy, device_of, kernel_name
 
 __all__ = ["sign_encode", "sign_values", "sign_score"]
 

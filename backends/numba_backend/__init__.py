@@ -76,7 +76,7 @@ import numba
 
 from polarquant._array import check_int
 
-from .polar import polar_encode, polar_score, polar_values, polar_weighted_sum
+from .polar import fold_rows, polar_encode, polar_score, polar_values, polar_weighted_sum
 from .scalar import scalar_encode, scalar_score, scalar_values, scalar_weighted_sum
 from .sign import sign_encode, sign_score, sign_values
 
@@ -95,6 +95,7 @@ __all__ = [
     "SCORES_FROM_CODES",
     "GOMP_SPINCOUNT",
     "configure_threads",
+    "fold_rows",
     "scalar_encode",
     "scalar_values",
     "scalar_score",
@@ -107,6 +108,11 @@ __all__ = [
     "polar_score",
     "polar_weighted_sum",
 ]
+
+
+#: The value this module last wrote to ``GOMP_SPINCOUNT`` (None: it never did): a later call
+#: may change its own setting, never one the environment brought.
+_spin_count_set: str | None = None
 
 
 def configure_threads(threads: int | None = None, *, spin_count: int | str | None = GOMP_SPINCOUNT):
@@ -124,7 +130,8 @@ def configure_threads(threads: int | None = None, *, spin_count: int | str | Non
         libgomp's ``GOMP_SPINCOUNT``, the spin-wait of idle OpenMP worker
         threads before they sleep (behind Numba's default ``"omp"`` threading
         layer); set in the process environment **unless the environment already
-        sets it** (a user's setting wins).  ``None`` leaves it alone.  libgomp
+        sets it** (a user's setting wins; a value set by an earlier call of this
+        function is replaced).  ``None`` leaves it alone.  libgomp
         reads it once, when the first parallel kernel loads it (importing numba
         does not): call this before the first kernel runs, or it has no effect.
         With libgomp's default (300,000 spins) Numba's idle workers compete with
@@ -148,8 +155,9 @@ def configure_threads(threads: int | None = None, *, spin_count: int | str | Non
     """
     if spin_count is not None:
         if isinstance(spin_count, str):
-            if not spin_count.strip():
-                raise ValueError("spin_count must be a non-negative integer, got an empty string")
+            if not spin_count.strip().isdigit():
+                raise ValueError(f"spin_count must be a non-negative integer, got {spin_count!r}")
+            spin_count = int(spin_count)
         else:
             spin_count = check_int(spin_count, "spin_count", low=0)
     if threads is not None:
@@ -162,6 +170,9 @@ def configure_threads(threads: int | None = None, *, spin_count: int | str | Non
                 "variable before numba is imported to start a larger one)"
             )
     if spin_count is not None:
-        os.environ.setdefault("GOMP_SPINCOUNT", str(spin_count))
+        global _spin_count_set
+        current = os.environ.get("GOMP_SPINCOUNT")
+        if current is None or current == _spin_count_set:  # unset, or set by an earlier call
+            os.environ["GOMP_SPINCOUNT"] = _spin_count_set = str(spin_count)
     if threads is not None:
         numba.set_num_threads(threads)  # after the environment: this starts the pool

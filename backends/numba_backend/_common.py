@@ -91,7 +91,7 @@ import warnings
 import numpy as np
 from numba import njit
 
-from .._checks import check_array_type, check_values_dtype
+from .._checks import check_array_type
 
 __all__ = ["CHUNKS", "SCORE_FASTMATH", "TABLE_BYTES"]
 
@@ -311,20 +311,6 @@ def _numpy(a, name: str):
     return check_array_type(a, name, np.ndarray, "numba", _RUNS_ON)
 
 
-def _compute(dtype) -> np.dtype:
-    """The dtype the reference casts a plan's constants to for data of ``dtype``.
-
-    float64 stays, everything else is float32 (``polarquant._array.compute_dtype``).
-    """
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def _values_dtype(dtype) -> np.dtype:
-    """The dtype asked of a ``*_values`` operation, checked; ``None`` is float32, as in the reference."""
-    check_values_dtype(dtype)
-    return np.dtype(np.float32 if dtype is None else dtype)
-
-
 def _readonly(a: np.ndarray) -> np.ndarray:
     """A read-only view of ``a``: one write flag per kernel argument (module docstring)."""
     v = a.view()
@@ -350,23 +336,14 @@ def _table(plan, what: str, *dtypes, build):
     return plan.derived(key, make)
 
 
-def _padded_boundaries(plan, codebooks, dtype, work) -> np.ndarray:
-    """Per-level thresholds as one ``(L, 2**max_bits - 1)`` table of ``work``, padded with ``+inf``.
+def _padded_boundaries(plan, dtype, work) -> np.ndarray:
+    """The plan's thresholds rounded to ``dtype``, ``(levels, 2**max_bits - 1)`` of ``work``.
 
-    The thresholds are rounded to ``dtype`` first (what the reference compares
-    with: the plan's constant in the data's compute dtype).  The padding lets the
-    kernels' search take exactly ``bits`` halving steps (:func:`_search`): ``+inf``
-    is never ``<=`` a finite value.
+    ``plan.boundary_table(dtype)``: rounded as the reference compares them (the
+    plan's constant in the data's compute dtype), padded with ``+inf`` so that
+    the kernels' search takes exactly ``bits`` halving steps (:func:`_search`).
     """
-
-    def build():
-        width = (1 << max(cb.bits for cb in codebooks)) - 1
-        padded = np.full((len(codebooks), width), np.inf, dtype=work)
-        for level, cb in enumerate(codebooks):
-            padded[level, : cb.boundaries.shape[0]] = cb.boundaries.astype(dtype)
-        return padded
-
-    return _table(plan, "boundaries", dtype, work, build=build)
+    return _table(plan, "boundaries", dtype, work, build=lambda: plan.boundary_table(dtype))
 
 
 def _scratch(rows: int, size: int, dtype) -> np.ndarray:

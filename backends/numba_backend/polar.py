@@ -100,7 +100,10 @@ from .._checks import (
     check_rows,
     check_values_dtype,
     check_weight_width,
+    compute_dtype,
+    product_dtypes,
     score_shape,
+    transform_dtype,
     work_dtype,
 )
 from ._common import (
@@ -111,7 +114,6 @@ from ._common import (
     _accumulate4,
     _chunk,
     _code_at,
-    _compute,
     _kernel,
     _numpy,
     _pack,
@@ -143,9 +145,9 @@ UPPER_BITS = 12
 def polar_encode(plan, y):
     """Polar transform of the rows ``y (..., D)``: (angle codes ``(..., nbytes)``, radii ``(..., D/2**L)``)."""
     check_rows(_numpy(y, "x"), plan.dim)
-    out_dtype = _transform_dtype(y.dtype)
+    out_dtype = transform_dtype(y.dtype)
     work = work_dtype(out_dtype)
-    bounds = _padded_boundaries(plan, plan.codebooks, _compute(out_dtype), work)
+    bounds = _padded_boundaries(plan, compute_dtype(out_dtype), work)
     counts, bits, offsets = _layout(plan)
     y2 = _rows(y, plan.dim, work)
     rows = y2.shape[0]
@@ -181,9 +183,9 @@ def polar_score(plan, q, codes, radii):
     check_radii(_numpy(radii, "radii"), plan.radii, codes)
     check_query_width(_numpy(q, "queries"), plan.dim)
     shape = score_shape(q, codes)
-    dtype = _compute(np.result_type(q.dtype, radii.dtype))  # what the reference decodes in
-    out_dtype = np.result_type(q.dtype, dtype)
-    work = work_dtype(out_dtype)
+    dtype, out_dtype, work = product_dtypes(
+        q.dtype, radii.dtype
+    )  # dtype: what the reference decodes in
     dim = plan.dim
     cos_t, sin_t = _trig(plan, dtype, work)
     _, bits, offsets = _layout(plan)
@@ -223,9 +225,7 @@ def polar_weighted_sum(plan, w, codes, radii):
     check_radii(_numpy(radii, "radii"), plan.radii, codes)
     check_weight_width(_numpy(w, "weights"), codes)
     rows = codes.shape[0]
-    dtype = _compute(np.result_type(w.dtype, radii.dtype))
-    out_dtype = np.result_type(w.dtype, dtype)
-    work = work_dtype(out_dtype)
+    dtype, out_dtype, work = product_dtypes(w.dtype, radii.dtype)
     cos_t, sin_t = _trig(plan, dtype, work)
     _, bits, offsets = _layout(plan)
     w2 = _rows(w, rows, work)
@@ -240,16 +240,6 @@ def polar_weighted_sum(plan, w, codes, radii):
 
 # -- the entry points' layout and tables ----------------------------------------------------------
 @functools.cache
-def _transform_dtype(dtype) -> np.dtype:
-    """The dtype of the reference's radii for rows of ``dtype``: what ``hypot`` computes in.
-
-    The row's own float dtype; for integers and booleans NumPy's choice
-    (float16 up to 8 bits, float32 for 16 bits, float64 above).
-    """
-    zero = np.zeros((), dtype=dtype)
-    return np.hypot(zero, zero).dtype
-
-
 def _layout(plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The plan's per-level numbers as int64 arrays: thresholds per level, bits, byte offsets."""
     return (

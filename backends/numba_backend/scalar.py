@@ -66,7 +66,10 @@ from .._checks import (
     check_codes,
     check_query_width,
     check_rows,
+    check_values_dtype,
     check_weight_width,
+    compute_dtype,
+    product_dtypes,
     score_shape,
     work_dtype,
 )
@@ -77,7 +80,6 @@ from ._common import (
     _accumulate1,
     _accumulate4,
     _chunk,
-    _compute,
     _kernel,
     _numpy,
     _pack,
@@ -88,7 +90,6 @@ from ._common import (
     _search,
     _table,
     _unpack,
-    _values_dtype,
 )
 
 __all__ = ["scalar_encode", "scalar_values", "scalar_score", "scalar_weighted_sum"]
@@ -99,7 +100,7 @@ def scalar_encode(plan, y):
     """Codes of the rows ``y (..., n)`` against the plan's codebook, packed ``(..., nbytes)``."""
     check_rows(_numpy(y, "x"), plan.n)
     work = work_dtype(y.dtype)
-    bounds = _padded_boundaries(plan, [plan.codebook], _compute(y.dtype), work)
+    bounds = _padded_boundaries(plan, compute_dtype(y.dtype), work)
     y2 = _rows(y, plan.n, work)
     out = np.empty((y2.shape[0], plan.nbytes), dtype=np.uint8)
     code = _scratch(y2.shape[0], plan.n, np.int32)
@@ -110,7 +111,7 @@ def scalar_encode(plan, y):
 def scalar_values(plan, packed, dtype):
     """``c[idx]`` of packed codes ``(..., nbytes)`` -> ``(..., n)`` of ``dtype``."""
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    dtype = _values_dtype(dtype)
+    dtype = np.dtype(check_values_dtype(dtype))
     work = work_dtype(dtype)
     packed2 = _rows(packed, plan.nbytes, np.uint8)
     out = np.empty((packed2.shape[0], plan.n), dtype=work)
@@ -123,9 +124,7 @@ def scalar_score(plan, q, packed):
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
     check_query_width(_numpy(q, "queries"), plan.n)
     shape = score_shape(q, packed)
-    cdtype = _compute(q.dtype)
-    out_dtype = np.result_type(q.dtype, cdtype)
-    work = work_dtype(out_dtype)
+    cdtype, out_dtype, work = product_dtypes(q.dtype)
     q2 = _rows(q, plan.n, work)
     packed2 = _rows(packed, plan.nbytes, np.uint8)
     out = np.empty((q2.shape[0], packed2.shape[0]), dtype=work)
@@ -138,9 +137,7 @@ def scalar_weighted_sum(plan, w, packed):
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
     check_weight_width(_numpy(w, "weights"), packed)
     rows = packed.shape[0]
-    cdtype = _compute(w.dtype)
-    out_dtype = np.result_type(w.dtype, cdtype)
-    work = work_dtype(out_dtype)
+    cdtype, out_dtype, work = product_dtypes(w.dtype)
     w2 = _rows(w, rows, work)
     partial = _partial_sums(rows, w2.shape[0], plan.n, work)
     if partial.size:

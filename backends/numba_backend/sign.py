@@ -33,10 +33,12 @@ from .._checks import (
     check_codes,
     check_query_width,
     check_rows,
+    check_values_dtype,
+    product_dtypes,
     score_shape,
     work_dtype,
 )
-from ._common import _compute, _kernel, _numpy, _rows, _table, _values_dtype
+from ._common import _kernel, _numpy, _rows, _table
 from .scalar import _table_score, scalar_values_kernel
 
 __all__ = ["sign_encode", "sign_values", "sign_score"]
@@ -55,7 +57,7 @@ def sign_encode(plan, p):
 def sign_values(plan, packed, dtype):
     """The packed signs as ``+1/-1`` of ``dtype``, ``(..., m)``."""
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    dtype = _values_dtype(dtype)
+    dtype = np.dtype(check_values_dtype(dtype))
     work = work_dtype(dtype)
     packed2 = _rows(packed, plan.nbytes, np.uint8)
     out = np.empty((packed2.shape[0], plan.m), dtype=work)
@@ -68,8 +70,7 @@ def sign_score(plan, s, packed):
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
     check_query_width(_numpy(s, "queries"), plan.m)
     shape = score_shape(s, packed)
-    out_dtype = np.result_type(s.dtype, _compute(s.dtype))
-    work = work_dtype(out_dtype)
+    _, out_dtype, work = product_dtypes(s.dtype)
     s2 = _rows(s, plan.m, work)
     packed2 = _rows(packed, plan.nbytes, np.uint8)
     out = np.empty((s2.shape[0], packed2.shape[0]), dtype=work)
