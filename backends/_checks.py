@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polarquant._array import namespace
+from polarquant._array import check_int, namespace
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -147,6 +147,16 @@ def check_values_dtype(dtype):
     if kind != "f":
         raise TypeError(f"decoded values must be real floats, got dtype {name}")
     return dtype
+
+
+def check_no_thread_options(backend: str, threads, options: dict) -> None:
+    """``configure_threads`` of a backend whose kernels take no thread settings: ``threads`` is
+    checked as on every backend (an integer >= 1, or None) and ignored; any other option is a
+    ``TypeError``."""
+    if options:
+        raise TypeError(f"the {backend} backend takes no thread options, got {sorted(options)}")
+    if threads is not None:
+        check_int(threads, "threads", low=1)
 
 
 def compute_dtype(dtype) -> np.dtype:

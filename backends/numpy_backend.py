@@ -47,7 +47,7 @@ Examples
 
 from __future__ import annotations
 
-from polarquant._array import check_int, compute_dtype, namespace
+from polarquant._array import compute_dtype, namespace
 from polarquant.codebooks import cell_index, cell_value
 from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_signs
 from polarquant.polar import inverse_polar_transform, polar_transform
@@ -55,6 +55,7 @@ from polarquant.polar import inverse_polar_transform, polar_transform
 from . import OPERATIONS
 from ._checks import (
     check_codes,
+    check_no_thread_options,
     check_query_width,
     check_radii,
     check_rows,
@@ -183,7 +184,4 @@ def configure_threads(threads: int | None = None, **options) -> None:
     """Nothing to set: the reference runs in the caller's thread (its BLAS products use BLAS's
     own threads, set with ``threadpoolctl`` or ``OMP_NUM_THREADS``).  Unknown options are a
     ``TypeError``, as on every backend."""
-    if options:
-        raise TypeError(f"the numpy backend takes no thread options, got {sorted(options)}")
-    if threads is not None:
-        check_int(threads, "threads", low=1)
+    check_no_thread_options(NAME, threads, options)

@@ -60,7 +60,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._array import as_vectors, check_bits, compute_dtype, namespace, to_host
+from ._array import as_vectors, check_bits, namespace, to_host
 from .codebooks import Codebook, angle_codebook, kmeans_codebook
 from .distributions import angle_density, angle_support
 from .plan import PolarPlan
@@ -227,8 +227,7 @@ class PolarQuant(Quantizer):
         slowly, but the error is flat near the optimum.
         """
         xp, x = as_vectors(x, self.dim, "x")
-        xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
-        _, angles = polar_transform(self.rotation.apply(xc), self.levels)
+        _, angles = polar_transform(self.rotation.apply(self._compute_rows(xp, x)), self.levels)
         seed = self.seed if seed is None else seed
         books = []
         for level, (psi, b) in enumerate(zip(angles, self.bits, strict=True), start=1):

@@ -423,6 +423,10 @@ class Quantizer(abc.ABC):
         x_hat = xp.concat(parts, axis=0) if len(parts) > 1 else parts[0]
         return xp.reshape(x_hat, tuple(codes.batch_shape) + (self.dim,))
 
+    def _compute_rows(self, xp, a):
+        """``a (..., dim)`` as rows ``(n, dim)`` in its compute dtype (float64 stays, else float32)."""
+        return xp.reshape(xp.astype(a, compute_dtype(xp, a.dtype)), (-1, self.dim))
+
     def prepare_vectors(self, x):
         """The rows ``(n, D)`` that :meth:`encode` hands its backend's encode operation.
 
@@ -438,8 +442,7 @@ class Quantizer(abc.ABC):
         """
         xp, x = as_vectors(x, self.dim, "x")
         check_finite(x, "x")
-        xc = xp.reshape(xp.astype(x, compute_dtype(xp, x.dtype)), (-1, self.dim))
-        return self._prepare_vectors(xc)
+        return self._prepare_vectors(self._compute_rows(xp, x))
 
     def prepare_queries(self, queries):
         """The queries transformed once, as :meth:`score` hands them to the backend.
@@ -452,8 +455,7 @@ class Quantizer(abc.ABC):
         is ``tq.score(q, codes)`` before the norms are applied.
         """
         xp, q = as_vectors(queries, self.dim, "queries")
-        qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
-        return self._prepare_queries(qc)
+        return self._prepare_queries(self._compute_rows(xp, q))
 
     def score(self, queries, codes: CompressedVectors):
         """Estimated inner products ``<q, x>`` for every query and every encoded vector.
@@ -472,7 +474,7 @@ class Quantizer(abc.ABC):
         flat = self._flat_fields(codes)
         _check_same_namespace(q, "queries", flat)
         qshape = tuple(q.shape[:-1])
-        qc = xp.reshape(xp.astype(q, compute_dtype(xp, q.dtype)), (-1, self.dim))
+        qc = self._compute_rows(xp, q)
         state = self._prepare_queries(qc)
         parts = [
             self._score_rows(state, {k: v[a:b, ...] for k, v in flat.items()})

@@ -203,8 +203,7 @@ class TurboQuantMSE(_TurboQuant):
         return self._scalar_decode(fields["codes"], dtype) * norms[:, None]
 
     def _prepare_vectors(self, x):
-        norms, safe = safe_norms(x)
-        return self._rotate_units(x, safe)
+        return self._rotate_units(x, safe_norms(x)[1])  # Q x / ||x||, as _encode_rows codes it
 
     def _prepare_queries(self, q):
         return self.rotation.apply(q)

@@ -88,22 +88,13 @@ def _label(q) -> str:
     return " ".join(parts)
 
 
-def _fold_rows(ops) -> Callable | None:
-    """``fold_rows(plan)`` of the numba backend's PolarQuant score, ``None`` on other backends.
-
-    The rows from which that score folds levels 1 and 2 into the query's table
-    (a kernel of its own, compiled per combination of bit widths).
-    """
-    return getattr(ops, "fold_rows", None)
-
-
 def _steps(groups, ops, xp) -> list[tuple[str, Callable[[], None]]]:
     """``(label, run)`` per operation and group: encode, decode, score, weighted_sum.
 
     The steps share the codes of the encode step; all data is seeded.
     """
     rng = np.random.default_rng(0)
-    fold_rows = _fold_rows(ops)
+    fold_rows = getattr(ops, "fold_rows", None)  # the numba backend's PolarQuant score
     steps = []
     for label, quantizers in groups:
         data = []

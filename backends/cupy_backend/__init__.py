@@ -74,8 +74,7 @@ array([[27]], dtype=uint8)
 
 from __future__ import annotations
 
-from polarquant._array import check_int
-
+from .._checks import check_no_thread_options
 from .polar import polar_encode, polar_score, polar_values, polar_weighted_sum
 from .scalar import scalar_encode, scalar_score, scalar_values, scalar_weighted_sum
 from .sign import sign_encode, sign_score, sign_values
@@ -85,7 +84,7 @@ NAME = "cupy"
 #: Kept chunked like the reference until the GPU path is measured (``Quantizer._score_chunks``).
 SCORES_FROM_CODES = False
 
-__all__ = [  # polarquant.backends.OPERATIONS, spelled out
+__all__ = [  # polarquant.backends.OPERATIONS, spelled out for static tools (tested)
     "NAME",
     "SCORES_FROM_CODES",
     "configure_threads",
@@ -107,7 +106,4 @@ def configure_threads(threads: int | None = None, **options) -> None:
     """Nothing to set: the kernels run on the device, with the launch sizes :mod:`._launch`
     derives from it (host threads play no part).  ``threads`` is checked as on every backend
     (an integer >= 1) and ignored; unknown options are a ``TypeError``, as on every backend."""
-    if options:
-        raise TypeError(f"the cupy backend takes no thread options, got {sorted(options)}")
-    if threads is not None:
-        check_int(threads, "threads", low=1)
+    check_no_thread_options(NAME, threads, options)

@@ -16,10 +16,11 @@ with the plan (``plan.derived``, :func:`._arrays.device_table`):
 * ``offsets``: the plan's ``L + 1`` byte offsets, ``int32``;
 * ``boundaries``: every level's thresholds, one ``(L, 2**max(bits) - 1)``
   table (row ``l - 1`` for level ``l``, its first ``2**b_l - 1`` entries),
-  cast from the codebooks' float64 as ``plan.constant`` casts them;
+  :meth:`~polarquant.plan.PolarPlan.boundary_table`: rounded to the data's
+  compute dtype, as the reference compares them;
 * ``trig``: ``cos`` and ``sin`` of every level's centroids,
   :meth:`~polarquant.plan.PolarPlan.trig_tables` (computed on the host in the
-  data dtype, what the reference's ``cos(psi)`` gives).
+  decode dtype, what the reference's ``cos(psi)`` gives).
 
 The kernels take the bit widths 4 bits per level in one 64-bit argument,
 hence their one limit of their own: at most :data:`._launch.MAX_LEVELS`

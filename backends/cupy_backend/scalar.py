@@ -54,6 +54,13 @@ def scalar_encode(plan, y):
     return out.reshape(*y.shape[:-1], nbytes)
 
 
+def _centroids(cp, plan, dtype, work, dev):
+    """The ``2**bits`` centroids rounded to ``dtype`` (float16: as the reference rounds them),
+    held in ``work`` on device ``dev``: made once per plan, dtypes and device."""
+    build = lambda: cp.asarray(plan.centroids.astype(dtype), dtype=work)  # noqa: E731
+    return device_table(plan, ("centroids", np.dtype(dtype).str, work.str), dev, build)
+
+
 def scalar_values(plan, packed, dtype):
     """``c[idx]`` of packed codes ``(..., nbytes)`` -> ``(..., n)`` of ``dtype``."""
     cp = _launch.get_cupy()
@@ -66,8 +73,7 @@ def scalar_values(plan, packed, dtype):
     n, bits = plan.n, plan.bits
     with cp.cuda.Device(dev):
         p2 = as_rows(cp, packed, plan.nbytes, np.uint8)
-        # the centroids in ``dtype`` first (float16: as the reference rounds them), then widened
-        cents = plan.constant("centroids", p2, dtype).astype(work, copy=False)
+        cents = _centroids(cp, plan, dtype, work, dev)
         rows = p2.shape[0]
         out = cp.empty((rows, n), dtype=work)
         args = (p2, np.int64(rows), np.int32(n), np.int32(bits), cents, out)
@@ -89,7 +95,7 @@ def scalar_score(plan, q, packed):
     with cp.cuda.Device(dev):
         q2 = as_rows(cp, q, n, work)
         p2 = as_rows(cp, packed, nbytes, np.uint8)
-        cents = plan.constant("centroids", p2, values).astype(work, copy=False)
+        cents = _centroids(cp, plan, values, work, dev)
         rows, nq = p2.shape[0], q2.shape[0]
         out = (cp.zeros if n == 0 else cp.empty)((nq, rows), dtype=work)
         head = (q2, np.int64(nq), p2, np.int64(rows), np.int32(n), np.int32(bits), cents)
@@ -119,7 +125,7 @@ def scalar_weighted_sum(plan, w, packed):
     with cp.cuda.Device(dev):
         w2 = as_rows(cp, w, rows, work)
         p2 = as_rows(cp, packed, plan.nbytes, np.uint8)
-        cents = plan.constant("centroids", p2, values).astype(work, copy=False)
+        cents = _centroids(cp, plan, values, work, dev)
         nw = w2.shape[0]
         out = cp.zeros((nw, n), dtype=work)
         args = (w2, np.int64(nw), p2, np.int64(rows), np.int32(n), np.int32(bits), cents)

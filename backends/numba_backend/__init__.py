@@ -90,7 +90,7 @@ SCORES_FROM_CODES = True
 #: (libgomp's ``GOMP_SPINCOUNT``): see there.
 GOMP_SPINCOUNT = "10000"
 
-__all__ = [
+__all__ = [  # polarquant.backends.OPERATIONS, spelled out for static tools (tested)
     "NAME",
     "SCORES_FROM_CODES",
     "GOMP_SPINCOUNT",

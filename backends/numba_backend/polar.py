@@ -85,7 +85,6 @@ widths.  Call sites are merged where that does not slow a hot loop:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numba
@@ -183,9 +182,8 @@ def polar_score(plan, q, codes, radii):
     check_radii(_numpy(radii, "radii"), plan.radii, codes)
     check_query_width(_numpy(q, "queries"), plan.dim)
     shape = score_shape(q, codes)
-    dtype, out_dtype, work = product_dtypes(
-        q.dtype, radii.dtype
-    )  # dtype: what the reference decodes in
+    # dtype: what the reference decodes the rows in
+    dtype, out_dtype, work = product_dtypes(q.dtype, radii.dtype)
     dim = plan.dim
     cos_t, sin_t = _trig(plan, dtype, work)
     _, bits, offsets = _layout(plan)
@@ -239,7 +237,6 @@ def polar_weighted_sum(plan, w, codes, radii):
 
 
 # -- the entry points' layout and tables ----------------------------------------------------------
-@functools.cache
 def _layout(plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The plan's per-level numbers as int64 arrays: thresholds per level, bits, byte offsets."""
     return (
