@@ -164,6 +164,12 @@ def current_backend(explicit: str | None = None) -> str:
     ctx = _context.get()
     if ctx is not None:
         return ctx
+    return _default_backend()
+
+
+def _default_backend() -> str:
+    """The backend when neither an argument nor a context chooses one: ``POLARQUANT_BACKEND``,
+    else ``"numpy"`` (the test suite replaces it to prove that a test never falls back here)."""
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         try:

@@ -14,10 +14,11 @@ Implements, with one array-API reference and pluggable kernel backends:
 
 Every quantizer has ``encode`` / ``decode`` / ``score`` / ``save`` / ``load``,
 and ``plan`` (:mod:`polarquant.plan`): what it hands the kernel backends;
+:class:`VectorIndex` searches a corpus of codes (:mod:`polarquant.search`);
 see the README and ``docs/``.
 """
 
-from . import datasets, kv, metrics, plan
+from . import datasets, kv, metrics, plan, search
 from ._version import __version__
 from .backends import available as available_backends
 from .backends import current_backend, get_backend, use_backend
@@ -28,6 +29,7 @@ from .kv import KVCache
 from .polar_quant import PolarQuant
 from .qjl import QJL
 from .quantizer import Quantizer, from_config
+from .search import VectorIndex
 from .turboquant import TurboQuantMSE, TurboQuantProd
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "metrics",
     "kv",
     "plan",
+    "search",
     "KVCache",
+    "VectorIndex",
     "PolarQuant",
     "PolarQuantQJL",
     "QJL",

@@ -40,18 +40,15 @@ their bytes; move them to a device explicitly (``xp.asarray``) if needed.
 
 from __future__ import annotations
 
-import json
-import math
-import numbers
-import os
-import secrets
-import struct
 import zipfile
-import zlib
 
 import numpy as np
-from numpy.lib import format as npy_format
 
+from . import _archive
+from ._archive import Refused as _Refused
+from ._archive import check_scalars as _check_scalars
+from ._archive import is_int as _is_int
+from ._archive import is_shape as _is_shape
 from ._array import to_host
 from ._version import __version__
 from .compressed import CompressedVectors
@@ -68,10 +65,6 @@ READABLE_VERSIONS = (1, 2)
 #: fitted codebooks add at most 511 numbers per level (about 13 KB per level in JSON).
 MAX_METADATA_BYTES = 1 << 24
 
-#: Deflate expands its input at most 1032 times (RFC 1951: a 258-byte match per
-#: 2 bits at best): a member declaring more than that is damaged or crafted.
-_DEFLATE_MAX_RATIO = 1032
-
 _META_KEYS = (
     "format",
     "format_version",
@@ -82,41 +75,6 @@ _META_KEYS = (
     "dtype",
     "fields",
 )
-
-#: What damaged bytes can raise from the zip, zlib, ``.npy`` header and JSON readers.
-_DAMAGE = (
-    zipfile.BadZipFile,
-    zlib.error,
-    OSError,
-    EOFError,
-    NotImplementedError,
-    RuntimeError,  # e.g. zipfile: "File is encrypted" from a flipped flag bit
-    KeyError,
-    IndexError,
-    struct.error,
-    UnicodeDecodeError,
-    RecursionError,
-    OverflowError,
-    TypeError,
-    ValueError,
-    SyntaxError,
-)
-
-
-class _Refused(Exception):
-    """A file refused by our own checks; :func:`load` adds the file name."""
-
-
-def _name(path) -> str:
-    if hasattr(path, "read"):
-        return str(getattr(path, "name", None) or f"<{type(path).__name__}>")
-    return os.fsdecode(os.fspath(path))
-
-
-def _check_scalars(name: str, a: np.ndarray) -> None:
-    """Stored norms and radii are finite and non-negative (what encode writes)."""
-    if a.dtype.kind == "f" and not (np.all(np.isfinite(a)) and np.all(a >= 0)):
-        raise _Refused(f"field {name!r} holds negative or non-finite values")
 
 
 def save(path, codes: CompressedVectors) -> None:
@@ -163,26 +121,7 @@ def save(path, codes: CompressedVectors) -> None:
             name: {"dtype": a.dtype.name, "shape": list(a.shape)} for name, a in host.items()
         },
     }
-    text = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
-    blob = np.frombuffer(text, dtype=np.uint8)
-    if hasattr(path, "write"):
-        np.savez(path, __meta__=blob, **host)
-        return
-    target = os.fsdecode(os.fspath(path))
-    if not target.endswith(".npz"):
-        target += ".npz"
-    target = os.path.realpath(target)  # a link is followed: its target gets the new contents
-    tmp = f"{target}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            np.savez(fh, __meta__=blob, **host)
-        if os.path.exists(target):  # the replaced file keeps its permissions
-            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _archive.write(path, meta, host)
 
 
 def load(path) -> CompressedVectors:
@@ -203,32 +142,13 @@ def load(path) -> CompressedVectors:
         configuration implies (checked before any allocation); or stored
         norms/radii that are negative or not finite.
     """
-    name = _name(path)
-    if hasattr(path, "read"):
-        if not (hasattr(path, "seekable") and path.seekable()):
-            raise ValueError(f"{name!r}: load needs a seekable binary file (a zip archive)")
-        return _load_guarded(path, name)
-    with open(path, "rb") as fh:  # FileNotFoundError, IsADirectoryError... as they are
-        return _load_guarded(fh, name)
+    return _archive.read_guarded(path, _load, "polarquant codes file")
 
 
-def _load_guarded(fh, name: str) -> CompressedVectors:
-    try:
-        return _load(fh)
-    except _Refused as exc:
-        raise ValueError(f"{name!r}: {exc}") from None
-    except _DAMAGE as exc:
-        raise ValueError(
-            f"{name!r}: damaged or not a polarquant codes file ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-def _load(fh) -> CompressedVectors:
-    fh.seek(0, os.SEEK_END)
-    archive_size = fh.tell()
-    fh.seek(0)
+def _load(fh, name: str) -> CompressedVectors:
+    size = _archive.archive_size(fh)
     with zipfile.ZipFile(fh) as zf:
-        members = _members(zf, archive_size)
+        members = _archive.members(zf, size)
         if "__meta__" not in members:
             raise _Refused("no polarquant metadata (__meta__); not a polarquant codes file")
         meta = _read_meta(zf, members["__meta__"])
@@ -243,7 +163,7 @@ def _load(fh) -> CompressedVectors:
         for field, (shape, dt) in expected.items():
             if field not in members:
                 raise _Refused(f"lacks the field {field!r}")
-            fields[field] = _read_member(zf, members[field], field, np.dtype(dt), shape)
+            fields[field] = _archive.read_member(zf, members[field], field, np.dtype(dt), shape)
             _check_scalars(field, fields[field])
         extra = sorted(set(members) - set(expected) - {"__meta__"})
         if extra:
@@ -286,113 +206,10 @@ def _join_version1_angles(quantizer, fields: dict) -> dict:
     return {name: joined if name == "angles" else fields[name] for name in quantizer.field_layout()}
 
 
-def _members(zf: zipfile.ZipFile, archive_size: int) -> dict:
-    """``{name: ZipInfo}`` of the ``<name>.npy`` members; refuses odd or oversized members."""
-    members = {}
-    for info in zf.infolist():
-        if not info.filename.endswith(".npy"):
-            raise _Refused(f"holds a member {info.filename!r} that is not a .npy array")
-        key = info.filename[: -len(".npy")]
-        if key in members:
-            raise _Refused(f"holds the member {info.filename!r} twice")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise _Refused(
-                f"member {info.filename!r} uses compression method {info.compress_type}; "
-                "only stored and deflated members are read"
-            )
-        limit = info.compress_size * (
-            1 if info.compress_type == zipfile.ZIP_STORED else _DEFLATE_MAX_RATIO
-        )
-        if info.compress_size > archive_size or info.file_size > limit:
-            raise _Refused(
-                f"member {info.filename!r} declares {info.file_size} bytes, more than a "
-                f"{archive_size}-byte file can hold"
-            )
-        members[key] = info
-    return members
-
-
-def _read_header(fp, member: str):
-    """``(shape, fortran_order, dtype)`` of a ``.npy`` stream, read without its data."""
-    version = npy_format.read_magic(fp)
-    if version == (1, 0):
-        shape, fortran, dtype = npy_format.read_array_header_1_0(fp)
-    elif version == (2, 0):
-        shape, fortran, dtype = npy_format.read_array_header_2_0(fp)
-    else:
-        raise _Refused(f"member {member!r} is a .npy file of unsupported version {version}")
-    if dtype.hasobject:
-        raise _Refused(
-            f"member {member!r} holds Python objects (dtype {dtype}); polarquant never unpickles"
-        )
-    return shape, fortran, dtype
-
-
-def _read_data(fp, info: zipfile.ZipInfo, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    """The array of ``shape`` and ``dtype`` after the header; its size was checked first."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if info.file_size != fp.tell() + nbytes:
-        raise _Refused(
-            f"member {info.filename!r} holds {info.file_size} bytes; its header "
-            f"({dtype}{list(shape)}) needs {fp.tell() + nbytes}"
-        )
-    buf = bytearray(nbytes)  # bounded: file_size was checked against the archive's size
-    view = memoryview(buf)
-    got = 0
-    while got < nbytes:
-        chunk = fp.read(min(nbytes - got, 1 << 24))
-        if not chunk:
-            raise EOFError(f"member {info.filename!r} ends after {got} of {nbytes} bytes")
-        view[got : got + len(chunk)] = chunk
-        got += len(chunk)
-    if fp.read(1):  # also makes zipfile check the CRC at the end of the member
-        raise _Refused(f"member {info.filename!r} is longer than its header says")
-    a = np.frombuffer(buf, dtype=dtype).reshape(shape)  # writable: buf is a bytearray
-    if not dtype.isnative:
-        a = a.astype(dtype.newbyteorder("="))
-    return a
-
-
-def _read_member(zf, info, field: str, dtype: np.dtype, shape: tuple) -> np.ndarray:
-    with zf.open(info) as fp:
-        got_shape, fortran, got_dtype = _read_header(fp, info.filename)
-        if got_dtype.newbyteorder("=") != dtype or tuple(got_shape) != shape or fortran:
-            order = ", Fortran order" if fortran else ""
-            raise _Refused(
-                f"field {field!r} is stored as {got_dtype.name}{list(got_shape)}{order}; "
-                f"expected {dtype.name}{list(shape)}"
-            )
-        return _read_data(fp, info, got_dtype, shape)
-
-
 def _read_meta(zf, info) -> dict:
-    if info.file_size > MAX_METADATA_BYTES:
-        raise _Refused(
-            f"metadata of {info.file_size} bytes, more than the {MAX_METADATA_BYTES} accepted"
-        )
-    with zf.open(info) as fp:
-        shape, fortran, dtype = _read_header(fp, info.filename)
-        if dtype != np.uint8 or len(shape) != 1 or fortran:
-            raise _Refused(f"metadata stored as {dtype}{list(shape)}, not 1-d uint8")
-        text = _read_data(fp, info, dtype, shape).tobytes()
-    try:
-        meta = json.loads(text.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _Refused(f"unreadable metadata ({type(exc).__name__}: {exc})") from None
+    meta = _archive.read_json(zf, info, MAX_METADATA_BYTES)
     _check_meta(meta)
     return meta
-
-
-def _no_constant(name: str):
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_shape(v) -> bool:
-    return isinstance(v, list) and len(v) <= 32 and all(_is_int(n) and n >= 0 for n in v)
 
 
 def _check_meta(meta) -> None:
@@ -427,10 +244,19 @@ def _check_meta(meta) -> None:
 
 def _quantizer(meta: dict):
     """The quantizer of the configuration, whose ``dim`` must be the metadata's."""
+    quantizer = rebuild_quantizer(meta["config"])
+    if meta["dim"] != quantizer.dim:
+        raise _Refused(f"metadata says dim={meta['dim']}, the configuration dim={quantizer.dim}")
+    return quantizer
+
+
+def rebuild_quantizer(config):
+    """The quantizer a file's configuration describes; whatever is wrong with it is refused
+    (:class:`polarquant._archive.Refused`), never raised from deep in a constructor."""
     from .quantizer import from_config
 
     try:
-        quantizer = from_config(meta["config"])
+        return from_config(config)
     except (
         TypeError,
         ValueError,
@@ -442,9 +268,6 @@ def _quantizer(meta: dict):
         RecursionError,
     ) as exc:
         raise _Refused(f"invalid configuration ({type(exc).__name__}: {exc})") from None
-    if meta["dim"] != quantizer.dim:
-        raise _Refused(f"metadata says dim={meta['dim']}, the configuration dim={quantizer.dim}")
-    return quantizer
 
 
 def _check_field_specs(specs: dict, expected: dict, batch: tuple, layout: dict) -> None:

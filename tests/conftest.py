@@ -11,6 +11,25 @@ def rng():
     return np.random.default_rng(20260328)
 
 
+@pytest.fixture(autouse=True)
+def _backend_independent_guard(request, monkeypatch):
+    """A test marked ``backend_independent`` must choose its backend explicitly (``backend=``,
+    ``use_backend``, ``get_backend(name)``) or use none.  CI's second pass
+    (``POLARQUANT_BACKEND=numba``) leaves such tests out, so one that fell back on the default
+    backend would silently lose its Numba run: the fallback fails it here instead."""
+    if request.node.get_closest_marker("backend_independent") is None:
+        return
+    from polarquant import backends
+
+    def refuse():
+        raise AssertionError(
+            f"{request.node.nodeid} is marked backend_independent but used the default backend "
+            "(POLARQUANT_BACKEND); give it backend= or drop the mark"
+        )
+
+    monkeypatch.setattr(backends, "_default_backend", refuse)
+
+
 def _namespaces():
     out = [pytest.param("numpy", id="numpy")]
     try:

@@ -301,6 +301,42 @@ def test_backend_selection(monkeypatch):
         backends.use_backend("fast").__enter__()
 
 
+def _available_backend(name: str):
+    why = pq.available_backends()[name]
+    marks = () if why is None else (pytest.mark.skip(reason=f"{name}: {why}"),)
+    return pytest.param(name, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("name", [_available_backend(n) for n in pq.available_backends()])
+def test_backend_selection_paths(name, monkeypatch):
+    """``POLARQUANT_BACKEND``, ``use_backend`` and ``backend=`` select the same kernels: identical
+    codes on every available backend."""
+    from polarquant.backends import get_backend
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((64, 64)).astype(np.float32)
+    if name == "cupy":
+        import cupy
+
+        x = cupy.asarray(x)
+    for make in (
+        lambda **kw: pq.TurboQuantMSE(64, 4, **kw),
+        lambda **kw: pq.QJL(64, 128, **kw),
+        lambda **kw: pq.PolarQuant(64, **kw),
+    ):
+        explicit = make(backend=name).encode(x).to_numpy()
+        with pq.use_backend(name):
+            assert get_backend().NAME == name
+            ctx = make().encode(x).to_numpy()
+        monkeypatch.setenv("POLARQUANT_BACKEND", name)
+        assert get_backend().NAME == name
+        from_env = make().encode(x).to_numpy()
+        monkeypatch.delenv("POLARQUANT_BACKEND")
+        for k, v in explicit.fields.items():
+            np.testing.assert_array_equal(ctx.fields[k], v)
+            np.testing.assert_array_equal(from_env.fields[k], v)
+
+
 @pytest.mark.parametrize("name", ["numba", "cupy"])
 def test_unavailable_backends_say_why(name, monkeypatch):
     """A missing package gives a clear error with the install command, never a silent fallback."""

@@ -84,6 +84,9 @@ from polarquant.polar import polar_transform
 from polarquant.qjl import QJL_SCALE
 from tests import naive
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 DIMS = (64, 80, 96, 128, 256)
 #: Distance to a decision boundary, relative to the decided quantity's scale, under which
 #: a code may legitimately differ between backends (100x the largest rounding difference).
@@ -1197,6 +1200,44 @@ def test_numba_polar_score_paths_agree(name, factor, upper, monkeypatch):
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
+@pytest.mark.parametrize("gemm_queries", [1, 10**9], ids=["decode-multiply", "tables"])
+def test_numba_score_paths_agree(name, gemm_queries, monkeypatch):
+    """Both ways the numba backend scores, for every kind of code: per-query lookup tables
+    (few queries) and blocks of decoded rows multiplied with all the queries (from
+    ``GEMM_QUERIES`` queries on; blocks of ``GEMM_BLOCK_BYTES``, made tiny here so that a
+    call spans many), each against the reference, with float32 and float64 queries."""
+    ops = get_backend(name)
+    scalar = importlib.import_module("polarquant.backends.numba_backend.scalar")
+    polar = importlib.import_module("polarquant.backends.numba_backend.polar")
+    common = importlib.import_module("polarquant.backends.numba_backend._common")
+    monkeypatch.setattr(scalar, "GEMM_QUERIES", gemm_queries)
+    monkeypatch.setattr(polar, "GEMM_QUERIES", gemm_queries)
+    monkeypatch.setattr(common, "GEMM_BLOCK_BYTES", 4096)
+    rng = np.random.default_rng(22)
+    d = 64
+    y = rng.standard_normal((300, d)).astype(np.float32)
+    for dtype in (np.float32, np.float64):
+        q = rng.standard_normal((3, d)).astype(dtype)
+        for bits in (1, 2, 3, 4, 8):
+            plan = _scalar_plan(d, bits)
+            packed = ref.scalar_encode(plan, y)
+            want = ref.scalar_values(plan, packed, dtype)
+            got = ops.scalar_score(plan, q, packed)
+            _assert_scores(got, ref.scalar_score(plan, q, packed), q, want, f"scalar {bits}")
+        signs = SignPlan(d)
+        packed = ref.sign_encode(signs, y)
+        want = ref.sign_values(signs, packed, dtype)
+        got = ops.sign_score(signs, q, packed)
+        _assert_scores(got, ref.sign_score(signs, q, packed), q, want, "signs")
+        plan = _polar_plan(d, (4, 2, 2, 2))
+        codes, radii = ref.polar_encode(plan, y)
+        radii = radii.astype(np.float16)
+        want = ref.polar_values(plan, codes, radii, dtype)
+        got = ops.polar_score(plan, q, codes, radii)
+        _assert_scores(got, ref.polar_score(plan, q, codes, radii), q, want, "polar")
+
+
+@pytest.mark.parametrize("name", [_param("numba")])
 def test_numba_float16_radii_decoded_exactly(name):
     """float16 radii reach the Numba kernels as their bits and are decoded there
     (``numba_backend.polar._load_radii``): all 65,536 float16 bit patterns (signed zeros,
@@ -1384,29 +1425,6 @@ def test_kernels_run_as_python(name):
     out = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{len(TINY)} passed" in out.stdout, out.stdout[-3000:]
-
-
-# -- 10. the three ways of choosing a backend ----------------------------------------------------
-def test_backend_selection_paths(env, monkeypatch):
-    """``POLARQUANT_BACKEND``, ``use_backend`` and ``backend=`` select the same kernels: identical codes."""
-    rng = np.random.default_rng(21)
-    x = env.put(rng.standard_normal((64, 64)).astype(np.float32))
-    for make in (
-        lambda **kw: pq.TurboQuantMSE(64, 4, **kw),
-        lambda **kw: pq.QJL(64, 128, **kw),
-        lambda **kw: pq.PolarQuant(64, **kw),
-    ):
-        explicit = make(backend=env.name).encode(x).to_numpy()
-        with pq.use_backend(env.name):
-            assert get_backend().NAME == env.name
-            ctx = make().encode(x).to_numpy()
-        monkeypatch.setenv("POLARQUANT_BACKEND", env.name)
-        assert get_backend().NAME == env.name
-        from_env = make().encode(x).to_numpy()
-        monkeypatch.delenv("POLARQUANT_BACKEND")
-        for k, v in explicit.fields.items():
-            np.testing.assert_array_equal(ctx.fields[k], v)
-            np.testing.assert_array_equal(from_env.fields[k], v)
 
 
 def test_every_backend_module_provides_every_operation():

@@ -46,6 +46,9 @@ from polarquant.distributions import (
     normal_partial_moments,
 )
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 SQRT3_PI_2 = math.sqrt(3) * math.pi / 2  # TurboQuant Theorem 1's constant (not sqrt(3 pi)/2)
 
 

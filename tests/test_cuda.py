@@ -52,6 +52,9 @@ from tests.cuda_emulator import (
     install_fake_cupy,
 )
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 # ================================================================ fixtures
 @pytest.fixture(scope="module")

@@ -28,6 +28,9 @@ from polarquant.distributions import (
     normal_partial_moments,
 )
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 LEVELS = list(range(1, 13))
 DIMS = [2, 3, 4, 5, 16, 128, 1000, 100_000]
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 

@@ -7,6 +7,9 @@ import pytest
 
 from polarquant import metrics
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_bounds_use_the_right_constants():
     """sqrt(3) pi / 2 = 2.72, not sqrt(3 pi) / 2 = 1.53 (field-notes, defect 10)."""

@@ -8,6 +8,9 @@ from hypothesis import strategies as st
 from polarquant.packing import pack_codes, pack_signs, packed_nbytes, unpack_codes, unpack_signs
 from tests.naive import pack_bits
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_pack_matches_naive_bitstream(bits, rng, xp):

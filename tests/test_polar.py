@@ -13,6 +13,9 @@ from polarquant.distributions import angle_density
 from polarquant.polar import angle_counts, inverse_polar_transform, polar_transform
 from tests import naive
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize(("dim", "levels"), [(16, 4), (128, 4), (64, 6), (8, 3), (96, 5), (2, 1)])
 def test_matches_naive_and_round_trips(dim, levels, rng, xp):

@@ -68,13 +68,13 @@ def test_installation_page_lists_each_extra_with_what_it_installs():
     rows = {}
     for line in _text("docs/installation.md").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and re.fullmatch(r"`[a-z0-9]+`", cells[0]):
+        if len(cells) == 3 and re.fullmatch(r"`[a-z0-9-]+`", cells[0]):
             rows[cells[0].strip("`")] = set(re.findall(r"`([^`]+)`", cells[1]))
     assert set(rows) == set(extras)
     for extra, reqs in extras.items():
         expected = set()
         for req in reqs:
-            nested = re.fullmatch(r"polarquant-lab\[([a-z0-9,]+)\]", req)
+            nested = re.fullmatch(r"polarquant-lab\[([a-z0-9,-]+)\]", req)
             expected |= set(nested.group(1).split(",")) if nested else {_requirement_name(req)}
         assert rows[extra] == expected, extra
 

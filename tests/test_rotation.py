@@ -14,6 +14,9 @@ from polarquant.rotation import (
     make_rotation,
 )
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.mark.parametrize("dim", [2, 3, 64, 96, 128])
 def test_haar_is_orthogonal_and_seeded(dim):

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
 SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))

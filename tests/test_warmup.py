@@ -18,6 +18,9 @@ import polarquant as pq
 from polarquant.demo import demo_quantizers
 from polarquant.warmup import paper_configs, warmup
 
+#: Chooses its backends explicitly (or uses none): CI's Numba pass leaves it out (conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 event = pytest.importorskip("numba.core.event")
 
 LINE = re.compile(r"^\[(\d+)/(\d+)\] (encode|decode|score|weighted_sum) (.+) \.\.\. \d+\.\d s$")

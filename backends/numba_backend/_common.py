@@ -93,7 +93,7 @@ from numba import njit
 
 from .._checks import check_array_type
 
-__all__ = ["CHUNKS", "SCORE_FASTMATH", "TABLE_BYTES"]
+__all__ = ["CHUNKS", "GEMM_QUERIES", "GEMM_BLOCK_BYTES", "SCORE_FASTMATH", "TABLE_BYTES"]
 
 #: Parallel chunks of rows per kernel call (at most; never more than the rows): each
 #: is a contiguous run of rows with its own scratch, and ``prange`` shares the chunks
@@ -107,6 +107,16 @@ SCORE_FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 #: Bytes of per-query score tables built at once (keeps them in the L2 cache).
 TABLE_BYTES = 1 << 20
+
+#: From this many queries on, a score decodes a block of rows (the values kernel) and
+#: multiplies it with all the queries (BLAS) instead of building a lookup table per query: a
+#: table lookup costs about as much per query and row as a row's decode, which the product
+#: shares between the queries (``benchmarks/bench_search.py``; the NumPy reference always
+#: decodes and multiplies).
+GEMM_QUERIES = 32
+#: Bytes of decoded values per block on that path (a few large blocks: BLAS threads keep
+#: spinning after each product and slow the next decode down, so switches are kept few).
+GEMM_BLOCK_BYTES = 1 << 25
 
 
 def _kernel(**options):
@@ -349,6 +359,19 @@ def _padded_boundaries(plan, dtype, work) -> np.ndarray:
 def _scratch(rows: int, size: int, dtype) -> np.ndarray:
     """One scratch row of ``size`` entries per parallel chunk of rows (module docstring)."""
     return np.empty((max(1, min(rows, CHUNKS)), max(size, 1)), dtype=dtype)
+
+
+def _decoded_product(q2, rows: int, n: int, decode, out) -> None:
+    """``out (nq, rows) = q2 @ values.T``, the values decoded a block of rows at a time into
+    one buffer by ``decode(start, stop, buffer)`` (the reference's decode-then-multiply, in
+    blocks of at most ``GEMM_BLOCK_BYTES``: nothing of the batch's size besides ``out``)."""
+    step = max(1, GEMM_BLOCK_BYTES // max(n * q2.itemsize, 1))
+    buffer = np.empty((min(rows, step), n), dtype=q2.dtype)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        values = buffer[: stop - start]
+        decode(start, stop, values)
+        out[:, start:stop] = q2 @ values.T  # (a strided out= would leave BLAS: 10x slower)
 
 
 def _partial_sums(rows: int, nw: int, n: int, dtype) -> np.ndarray:

@@ -107,12 +107,14 @@ from .._checks import (
 )
 from ._common import (
     CHUNKS,
+    GEMM_QUERIES,
     SCORE_FASTMATH,
     TABLE_BYTES,
     _accumulate1,
     _accumulate4,
     _chunk,
     _code_at,
+    _decoded_product,
     _kernel,
     _numpy,
     _pack,
@@ -191,6 +193,17 @@ def polar_score(plan, q, codes, radii):
     r2 = _radii_rows(radii, dtype, work)
     codes2 = _rows(codes, plan.nbytes, np.uint8)
     out = np.empty((q2.shape[0], codes2.shape[0]), dtype=work)
+    if q2.shape[0] >= GEMM_QUERIES:  # many queries: decode blocks of rows once, multiply (BLAS)
+        _decoded_product(
+            q2,
+            codes2.shape[0],
+            dim,
+            lambda a, b, values: polar_values_kernel(
+                codes2[a:b], offsets, r2[a:b], cos_t, sin_t, bits, values
+            ),
+            out,
+        )
+        return out.reshape(shape).astype(out_dtype, copy=False)
     ncodes = 1 << plan.bits[0]
     least = fold_rows(plan)
     fold = least is not None and codes2.shape[0] >= least

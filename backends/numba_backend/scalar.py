@@ -75,11 +75,13 @@ from .._checks import (
 )
 from ._common import (
     CHUNKS,
+    GEMM_QUERIES,
     SCORE_FASTMATH,
     TABLE_BYTES,
     _accumulate1,
     _accumulate4,
     _chunk,
+    _decoded_product,
     _kernel,
     _numpy,
     _pack,
@@ -184,11 +186,21 @@ def _value_table(plan, dtype, work) -> np.ndarray:
 
 
 def _table_score(q2, packed2, cents, bits: int, n: int, out) -> None:
-    """``out (nq, rows) = q2 @ cents[codes].T`` from per-query tables, a block of queries at a time.
+    """``out (nq, rows) = q2 @ cents[codes].T`` from per-query tables, a block of queries at a
+    time; from ``GEMM_QUERIES`` queries on, from blocks of decoded rows and one product each.
 
     Shared with :mod:`.sign` (signs are 1-bit codes of the codebook ``(-1, +1)``).
     """
     nq = q2.shape[0]
+    if nq >= GEMM_QUERIES:  # many queries: decode blocks of rows once, multiply (BLAS)
+        _decoded_product(
+            q2,
+            packed2.shape[0],
+            n,
+            lambda a, b, values: scalar_values_kernel(packed2[a:b], cents, bits, values),
+            out,
+        )
+        return
     lut = 8 % bits == 0
     nbytes = packed2.shape[1]
     width = nbytes * 256 if lut else n * (1 << bits)

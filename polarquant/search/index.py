@@ -1,0 +1,468 @@
+"""A compressed vector index: top-k nearest neighbours searched from the codes.
+
+TurboQuant's nearest-neighbour experiment (Zandieh et al., ICLR 2026, arXiv 2504.19874,
+Sec. 4.4) stores a corpus as codes of a data-oblivious quantizer, so "indexing" is encoding
+(no training, unlike Product Quantization's k-means), and ranks it by the inner products
+estimated from the codes.  :class:`VectorIndex` does that over any quantizer of the library:
+
+* ``add`` encodes vectors in blocks (bounded memory) into segments; ``search`` scores each
+  block of codes with the quantizer's own :meth:`~polarquant.Quantizer.score` (so the
+  backend's kernels, whatever it is) and keeps only the running top-k
+  (:mod:`polarquant.search.topk`): no ``n_queries x n_vectors`` matrix is ever held.
+* Metrics: ``"ip"`` (inner product, larger first), ``"cosine"`` (vectors and queries
+  normalised before encoding and scoring), ``"l2"`` (squared Euclidean distance, smaller
+  first: ``||q||^2 + ||x||^2 - 2 <q, x>`` with ``<q, x>`` estimated from the codes and
+  ``||x||^2`` stored exactly in float32, 4 bytes per vector).
+* Optional exact re-ranking (``refine="float16"`` or ``"float32"``): a second copy of the
+  vectors is kept (in memory, or memory-mapped from the index file), the best ``rerank``
+  candidates found from the codes are scored exactly and the top k of those returned, as
+  FAISS's ``IndexRefineFlat`` and RaBitQ's re-ranking do.
+* ``remove`` marks vectors as deleted (a bit per vector); ``save`` writes only the live
+  ones.  Files: :mod:`polarquant.search.storage` (no pickle; ``load(mmap=True)`` maps the
+  codes and the refinement copy, so an index larger than RAM can be searched).
+
+Every call validates its input completely before it changes anything: a refused ``add`` or
+``remove`` leaves the index exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._array import as_vectors, check_finite, check_int, namespace, to_host
+from ..compressed import CompressedVectors, array_nbytes
+from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
+from .topk import TopK
+
+__all__ = ["VectorIndex", "METRICS", "REFINE_DTYPES"]
+
+#: Supported metrics: inner product, cosine similarity, squared Euclidean distance.
+METRICS = ("ip", "cosine", "l2")
+#: Dtypes of the optional exact re-ranking copy.
+REFINE_DTYPES = ("float16", "float32")
+
+#: Scores computed per block: queries x rows (4M floats, 16 MB in float32).
+BLOCK_ELEMENTS = 1 << 22
+#: Vectors encoded per block in ``add`` (bounded temporaries whatever the input's size: 8 MB
+#: per float32 copy at d = 128).
+ADD_ROWS = 1 << 14
+#: Candidates re-ranked exactly per result when a refinement copy is held (``rerank=None``).
+DEFAULT_RERANK_FACTOR = 4
+
+
+@dataclass
+class _Segment:
+    """Vectors added together: codes ``(n,)``, ids, and what the metric and refinement need."""
+
+    codes: CompressedVectors
+    ids: np.ndarray  # int64 (n,)
+    sq_norms: np.ndarray | None  # float32 (n,), metric "l2" only
+    refine: object | None  # (n, dim) float16/float32, when refine is on
+    alive: np.ndarray | None = None  # bool (n,), once something was removed
+    mapped: bool = False  # read from a file by a memory map: never merged
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+    def live(self) -> int:
+        return self.n if self.alive is None else int(np.count_nonzero(self.alive))
+
+    def nbytes(self) -> int:
+        parts = [self.codes.nbytes, self.ids.nbytes]
+        parts += [
+            array_nbytes(a) for a in (self.sq_norms, self.refine, self.alive) if a is not None
+        ]
+        return sum(parts)
+
+
+def _merged(a: _Segment, b: _Segment) -> _Segment:
+    """``a`` then ``b`` as one segment of their live vectors (copies; order kept)."""
+
+    def keep(seg, arr):
+        return arr if seg.alive is None else arr[seg.alive]
+
+    def join(x, y):
+        return None if x is None else namespace(x).concat([x, y], axis=0)
+
+    keep_a = slice(None) if a.alive is None else np.flatnonzero(a.alive)
+    keep_b = slice(None) if b.alive is None else np.flatnonzero(b.alive)
+    codes = {
+        name: join(_take_rows(field, keep_a), _take_rows(b.codes.fields[name], keep_b))
+        for name, field in a.codes.fields.items()
+    }
+    ids = np.concatenate([keep(a, a.ids), keep(b, b.ids)])
+    merged = CompressedVectors(
+        a.codes.method, a.codes.config, codes, (int(ids.shape[0]),), a.codes.dim, a.codes.dtype
+    )
+    sq = None if a.sq_norms is None else np.concatenate([keep(a, a.sq_norms), keep(b, b.sq_norms)])
+    refine = None
+    if a.refine is not None:
+        refine = join(_take_rows(a.refine, keep_a), _take_rows(b.refine, keep_b))
+    return _Segment(merged, ids, sq, refine)
+
+
+def _take_rows(arr, rows):
+    """``arr[rows]`` for a slice (all rows) or host indices, in ``arr``'s namespace."""
+    if isinstance(rows, slice):
+        return arr
+    xp = namespace(arr)
+    return xp.take(arr, xp.asarray(rows), axis=0)
+
+
+class VectorIndex:
+    """Nearest-neighbour search over vectors compressed by ``quantizer``.
+
+    Parameters
+    ----------
+    quantizer : Quantizer
+        Any quantizer of the library (its backend runs the scoring).
+    metric : {"ip", "cosine", "l2"}
+        Inner product and cosine similarity rank larger scores first; ``"l2"`` returns
+        squared distances, smaller first (as FAISS's ``IndexFlatL2``).
+    refine : {None, "float16", "float32"}
+        Keep a copy of the vectors in this dtype for exact re-ranking (``search(rerank=)``).
+
+    Examples
+    --------
+    >>> import numpy as np, polarquant as pq
+    >>> rng = np.random.default_rng(0)
+    >>> corpus = rng.standard_normal((1000, 64)).astype(np.float32)
+    >>> index = pq.VectorIndex(pq.TurboQuantMSE(64, 4, seed=1), metric="cosine")
+    >>> index.add(corpus)
+    >>> scores, ids = index.search(corpus[:3], k=5)
+    >>> ids[:, 0].tolist()  # each vector finds itself first
+    [0, 1, 2]
+    """
+
+    def __init__(self, quantizer: Quantizer, metric: str = "ip", *, refine: str | None = None):
+        if not isinstance(quantizer, Quantizer):
+            raise TypeError(
+                f"quantizer must be a polarquant quantizer (TurboQuantMSE, QJL...), got "
+                f"{type(quantizer).__name__}"
+            )
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if refine is not None and refine not in REFINE_DTYPES:
+            raise ValueError(f"refine must be None or one of {REFINE_DTYPES}, got {refine!r}")
+        self.quantizer = quantizer
+        self.metric = metric
+        self.refine = refine
+        self.dim = quantizer.dim
+        self._segments: list[_Segment] = []
+        self._next_id = 0
+        self._id_table = None  # (sorted ids, their positions), rebuilt after add/remove
+
+    # -- size --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(s.live() for s in self._segments)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: codes (with their norms), ids, squared norms (``l2``), the refinement
+        copy and the deletion marks; memory-mapped arrays count as well."""
+        return sum(s.nbytes() for s in self._segments)
+
+    def __repr__(self) -> str:
+        return (
+            f"VectorIndex({self.quantizer!r}, metric={self.metric!r}, refine={self.refine!r}, "
+            f"n={len(self)}, nbytes={self.nbytes})"
+        )
+
+    def ids(self) -> np.ndarray:
+        """The ids of the vectors held, in the order they were added (int64)."""
+        parts = [s.ids if s.alive is None else s.ids[s.alive] for s in self._segments]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    # -- add ---------------------------------------------------------------------------------
+    def add(self, vectors, ids=None) -> None:
+        """Encode and add ``vectors`` ``(n, dim)`` (or one vector ``(dim,)``).
+
+        ``ids``: non-negative integers ``(n,)``, unique and new to the index; by default
+        the next ``n`` integers after the largest id given so far (0, 1, 2... as FAISS).
+        Vectors are encoded ``ADD_ROWS`` at a time: the temporaries stay that size, and the
+        index grows by the codes (plus the refinement copy, if kept).
+
+        Raises
+        ------
+        TypeError
+            ``vectors`` is not a floating array, or ``ids`` not integers.
+        ValueError
+            Wrong dimension or shape, NaN or Inf, a zero vector under ``"cosine"``, norms
+            outside the quantizer's storage range, or ids that are negative, repeated or
+            already in the index.  Nothing is added then.
+        """
+        xp, x = as_vectors(vectors, self.dim, "vectors", finite=False)
+        if x.ndim == 1:
+            x = xp.reshape(x, (1, self.dim))
+        if x.ndim != 2:
+            raise ValueError(f"vectors must have shape (n, {self.dim}), got {tuple(x.shape)}")
+        n = int(x.shape[0])
+        ids = self._new_ids(ids, n)
+        segments = []
+        for start in range(0, n, ADD_ROWS):  # everything is built before anything is kept
+            chunk = x[start : start + ADD_ROWS, ...]
+            segments.append(self._segment(xp, chunk, ids[start : start + ADD_ROWS]))
+        if not n:
+            return
+        for segment in segments:
+            self._append(segment)
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        self._id_table = None
+
+    def _new_ids(self, ids, n: int) -> np.ndarray:
+        if ids is None:
+            return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        given = np.asarray(to_host(ids))
+        if given.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {given.dtype}")
+        if given.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), one per vector, got {given.shape}")
+        if n and (given.min() < 0 or given.max() > np.iinfo(np.int64).max):
+            raise ValueError("ids must be non-negative integers that fit in int64")
+        given = given.astype(np.int64)
+        unique, counts = np.unique(given, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError(f"ids repeated within the call: {unique[counts > 1][:10].tolist()}")
+        found = self._positions(given)
+        if np.any(found >= 0):
+            raise ValueError(f"ids already in the index: {given[found >= 0][:10].tolist()}")
+        return given
+
+    def _segment(self, xp, chunk, ids: np.ndarray) -> _Segment:
+        work = xp.float64 if chunk.dtype == xp.float64 else xp.float32
+        rows = xp.astype(chunk, work)
+        check_finite(rows, "vectors")
+        if self.metric == "cosine":
+            rows = _normalised(xp, rows, "vectors")
+        codes = self.quantizer.encode(rows)
+        sq_norms = None
+        if self.metric == "l2":
+            sq_norms = np.asarray(to_host(xp.sum(rows * rows, axis=1)), dtype=np.float32)
+        refine = None
+        if self.refine is not None:
+            biggest = float(xp.max(xp.abs(rows))) if rows.shape[0] else 0.0
+            if self.refine == "float16" and biggest > _STORAGE_RANGE["float16"][0]:
+                raise ValueError(
+                    f"vectors with values up to {biggest:.4g} exceed the float16 range of the "
+                    "refinement copy; use refine='float32'"
+                )
+            refine = xp.astype(rows, getattr(xp, self.refine))
+        return _Segment(codes, ids, sq_norms, refine)
+
+    def _append(self, segment: _Segment) -> None:
+        """Keep ``segment``, merged with the newest ones while it is at least half their size.
+
+        Segments then grow geometrically, as in a log-structured merge: a corpus added in many
+        small calls lives in ``O(log n)`` segments (a search makes a few calls per segment, not
+        one per ``add``), each vector is copied ``O(log n)`` times in all, and deleted vectors
+        are dropped when their segment is merged.  Memory-mapped segments (a loaded index)
+        are never merged into memory.
+        """
+        self._segments.append(segment)
+        while len(self._segments) >= 2:
+            older, newer = self._segments[-2], self._segments[-1]
+            if older.mapped or newer.mapped or 2 * newer.n < older.n:
+                break
+            self._segments[-2:] = [_merged(older, newer)]
+
+    # -- remove ------------------------------------------------------------------------------
+    def remove(self, ids) -> None:
+        """Remove the vectors with these ids (all must be in the index, else nothing is removed).
+
+        Raises
+        ------
+        TypeError
+            ``ids`` are not integers.
+        KeyError
+            Some ids are not in the index (they are named); nothing is removed then.
+        """
+        given = np.asarray(to_host(ids))
+        if given.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {given.dtype}")
+        given = np.unique(given.reshape(-1).astype(np.int64))
+        positions = self._positions(given)
+        if np.any(positions < 0):
+            raise KeyError(f"ids not in the index: {given[positions < 0][:10].tolist()}")
+        starts = self._starts()
+        which = np.searchsorted(starts, positions, side="right") - 1
+        for s in np.unique(which):
+            seg = self._segments[s]
+            if seg.alive is None:
+                seg.alive = np.ones(seg.n, dtype=bool)
+            seg.alive[positions[which == s] - starts[s]] = False
+        self._id_table = None
+
+    def _starts(self) -> np.ndarray:
+        return np.cumsum([0] + [s.n for s in self._segments[:-1]], dtype=np.int64)
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions (over all segments) of the live vectors with ``ids``; -1 where absent."""
+        if self._id_table is None:
+            all_ids = np.concatenate([s.ids for s in self._segments] or [np.zeros(0, np.int64)])
+            alive = np.concatenate(
+                [np.ones(s.n, bool) if s.alive is None else s.alive for s in self._segments]
+                or [np.zeros(0, bool)]
+            )
+            live = np.flatnonzero(alive)
+            order = np.argsort(all_ids[live], kind="stable")
+            self._id_table = (all_ids[live][order], live[order])
+        sorted_ids, where = self._id_table
+        out = np.full(ids.shape, -1, dtype=np.int64)
+        if not sorted_ids.shape[0]:
+            return out
+        at = np.searchsorted(sorted_ids, ids)
+        found = (at < sorted_ids.shape[0]) & (
+            sorted_ids[np.minimum(at, len(sorted_ids) - 1)] == ids
+        )
+        out[found] = where[at[found]]
+        return out
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, queries, k: int, *, rerank: int | None = None):
+        """The ``k`` nearest vectors of each query: ``(scores, ids)``, best first.
+
+        ``queries`` ``(..., dim)``; both results have shape ``queries.shape[:-1] + (k,)``:
+        float32 scores (inner products or cosines, larger first; squared distances for
+        ``"l2"``, smaller first) and int64 ids, as NumPy arrays.  Scores are estimated
+        from the codes; with a refinement copy, the best ``rerank`` candidates (default
+        ``4 k``, at most the index's size) are scored exactly and the scores returned are
+        the exact ones.  Equal scores are ordered by the order of addition.
+
+        Raises
+        ------
+        TypeError
+            ``queries`` not a floating array; ``k`` or ``rerank`` not an integer.
+        ValueError
+            Wrong dimension, NaN or Inf, a zero query under ``"cosine"``, ``k`` outside
+            ``1 ... len(index)``, ``rerank < k``, or ``rerank`` without a refinement copy.
+        """
+        xp, q = as_vectors(queries, self.dim, "queries")
+        live = len(self)
+        k = check_int(k, "k", low=1)
+        if k > live:
+            raise ValueError(f"k={k} is larger than the index, which holds {live} vectors")
+        if rerank is not None:
+            if self.refine is None:
+                raise ValueError("rerank needs a refinement copy: build the index with refine=")
+            rerank = check_int(rerank, "rerank", low=k)
+        candidates = k
+        if self.refine is not None:
+            candidates = min(live, rerank if rerank is not None else DEFAULT_RERANK_FACTOR * k)
+        lead = tuple(q.shape[:-1])
+        rows = xp.reshape(
+            xp.astype(q, xp.float64 if q.dtype == xp.float64 else xp.float32), (-1, self.dim)
+        )
+        if self.metric == "cosine":
+            rows = _normalised(xp, rows, "queries")
+        nq = int(rows.shape[0])
+        out_scores = np.empty((nq, k), np.float32)
+        out_ids = np.empty((nq, k), np.int64)
+        step = max(1, min(nq, BLOCK_ELEMENTS // max(candidates, 1024)))
+        for a in range(0, nq, step):
+            block = rows[a : a + step, ...]
+            scores, positions = self._scan(xp, block, candidates)
+            if self.refine is not None:
+                scores, positions = self._rerank(xp, block, positions, k)
+            out_scores[a : a + step] = to_host(scores)
+            out_ids[a : a + step] = self._ids_at(to_host(positions))
+        if self.metric == "l2":  # estimated distances can dip below zero; true ones cannot
+            np.maximum(out_scores, 0, out=out_scores)
+        return out_scores.reshape(lead + (k,)), out_ids.reshape(lead + (k,))
+
+    def _scan(self, xp, queries, k: int):
+        """Top ``k`` over every segment, from the codes; ``(scores, positions)`` in the
+        metric's order (``l2``: distances; positions over all segments)."""
+        top = TopK(k)
+        nq = int(queries.shape[0])
+        step = max(k, BLOCK_ELEMENTS // nq)
+        start = 0
+        q_sq = xp.sum(queries * queries, axis=1)[:, None] if self.metric == "l2" else None
+        for seg in self._segments:
+            for a in range(0, seg.n, step):
+                b = min(seg.n, a + step)
+                scores = self.quantizer.score(queries, seg.codes[a:b])
+                if self.metric == "l2":  # -||q - x||^2 + ||q||^2: larger is nearer
+                    scores = 2 * scores - xp.asarray(seg.sq_norms[a:b], dtype=scores.dtype)
+                if seg.alive is not None:
+                    alive = xp.asarray(seg.alive[a:b])
+                    scores = xp.where(alive, scores, xp.asarray(-math.inf, dtype=scores.dtype))
+                top.push(scores, start + a)
+            start += seg.n
+        scores, positions = top.finish()
+        if self.metric == "l2":
+            scores = q_sq - scores
+        return scores, positions
+
+    def _rerank(self, xp, queries, positions, k: int):
+        """Exact scores of the candidates ``positions`` ``(nq, r)`` from the refinement copy."""
+        nq, r = positions.shape
+        flat = np.asarray(to_host(positions)).reshape(-1)
+        vectors = self._refine_rows(xp, flat, queries.dtype)  # (nq * r, dim)
+        vectors = xp.reshape(vectors, (nq, r, self.dim))
+        if self.metric == "l2":
+            diff = vectors - queries[:, None, :]
+            exact = -xp.sum(diff * diff, axis=2)
+        else:
+            exact = xp.sum(vectors * queries[:, None, :], axis=2)
+        order = xp.argsort(-exact, axis=1, stable=True)[:, :k]
+        # candidates arrive best first (ties by position): a stable sort keeps that order
+        scores = xp.take_along_axis(exact, order, axis=1)
+        chosen = xp.take_along_axis(xp.asarray(positions), order, axis=1)
+        return (-scores if self.metric == "l2" else scores), chosen
+
+    def _refine_rows(self, xp, positions: np.ndarray, dtype):
+        """Rows ``positions`` (over all segments) of the refinement copy, in ``xp`` and ``dtype``."""
+        starts = self._starts()
+        which = np.searchsorted(starts, positions, side="right") - 1
+        picked, parts = [], []
+        for s in np.unique(which):
+            sel = np.flatnonzero(which == s)
+            refine = self._segments[s].refine
+            xr = namespace(refine)  # NumPy (a memory map, maybe) or the device's namespace
+            parts.append(
+                xp.asarray(xr.take(refine, xr.asarray(positions[sel] - starts[s]), axis=0))
+            )
+            picked.append(sel)
+        rows = xp.astype(xp.concat(parts, axis=0), dtype)
+        order = np.argsort(np.concatenate(picked), kind="stable")  # back to the asked order
+        return xp.take(rows, xp.asarray(order), axis=0)
+
+    def _ids_at(self, positions: np.ndarray) -> np.ndarray:
+        starts = self._starts()
+        which = np.searchsorted(starts, positions, side="right") - 1
+        out = np.empty(positions.shape, np.int64)
+        for s in np.unique(which):
+            sel = which == s
+            out[sel] = self._segments[s].ids[positions[sel] - starts[s]]
+        return out
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the index (live vectors only) to ``path`` (see :mod:`polarquant.search.storage`)."""
+        from .storage import save
+
+        save(path, self)
+
+    @classmethod
+    def load(cls, path, *, mmap: bool = False, backend: str | None = None) -> VectorIndex:
+        """Read an index written by :meth:`save` (``mmap=True``: map codes and refinement copy
+        from the file instead of reading them; ``backend``: the quantizer's backend)."""
+        from .storage import load
+
+        return load(path, mmap=mmap, backend=backend)
+
+
+def _normalised(xp, rows, name: str):
+    """Rows divided by their norms (computed without overflow); zero rows are refused."""
+    norms, _ = safe_norms(rows)
+    zero = norms == 0
+    if bool(xp.any(zero)):
+        raise ValueError(
+            f"{name} hold {int(xp.sum(xp.astype(zero, xp.int64)))} zero vector(s): their cosine "
+            "similarity is undefined"
+        )
+    return rows / norms[:, None]

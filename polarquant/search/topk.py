@@ -1,0 +1,71 @@
+"""Top-k selection while scoring: the k best of each block of scores, merged into a running best.
+
+A search over ``n`` vectors for ``nq`` queries never holds the ``nq x n`` score matrix: scores
+arrive in blocks of rows (``nq x b``), each block is cut to its ``k`` best per query with a
+partial sort (``argpartition``, linear time), and merged with the ``k`` best so far
+(``nq x 2k``, cut again).  Only the final ``k`` are sorted.  The arrays may be NumPy or CuPy
+(both have ``argpartition`` and ``take_along_axis``); larger is better, so a distance is
+negated before it comes here (:mod:`polarquant.search.index`).
+
+The result is the exact top-k of all the scores (a partial sort keeps every element that
+belongs to the k best); among equal scores the smaller position wins, so the same scores
+give the same ids on every backend (:func:`finish`).
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+__all__ = ["TopK"]
+
+
+class TopK:
+    """The running ``k`` best scores and their positions for each of ``nq`` queries."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.scores = None  # (nq, <= k)
+        self.positions = None  # (nq, <= k) int64 positions over all rows scanned
+
+    def push(self, scores, start: int) -> None:
+        """Merge a block of scores ``(nq, b)`` for the rows ``start ... start + b - 1``."""
+        xp = array_namespace(scores)
+        scores, positions = _block_best(xp, scores, start, self.k)
+        if self.scores is not None:
+            scores, positions = _sorted_best(
+                xp,
+                xp.concat([self.scores, scores], axis=1),
+                xp.concat([self.positions, positions], axis=1),
+                self.k,
+            )
+        self.scores, self.positions = scores, positions
+
+    def finish(self):
+        """``(scores, positions)``, each ``(nq, k)``, best first; ties in position order."""
+        return _sorted_best(array_namespace(self.scores), self.scores, self.positions, self.k)
+
+
+def _block_best(xp, scores, start: int, k: int):
+    """The ``k`` largest scores of each row of a block (any order) and their positions;
+    where the k-th largest value is tied, the tied rows of smaller position are kept."""
+    nq, b = scores.shape
+    if b <= k:
+        return scores, xp.broadcast_to(xp.arange(start, start + b, dtype=xp.int64), (nq, b))
+    # the array API has no partial sort; NumPy and CuPy (the namespaces the index takes) do
+    kth = -xp.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # the k-th largest, (nq, 1)
+    greater = scores > kth
+    tied = scores == kth
+    need = k - xp.sum(greater, axis=1, keepdims=True, dtype=xp.int64)
+    keep = greater | (tied & (xp.cumsum(tied, axis=1, dtype=xp.int64) <= need))
+    rows, cols = xp.nonzero(keep)  # row-major: exactly k per row, in position order
+    cols = xp.reshape(cols, (nq, k))
+    return xp.take_along_axis(scores, cols, axis=1), xp.astype(cols, xp.int64) + start
+
+
+def _sorted_best(xp, scores, positions, k: int):
+    """The ``k`` best of each row, sorted: by score, larger first, then by position."""
+    order = xp.argsort(positions, axis=1)
+    scores = xp.take_along_axis(scores, order, axis=1)
+    positions = xp.take_along_axis(positions, order, axis=1)
+    order = xp.argsort(-scores, axis=1, stable=True)[:, :k]
+    return xp.take_along_axis(scores, order, axis=1), xp.take_along_axis(positions, order, axis=1)
