@@ -79,30 +79,26 @@ class _Segment:
         return sum(parts)
 
 
-def _merged(a: _Segment, b: _Segment) -> _Segment:
-    """``a`` then ``b`` as one segment of their live vectors (copies; order kept)."""
+def _merged(*segments: _Segment) -> _Segment:
+    """The live vectors of ``segments``, in order, as one segment (one copy of each array)."""
+    if len(segments) == 1 and segments[0].alive is None:
+        return segments[0]
+    keeps = [slice(None) if g.alive is None else np.flatnonzero(g.alive) for g in segments]
 
-    def keep(seg, arr):
-        return arr if seg.alive is None else arr[seg.alive]
+    def join(arrays):
+        if arrays[0] is None:
+            return None
+        parts = [_take_rows(arr, keep) for arr, keep in zip(arrays, keeps, strict=True)]
+        return parts[0] if len(parts) == 1 else namespace(parts[0]).concat(parts, axis=0)
 
-    def join(x, y):
-        return None if x is None else namespace(x).concat([x, y], axis=0)
-
-    keep_a = slice(None) if a.alive is None else np.flatnonzero(a.alive)
-    keep_b = slice(None) if b.alive is None else np.flatnonzero(b.alive)
-    codes = {
-        name: join(_take_rows(field, keep_a), _take_rows(b.codes.fields[name], keep_b))
-        for name, field in a.codes.fields.items()
-    }
-    ids = np.concatenate([keep(a, a.ids), keep(b, b.ids)])
-    merged = CompressedVectors(
-        a.codes.method, a.codes.config, codes, (int(ids.shape[0]),), a.codes.dim, a.codes.dtype
+    first = segments[0].codes
+    fields = {name: join([g.codes.fields[name] for g in segments]) for name in first.fields}
+    ids = join([g.ids for g in segments])
+    codes = CompressedVectors(
+        first.method, first.config, fields, (int(ids.shape[0]),), first.dim, first.dtype
     )
-    sq = None if a.sq_norms is None else np.concatenate([keep(a, a.sq_norms), keep(b, b.sq_norms)])
-    refine = None
-    if a.refine is not None:
-        refine = join(_take_rows(a.refine, keep_a), _take_rows(b.refine, keep_b))
-    return _Segment(merged, ids, sq, refine)
+    sq_norms = join([g.sq_norms for g in segments])
+    return _Segment(codes, ids, sq_norms, join([g.refine for g in segments]))
 
 
 def _take_rows(arr, rows):
@@ -208,8 +204,7 @@ class VectorIndex:
             segments.append(self._segment(xp, chunk, ids[start : start + ADD_ROWS]))
         if not n:
             return
-        for segment in segments:
-            self._append(segment)
+        self._append(_merged(*segments))  # one segment per call: one copy of its codes
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._id_table = None
 

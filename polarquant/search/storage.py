@@ -1,6 +1,6 @@
 """Index files: a versioned ``.npz`` archive (format ``polarquant-index``), never a pickle.
 
-Layout (version :data:`FORMAT_VERSION`), written by :func:`save` through
+Layout (version ``FORMAT_VERSION`` = 1), written by :func:`save` through
 :func:`polarquant._archive.write` (members stored uncompressed, the file renamed into place):
 
 * ``__meta__.npy``: UTF-8 JSON with ``format``, ``format_version``, ``library_version``,
@@ -40,7 +40,9 @@ from .index import METRICS, REFINE_DTYPES, VectorIndex, _Segment
 
 __all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
 
+#: The ``format`` name written in every index file's ``__meta__``.
 FORMAT = "polarquant-index"
+#: The version of the index file layout written and read (1).
 FORMAT_VERSION = 1
 #: Largest metadata member accepted (fitted codebooks make it at most a few hundred KB).
 MAX_METADATA_BYTES = 1 << 24

@@ -9,7 +9,7 @@ negated before it comes here (:mod:`polarquant.search.index`).
 
 The result is the exact top-k of all the scores (a partial sort keeps every element that
 belongs to the k best); among equal scores the smaller position wins, so the same scores
-give the same ids on every backend (:func:`finish`).
+give the same ids on every backend (:meth:`TopK.finish`).
 """
 
 from __future__ import annotations
