@@ -17,8 +17,9 @@ estimated from the codes.  :class:`VectorIndex` does that over any quantizer of 
   vectors is kept (in memory, or memory-mapped from the index file), the best ``rerank``
   candidates found from the codes are scored exactly and the top k of those returned, as
   FAISS's ``IndexRefineFlat`` and RaBitQ's re-ranking do.
-* ``remove`` marks vectors as deleted (a bit per vector); ``save`` writes only the live
-  ones.  Files: :mod:`polarquant.search.storage` (no pickle; ``load(mmap=True)`` maps the
+* ``remove`` marks vectors as deleted (a byte per vector of the segment, counted by
+  ``nbytes``); marked vectors are dropped when their segment is merged with a newer one, and
+  ``save`` writes only the live ones.  Files: :mod:`polarquant.search.storage` (no pickle; ``load(mmap=True)`` maps the
   codes and the refinement copy, so an index larger than RAM can be searched).
 
 Every call validates its input completely before it changes anything: a refused ``add`` or
@@ -37,7 +38,7 @@ from ..compressed import CompressedVectors, array_nbytes
 from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
 from .topk import TopK
 
-__all__ = ["VectorIndex", "METRICS", "REFINE_DTYPES"]
+__all__ = ["VectorIndex", "METRICS", "REFINE_DTYPES", "UnknownIdsError"]
 
 #: Supported metrics: inner product, cosine similarity, squared Euclidean distance.
 METRICS = ("ip", "cosine", "l2")
@@ -51,6 +52,13 @@ BLOCK_ELEMENTS = 1 << 22
 ADD_ROWS = 1 << 14
 #: Candidates re-ranked exactly per result when a refinement copy is held (``rerank=None``).
 DEFAULT_RERANK_FACTOR = 4
+
+
+class UnknownIdsError(KeyError):
+    """Ids that are not in the index (a ``KeyError`` whose message prints without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass
@@ -272,8 +280,8 @@ class VectorIndex:
         ------
         TypeError
             ``ids`` are not integers.
-        KeyError
-            Some ids are not in the index (they are named); nothing is removed then.
+        UnknownIdsError
+            (a ``KeyError``) Some ids are not in the index (they are named); nothing is removed then.
         """
         given = np.asarray(to_host(ids))
         if given.dtype.kind not in "iu":
@@ -281,7 +289,7 @@ class VectorIndex:
         given = np.unique(given.reshape(-1).astype(np.int64))
         positions = self._positions(given)
         if np.any(positions < 0):
-            raise KeyError(f"ids not in the index: {given[positions < 0][:10].tolist()}")
+            raise UnknownIdsError(f"ids not in the index: {given[positions < 0][:10].tolist()}")
         starts = self._starts()
         which = np.searchsorted(starts, positions, side="right") - 1
         for s in np.unique(which):
