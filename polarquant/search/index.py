@@ -38,7 +38,16 @@ from ..compressed import CompressedVectors, array_nbytes
 from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
 from .topk import TopK
 
-__all__ = ["VectorIndex", "METRICS", "REFINE_DTYPES", "UnknownIdsError"]
+__all__ = [
+    "VectorIndex",
+    "METRICS",
+    "REFINE_DTYPES",
+    "UnknownIdsError",
+    "query_rows",
+    "search_sizes",
+    "best_exact",
+    "metric_scores",
+]
 
 #: Supported metrics: inner product, cosine similarity, squared Euclidean distance.
 METRICS = ("ip", "cosine", "l2")
@@ -335,6 +344,10 @@ class VectorIndex:
         ``4 k``, at most the index's size) are scored exactly and the scores returned are
         the exact ones.  Equal scores are ordered by the order of addition.
 
+        Built from :func:`query_rows`, :func:`search_sizes`, :meth:`scan`,
+        :meth:`exact_values` and :func:`metric_scores`, which a sharded index
+        (:mod:`polarquant.search.distributed`) combines the same way.
+
         Raises
         ------
         TypeError
@@ -343,79 +356,74 @@ class VectorIndex:
             Wrong dimension, NaN or Inf, a zero query under ``"cosine"``, ``k`` outside
             ``1 ... len(index)``, ``rerank < k``, or ``rerank`` without a refinement copy.
         """
-        xp, q = as_vectors(queries, self.dim, "queries")
-        live = len(self)
-        k = check_int(k, "k", low=1)
-        if k > live:
-            raise ValueError(f"k={k} is larger than the index, which holds {live} vectors")
-        if rerank is not None:
-            if self.refine is None:
-                raise ValueError("rerank needs a refinement copy: build the index with refine=")
-            rerank = check_int(rerank, "rerank", low=k)
-        candidates = k
-        if self.refine is not None:
-            candidates = min(live, rerank if rerank is not None else DEFAULT_RERANK_FACTOR * k)
-        lead = tuple(q.shape[:-1])
-        rows = xp.reshape(
-            xp.astype(q, xp.float64 if q.dtype == xp.float64 else xp.float32), (-1, self.dim)
-        )
-        if self.metric == "cosine":
-            rows = _normalised(xp, rows, "queries")
+        xp, rows, lead = query_rows(queries, self.dim, self.metric)
+        k, candidates = search_sizes(k, rerank, self.refine, len(self))
         nq = int(rows.shape[0])
         out_scores = np.empty((nq, k), np.float32)
         out_ids = np.empty((nq, k), np.int64)
         step = max(1, min(nq, BLOCK_ELEMENTS // max(candidates, 1024)))
         for a in range(0, nq, step):
             block = rows[a : a + step, ...]
-            scores, positions = self._scan(xp, block, candidates)
-            if self.refine is not None:
-                scores, positions = self._rerank(xp, block, positions, k)
-            out_scores[a : a + step] = to_host(scores)
+            values, positions = self.scan(block, candidates)
+            exact = self.refine is not None
+            if exact:
+                values, positions = self._rerank(block, positions, k)
+            out_scores[a : a + step] = metric_scores(self.metric, block, values, exact=exact)
             out_ids[a : a + step] = self._ids_at(to_host(positions))
-        if self.metric == "l2":  # estimated distances can dip below zero; true ones cannot
-            np.maximum(out_scores, 0, out=out_scores)
         return out_scores.reshape(lead + (k,)), out_ids.reshape(lead + (k,))
 
-    def _scan(self, xp, queries, k: int):
-        """Top ``k`` over every segment, from the codes; ``(scores, positions)`` in the
-        metric's order (``l2``: distances; positions over all segments)."""
-        top = TopK(k)
-        nq = int(queries.shape[0])
-        step = max(k, BLOCK_ELEMENTS // nq)
+    def scan(self, rows, c: int, *, block_elements: int | None = None):
+        """The ``c`` best vectors for each of the prepared queries ``rows`` (:func:`query_rows`),
+        from the codes: ``(values, positions)`` ``(nq, c)``, best first, ties by position.
+
+        Values are larger-first for every metric: the estimated inner product (``"ip"``,
+        ``"cosine"``), or ``2 <q, x> - ||x||^2`` for ``"l2"`` (the squared distance less the
+        query's own ``||q||^2``, which :func:`metric_scores` adds back).  Positions count the
+        vectors held (removed ones included) in the order of addition.  Blocks of codes are
+        scored by the quantizer's :meth:`~polarquant.Quantizer.score` and only the running
+        top ``c`` is kept (:class:`~polarquant.search.topk.TopK`), ``block_elements`` scores at
+        a time (default :data:`BLOCK_ELEMENTS`).
+        """
+        xp = namespace(rows)
+        top = TopK(c)
+        budget = BLOCK_ELEMENTS if block_elements is None else block_elements
+        step = max(c, budget // max(int(rows.shape[0]), 1))
         start = 0
-        q_sq = xp.sum(queries * queries, axis=1)[:, None] if self.metric == "l2" else None
         for seg in self._segments:
             for a in range(0, seg.n, step):
                 b = min(seg.n, a + step)
-                scores = self.quantizer.score(queries, seg.codes[a:b])
+                values = self.quantizer.score(rows, seg.codes[a:b])
                 if self.metric == "l2":  # -||q - x||^2 + ||q||^2: larger is nearer
-                    scores = 2 * scores - xp.asarray(seg.sq_norms[a:b], dtype=scores.dtype)
+                    values = 2 * values - xp.asarray(seg.sq_norms[a:b], dtype=values.dtype)
                 if seg.alive is not None:
                     alive = xp.asarray(seg.alive[a:b])
-                    scores = xp.where(alive, scores, xp.asarray(-math.inf, dtype=scores.dtype))
-                top.push(scores, start + a)
+                    values = xp.where(alive, values, xp.asarray(-math.inf, dtype=values.dtype))
+                top.push(values, start + a)
             start += seg.n
-        scores, positions = top.finish()
-        if self.metric == "l2":
-            scores = q_sq - scores
-        return scores, positions
+        return top.finish()
 
-    def _rerank(self, xp, queries, positions, k: int):
-        """Exact scores of the candidates ``positions`` ``(nq, r)`` from the refinement copy."""
-        nq, r = positions.shape
-        flat = np.asarray(to_host(positions)).reshape(-1)
-        vectors = self._refine_rows(xp, flat, queries.dtype)  # (nq * r, dim)
-        vectors = xp.reshape(vectors, (nq, r, self.dim))
+    def exact_values(self, rows, query, positions):
+        """Exact values of the pairs (``rows[query[i]]``, vector at ``positions[i]``) from the
+        refinement copy, larger-first as :meth:`scan`'s but with the true vectors: inner
+        products (``"ip"``, ``"cosine"``) or minus the squared distance (``"l2"``); ``(m,)``."""
+        if self.refine is None:
+            raise ValueError("exact values need a refinement copy: build the index with refine=")
+        xp = namespace(rows)
+        positions = np.asarray(to_host(positions)).reshape(-1)
+        vectors = self._refine_rows(xp, positions, rows.dtype)
+        q = xp.take(rows, xp.asarray(np.asarray(to_host(query)).reshape(-1)), axis=0)
         if self.metric == "l2":
-            diff = vectors - queries[:, None, :]
-            exact = -xp.sum(diff * diff, axis=2)
-        else:
-            exact = xp.sum(vectors * queries[:, None, :], axis=2)
-        order = xp.argsort(-exact, axis=1, stable=True)[:, :k]
-        # candidates arrive best first (ties by position): a stable sort keeps that order
-        scores = xp.take_along_axis(exact, order, axis=1)
-        chosen = xp.take_along_axis(xp.asarray(positions), order, axis=1)
-        return (-scores if self.metric == "l2" else scores), chosen
+            diff = vectors - q
+            return -xp.sum(diff * diff, axis=1)
+        return xp.sum(vectors * q, axis=1)
+
+    def _rerank(self, rows, positions, k: int):
+        """The ``k`` best of the candidates ``positions`` ``(nq, r)`` by their exact values."""
+        xp = namespace(rows)
+        nq, r = positions.shape
+        query = np.repeat(np.arange(nq), r)
+        exact = xp.reshape(self.exact_values(rows, query, positions), (nq, r))
+        return best_exact(exact, xp.asarray(positions), k)
 
     def _refine_rows(self, xp, positions: np.ndarray, dtype):
         """Rows ``positions`` (over all segments) of the refinement copy, in ``xp`` and ``dtype``."""
@@ -457,6 +465,62 @@ class VectorIndex:
         from .storage import load
 
         return load(path, mmap=mmap, backend=backend)
+
+
+def query_rows(queries, dim: int, metric: str):
+    """Queries checked and prepared for a search: ``(xp, rows, lead)``.
+
+    ``rows`` ``(nq, dim)`` in float32 (float64 stays float64), normalised for ``"cosine"``;
+    ``lead`` is ``queries.shape[:-1]``, the results' leading shape.  Raises as
+    :meth:`VectorIndex.search` documents (not an array, not floating, wrong dimension,
+    NaN/Inf, a zero query under ``"cosine"``).
+    """
+    xp, q = as_vectors(queries, dim, "queries")
+    lead = tuple(q.shape[:-1])
+    rows = xp.reshape(xp.astype(q, xp.float64 if q.dtype == xp.float64 else xp.float32), (-1, dim))
+    if metric == "cosine":
+        rows = _normalised(xp, rows, "queries")
+    return xp, rows, lead
+
+
+def search_sizes(k, rerank, refine, live: int) -> tuple[int, int]:
+    """``(k, candidates)`` of a search over ``live`` vectors: ``k`` checked (an integer in
+    ``1 ... live``), and the candidates scanned from the codes (``k``, or with a refinement
+    copy ``rerank``, by default ``DEFAULT_RERANK_FACTOR * k``, at most ``live``)."""
+    k = check_int(k, "k", low=1)
+    if k > live:
+        raise ValueError(f"k={k} is larger than the index, which holds {live} vectors")
+    if rerank is not None:
+        if refine is None:
+            raise ValueError("rerank needs a refinement copy: build the index with refine=")
+        rerank = check_int(rerank, "rerank", low=k)
+    if refine is None:
+        return k, k
+    return k, min(live, rerank if rerank is not None else DEFAULT_RERANK_FACTOR * k)
+
+
+def best_exact(exact, positions, k: int):
+    """The ``k`` best of candidates given best first (ties by position) with their exact
+    values ``(nq, r)``: a stable sort keeps that order among equal exact values."""
+    xp = namespace(exact)
+    order = xp.argsort(-exact, axis=1, stable=True)[:, :k]
+    return xp.take_along_axis(exact, order, axis=1), xp.take_along_axis(positions, order, axis=1)
+
+
+def metric_scores(metric: str, rows, values, *, exact: bool = False) -> np.ndarray:
+    """The scores :meth:`VectorIndex.search` returns, float32 on the host, for values of
+    :meth:`VectorIndex.scan` (``"l2"``: squared distances ``||q||^2 - value``, clipped at 0,
+    since estimated distances can dip below zero and true ones cannot) or, with ``exact``, of
+    :meth:`VectorIndex.exact_values` (``"l2"``: ``-value``)."""
+    if metric == "l2" and not exact:
+        xp = namespace(rows)
+        values = xp.sum(rows * rows, axis=1)[:, None] - values
+    out = np.asarray(to_host(values), dtype=np.float32)
+    if metric == "l2" and exact:
+        np.negative(out, out=out)
+    elif metric == "l2":
+        np.maximum(out, 0, out=out)
+    return out
 
 
 def _normalised(xp, rows, name: str):
