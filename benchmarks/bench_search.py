@@ -13,8 +13,9 @@ a million vectors with d >= 128 installs offline; recall on real data is
 
 * **one query, top-10**: ``index.search(q, 10)`` on the numpy and numba backends against
   exact float32 ``keys @ q`` plus ``argpartition`` (the baseline of the ratio);
-* **a batch of queries, top-10**: the same against exact brute force (one BLAS product of
-  a block of queries with all the keys, ``argpartition`` per query, blocks of 4M scores);
+* **a batch of queries, top-10**: the same against exact brute force (BLAS products of blocks
+  of 256 queries with blocks of keys, the running top 10 merged block by block; and FAISS's
+  exact ``IndexFlatIP`` when FAISS is installed);
 * **build**: ``index.add`` (encoding, no training) against FAISS ``IndexPQ`` at the same
   bytes per vector (``M = 64`` sub-quantizers of 8 bits for 64 code bytes; polarquant's
   66 are the 64 code bytes and a 2-byte norm), trained on ``--train`` vectors, then added;
@@ -35,20 +36,32 @@ import numpy as np
 from _common import best_of, machine, write_json
 
 import polarquant as pq
+from polarquant.search.topk import TopK
 
 #: Scores per block of the exact brute force (as the index: 4M floats, 16 MB).
 BLOCK = 1 << 22
 
 
 def exact_top_k(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact float32 brute force: ids of the k largest inner products, best first."""
+    """Exact float32 brute force: ids of the k largest inner products, best first.
+
+    Blocks of at most 256 queries times ``BLOCK / 256`` keys: one BLAS product per block
+    (the keys are read once per block of queries, not once per query) and the running top k
+    merged block by block (:class:`polarquant.search.topk.TopK`, the index's own selection).
+    One query is ``keys @ q`` and one ``argpartition``.
+    """
+    if queries.shape[0] == 1:
+        s = keys @ queries[0]
+        top = np.argpartition(-s, k - 1)[:k]
+        return top[np.argsort(-s[top])][None, :]
     out = np.empty((queries.shape[0], k), np.int64)
-    step = max(1, BLOCK // keys.shape[0])
-    for a in range(0, queries.shape[0], step):
-        s = queries[a : a + step] @ keys.T
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1)
-        out[a : a + step] = np.take_along_axis(top, order, axis=1)
+    qb = 256
+    rb = max(k, BLOCK // qb)
+    for a in range(0, queries.shape[0], qb):
+        top = TopK(k)
+        for r in range(0, keys.shape[0], rb):
+            top.push(queries[a : a + qb] @ keys[r : r + rb].T, r)
+        out[a : a + qb] = top.finish()[1]
     return out
 
 
@@ -84,6 +97,25 @@ def main(argv=None) -> dict:
     exact_batch = best_of(lambda: exact_top_k(keys, queries, k), max(1, args.repeat // 2))
     row("exact float32, 1 query (keys @ q + argpartition)", exact_one, exact_one)
     row(f"exact float32, {args.queries} queries (BLAS)", exact_batch, exact_batch)
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+        print("FAISS not installed: no FAISS rows (pip install faiss-cpu)")
+    if faiss is not None:
+        flat = faiss.IndexFlatIP(args.dim)
+        flat.add(keys)
+        row(
+            "FAISS IndexFlatIP, 1 query",
+            best_of(lambda: flat.search(one, k), args.repeat),
+            exact_one,
+        )
+        row(
+            f"FAISS IndexFlatIP, {args.queries} queries",
+            best_of(lambda: flat.search(queries, k), max(1, args.repeat // 2)),
+            exact_batch,
+        )
+        del flat
 
     build = {}
     for backend in ("numpy", "numba"):
@@ -117,11 +149,6 @@ def main(argv=None) -> dict:
     results["add_peak_over_input"] = peak / keys.nbytes
     print(f"peak memory of add (numpy backend): {peak / keys.nbytes:.2f}x the input")
 
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-        print("FAISS not installed: no build comparison (pip install faiss-cpu)")
     if faiss is not None:
         pqi = faiss.IndexPQ(args.dim, args.dim // 2, 8, faiss.METRIC_INNER_PRODUCT)
         t0 = time.perf_counter()

@@ -28,17 +28,31 @@ class TopK:
         self.positions = None  # (nq, <= k) int64 positions over all rows scanned
 
     def push(self, scores, start: int) -> None:
-        """Merge a block of scores ``(nq, b)`` for the rows ``start ... start + b - 1``."""
+        """Merge a block of scores ``(nq, b)`` for the rows ``start ... start + b - 1``.
+
+        Blocks must come in increasing position order (a scan does).  Once ``k`` scores
+        are held, only the block's scores *above* each query's current k-th best can enter
+        (an equal one comes later, so it loses the tie): they are found by one comparison
+        per score and merged alone; the partial sort of the whole block is needed only while
+        many scores pass (the first blocks).
+        """
         xp = array_namespace(scores)
-        scores, positions = _block_best(xp, scores, start, self.k)
+        if self.scores is not None and self.scores.shape[1] == self.k:
+            passed = scores > self.scores[:, -1:]  # held best first: column k-1 is the k-th
+            rows, cols = xp.nonzero(passed)
+            if rows.shape[0] == 0:
+                return
+            if rows.shape[0] <= 4 * self.k * scores.shape[0]:
+                new_scores, new_positions = _ragged(xp, scores, rows, cols, start)
+                self._merge(xp, new_scores, new_positions)
+                return
+        self._merge(xp, *_block_best(xp, scores, start, self.k))
+
+    def _merge(self, xp, scores, positions) -> None:
         if self.scores is not None:
-            scores, positions = _sorted_best(
-                xp,
-                xp.concat([self.scores, scores], axis=1),
-                xp.concat([self.positions, positions], axis=1),
-                self.k,
-            )
-        self.scores, self.positions = scores, positions
+            scores = xp.concat([self.scores, scores], axis=1)
+            positions = xp.concat([self.positions, positions], axis=1)
+        self.scores, self.positions = _sorted_best(xp, scores, positions, self.k)
 
     def finish(self):
         """``(scores, positions)``, each ``(nq, k)``, best first; ties in position order."""
@@ -60,6 +74,22 @@ def _block_best(xp, scores, start: int, k: int):
     rows, cols = xp.nonzero(keep)  # row-major: exactly k per row, in position order
     cols = xp.reshape(cols, (nq, k))
     return xp.take_along_axis(scores, cols, axis=1), xp.astype(cols, xp.int64) + start
+
+
+def _ragged(xp, scores, rows, cols, start: int):
+    """The entries ``(rows[i], cols[i])`` of ``scores`` (row-major order) as ``(nq, m)``
+    arrays, ``m`` the most entries of a row; missing entries are ``-inf`` at the largest
+    position, so that they sort after every real score."""
+    nq = scores.shape[0]
+    counts = xp.bincount(rows, minlength=nq)  # NumPy and CuPy, as partition in _block_best
+    width = int(xp.max(counts))
+    first = xp.cumsum(counts) - counts  # where each row's entries start in rows/cols
+    slot = xp.arange(rows.shape[0], dtype=xp.int64) - first[rows]
+    out_scores = xp.full((nq, width), -xp.inf, dtype=scores.dtype)
+    out_positions = xp.full((nq, width), xp.iinfo(xp.int64).max, dtype=xp.int64)
+    out_scores[rows, slot] = scores[rows, cols]
+    out_positions[rows, slot] = xp.astype(cols, xp.int64) + start
+    return out_scores, out_positions
 
 
 def _sorted_best(xp, scores, positions, k: int):
