@@ -69,6 +69,21 @@ def is_shape(v) -> bool:
     return isinstance(v, list) and len(v) <= 32 and all(is_int(n) and n >= 0 for n in v)
 
 
+def check_format(meta, fmt: str, versions: tuple) -> None:
+    """``meta`` is a JSON object of format ``fmt`` in one of the readable ``versions``."""
+    from ._version import __version__
+
+    if not isinstance(meta, dict):
+        raise Refused("metadata is not a JSON object")
+    if meta.get("format") != fmt:
+        raise Refused(f"not a {fmt} file (format={meta.get('format')!r})")
+    if not is_int(meta.get("format_version")) or meta["format_version"] not in versions:
+        raise Refused(
+            f"format version {meta.get('format_version')!r}; this polarquant ({__version__}) "
+            f"reads versions {', '.join(map(str, versions))}"
+        )
+
+
 def check_scalars(name: str, a: np.ndarray) -> None:
     """Stored norms and radii are finite and non-negative (what encode writes)."""
     if a.dtype.kind == "f" and not (np.all(np.isfinite(a)) and np.all(a >= 0)):

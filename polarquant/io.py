@@ -214,15 +214,7 @@ def _read_meta(zf, info) -> dict:
 
 def _check_meta(meta) -> None:
     """Every metadata key present and of the right type (the values are checked later)."""
-    if not isinstance(meta, dict):
-        raise _Refused("metadata is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise _Refused(f"not a {FORMAT} file (format={meta.get('format')!r})")
-    if not _is_int(meta.get("format_version")) or meta["format_version"] not in READABLE_VERSIONS:
-        raise _Refused(
-            f"format version {meta.get('format_version')!r}; this polarquant ({__version__}) "
-            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}"
-        )
+    _archive.check_format(meta, FORMAT, READABLE_VERSIONS)
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise _Refused(f"metadata lacks {missing}")

@@ -193,15 +193,7 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
 
 
 def _check_meta(meta) -> None:
-    if not isinstance(meta, dict):
-        raise Refused("metadata is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise Refused(f"not a {FORMAT} file (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION or not is_int(meta.get("format_version")):
-        raise Refused(
-            f"format version {meta.get('format_version')!r}; this polarquant ({__version__}) "
-            f"reads version {FORMAT_VERSION}"
-        )
+    _archive.check_format(meta, FORMAT, (FORMAT_VERSION,))
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise Refused(f"metadata lacks {missing}")
