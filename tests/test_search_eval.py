@@ -18,6 +18,7 @@ import pytest
 
 from polarquant.cli import main as cli_main
 from polarquant.search import evaluation as ev
+from polarquant.search.evaluation import methods, truth
 
 #: Every test chooses its backend explicitly (or uses none): CI's Numba pass leaves them out.
 pytestmark = pytest.mark.backend_independent
@@ -89,7 +90,7 @@ def test_exact_top1_matches_a_naive_loop_and_counts_ties(monkeypatch):
     q = unit(rng, 40, 12)
     q[0] = db[17]  # an exact hit
     db[200] = db[17]  # ... reached twice: the smaller id wins, the tie is counted
-    monkeypatch.setattr(ev, "BLOCK_ELEMENTS", 1000)  # several query blocks
+    monkeypatch.setattr(truth, "BLOCK_ELEMENTS", 1000)  # several query blocks
     ids, ties = ev.exact_top1(db, q)
     naive = [
         max(range(300), key=lambda i: (float(np.dot(qq.astype(float), db[i])), -i)) for qq in q
@@ -102,7 +103,7 @@ def test_exact_search_matches_a_full_sort(monkeypatch):
     rng = np.random.default_rng(6)
     db = unit(rng, 500, 16)
     q = unit(rng, 30, 16)
-    monkeypatch.setattr(ev, "BLOCK_ELEMENTS", 2000)
+    monkeypatch.setattr(truth, "BLOCK_ELEMENTS", 2000)
     got = ev.exact_search(db, q, 10)
     want = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(got, want)
@@ -120,13 +121,13 @@ def fake_package(monkeypatch, name, folder):
             return spec
         return real(module, *args, **kwargs)
 
-    monkeypatch.setattr(ev.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
 def missing_package(monkeypatch, name):
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        ev.importlib.util, "find_spec", lambda m, *a, **k: None if m == name else real(m, *a, **k)
+        importlib.util, "find_spec", lambda m, *a, **k: None if m == name else real(m, *a, **k)
     )
 
 
@@ -198,7 +199,7 @@ def test_polar_levels_and_polarquant_configurations():
 
 
 def test_faiss_absent_skips_with_the_install_command(monkeypatch, capsys):
-    monkeypatch.setattr(ev, "_faiss", lambda: None)
+    monkeypatch.setattr(methods, "_faiss", lambda: None)
     runs, skipped = ev.configurations(50, (2,), ["turboquant-mse", "faiss-pq"], backend="numpy")
     assert [c.method for c in runs] == ["turboquant-mse"]
     assert skipped[0][0]["method"] == "faiss-pq" and "faiss-cpu" in skipped[0][1]
