@@ -143,6 +143,13 @@ def scan_sums(tq, blocks, n: int | None = None) -> np.ndarray:
     blocks = np.asarray(blocks)
     if tq.dtype != np.uint8 or tq.ndim != 3 or tq.shape[2] != 1 << BITS:
         raise ValueError(f"byte tables must be uint8 (nq, d, 16), got {tq.dtype} {tq.shape}")
+    if blocks.dtype != np.uint8 or blocks.ndim != 3 or blocks.shape[2] != BLOCK:
+        raise ValueError(
+            f"fast-scan blocks must be uint8 (nblocks, nbytes, {BLOCK}), got {blocks.dtype} "
+            f"{blocks.shape}"
+        )
+    if n is not None and not 0 <= n <= blocks.shape[0] * BLOCK:
+        raise ValueError(f"n={n} rows do not fit {blocks.shape[0]} blocks of {BLOCK}")
     nbytes = blocks.shape[1]
     d = tq.shape[1]
     if not 2 * nbytes - 1 <= d <= 2 * nbytes:

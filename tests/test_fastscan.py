@@ -94,5 +94,9 @@ def test_bad_input_is_refused():
         fastscan.quantize_tables(np.full((1, 2, 16), np.nan))
     with pytest.raises(ValueError, match="do not match"):
         fastscan.scan_sums(np.zeros((1, 5, 16), np.uint8), np.zeros((1, 4, 32), np.uint8))
+    with pytest.raises(ValueError, match="fast-scan blocks must be uint8"):
+        fastscan.scan_sums(np.zeros((1, 8, 16), np.uint8), np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="do not fit"):
+        fastscan.scan_sums(np.zeros((1, 8, 16), np.uint8), np.zeros((1, 4, 32), np.uint8), n=40)
     tq, delta, offset = fastscan.quantize_tables(np.zeros((1, 3, 16)))
     assert delta[0] == 1.0 and not tq.any() and offset[0] == 0.0

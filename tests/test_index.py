@@ -390,3 +390,65 @@ def test_many_small_adds_search_like_one_add():
         want, got = one.search(queries, 10, rerank=rerank), many.search(queries, 10, rerank=rerank)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_review_regressions_ids_empty_inputs_and_ranges(tmp_path):
+    """Ids up to ``MAX_ID`` (one less than int64's largest, so that the next automatic id
+    fits), a clear error when automatic ids would pass it; empty id lists are no-ops; a float16
+    refinement copy refuses vectors too small for float16, ``l2`` refuses squared norms beyond
+    float32; nothing changes on any refusal."""
+    from polarquant.search.index import MAX_ID
+
+    rng = np.random.default_rng(12)
+    index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, seed=4), "ip")
+    index.add(_corpus(rng, 2), ids=np.array([0, MAX_ID]))
+    before = _state(index)
+    with pytest.raises(ValueError, match="automatic ids would pass"):
+        index.add(_corpus(rng, 1))
+    with pytest.raises(ValueError, match="no larger than"):
+        index.add(_corpus(rng, 1), ids=np.array([MAX_ID + 1], dtype=np.uint64))
+    index.remove([])
+    index.add(np.zeros((0, DIM), np.float32), ids=[])
+    assert _state(index) == before
+    index.save(tmp_path / "max-id")
+    assert pq.VectorIndex.load(tmp_path / "max-id.npz").ids().tolist() == [0, MAX_ID]
+    small = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, norm_dtype="float32"), "ip", refine="float16")
+    with pytest.raises(ValueError, match="lose their precision in the float16 refinement"):
+        small.add(1e-6 * _corpus(rng, 3))
+    huge = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, norm_dtype="float32"), "l2")
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        huge.add(np.full((2, DIM), 1e19, np.float32))
+    assert len(small) == len(huge) == 0
+    empty = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3))
+    values, positions = empty.scan(np.ones((2, DIM), np.float32), 5)
+    assert values.shape == positions.shape == (2, 0)
+
+
+def test_reranked_ties_come_in_order_of_addition():
+    """Equal exact values after re-ranking (the same vector added three times) are returned in
+    the order of addition, as every other tie of a search."""
+    rng = np.random.default_rng(13)
+    x = _corpus(rng, 50)
+    index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 2, seed=4), "l2", refine="float32")
+    index.add(x)
+    index.add(np.repeat(x[:1], 3, axis=0), ids=np.array([70, 60, 80]))
+    _, ids = index.search(x[:1], 4, rerank=50)
+    assert ids[0].tolist() == [0, 70, 60, 80]
+
+
+def test_memory_mapped_load_checks_the_refinement_copy_in_bounded_memory(tmp_path):
+    """``load(mmap=True)`` checks the refinement copy a block of rows at a time: its peak
+    allocation stays far below the copy's size."""
+    rng = np.random.default_rng(14)
+    index = pq.VectorIndex(pq.TurboQuantMSE(64, 2, seed=1), "ip", refine="float32")
+    index.add(_corpus(rng, 60_000, 64))
+    index.save(tmp_path / "big")
+    tracemalloc.start()
+    try:
+        loaded = pq.VectorIndex.load(tmp_path / "big.npz", mmap=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    refine_bytes = 60_000 * 64 * 4
+    assert peak < refine_bytes / 4, (peak, refine_bytes)
+    assert len(loaded) == 60_000

@@ -242,6 +242,8 @@ def test_damaged_files_are_refused_naming_the_file(client, data, tmp_path):
         ({"metric": "hamming"}, "metric 'hamming'"),
         ({"shards": [{"file": "../x.npz", "n": 1, "id_min": 0, "id_max": 0}]}, "malformed shard"),
         ({"next_id": 10}, "ids up to 299 >= next_id"),
+        ({"shards": [good["shards"][0], good["shards"][0]]}, "listed twice"),
+        ({"shards": [{**good["shards"][0], "n": 0}]}, "is empty"),
     ]:
         path.write_text(json.dumps({**good, **change}))
         with pytest.raises(ValueError, match=match) as err:
@@ -258,6 +260,25 @@ def test_damaged_files_are_refused_naming_the_file(client, data, tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not a JSON manifest"):
         dist.DaskVectorIndex.load(tmp_path, client=client, backend="numpy")
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="not a JSON manifest"):
+        dist.DaskVectorIndex.load(tmp_path, client=client, backend="numpy")
+    # two shards whose ids overlap: refused, naming the manifest
+    (tmp_path / "copy").mkdir()
+    for shard in (a, b):
+        (tmp_path / "copy" / shard["file"]).write_bytes((tmp_path / a["file"]).read_bytes())
+    overlap = {**good, "shards": [a, {**a, "file": b["file"]}]}
+    (tmp_path / "copy" / dist.MANIFEST).write_text(json.dumps(overlap))
+    with pytest.raises(ValueError, match="index.json.*ids repeated"):
+        dist.DaskVectorIndex.load(tmp_path / "copy", client=client, backend="numpy")
+
+
+def test_empty_index_round_trips(client, tmp_path):
+    """An index with nothing added saves and loads (an empty list of shards)."""
+    empty = dist.DaskVectorIndex(METHODS["turboquant-mse"]("numpy"), "ip", client=client)
+    empty.save(tmp_path / "empty")
+    again = dist.DaskVectorIndex.load(tmp_path / "empty", client=client, backend="numpy")
+    assert len(again) == 0 and again.metric == "ip"
 
 
 # -- errors --------------------------------------------------------------------------------------

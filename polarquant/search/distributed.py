@@ -84,6 +84,8 @@ MANIFEST = "index.json"
 #: Its ``format`` (version 1).
 MANIFEST_FORMAT = "polarquant-dask-index"
 _MANIFEST_VERSION = 1
+#: Largest manifest read (a few hundred bytes per shard).
+MAX_MANIFEST_BYTES = 1 << 26
 _MANIFEST_KEYS = ("format", "format_version", "metric", "refine", "next_id", "config", "shards")
 #: Backends whose shards live in host memory (a CuPy shard would need device blocks and queries).
 CPU_BACKENDS = ("numpy", "numba")
@@ -254,6 +256,10 @@ class DaskVectorIndex:
         rows = self._check_vectors(da, vectors)
         n = int(vectors.shape[0])
         ids = self._check_ids(da, ids, n, vectors.chunks[0])
+        if ids is None and self._next_id + n > _index.MAX_ID + 1:
+            raise ValueError(
+                f"the next {n} automatic ids would pass the largest id {_index.MAX_ID}; give ids="
+            )
         starts = np.cumsum((0,) + rows[:-1], dtype=np.int64)
         blocks = vectors.to_delayed().ravel()
         id_blocks = ids.to_delayed().ravel() if ids is not None else [None] * len(blocks)
@@ -329,9 +335,7 @@ class DaskVectorIndex:
         if ids is None:
             return None
         if not isinstance(ids, da.Array):
-            given = np.asarray(to_host(ids))
-            if given.dtype.kind not in "iu":
-                raise TypeError(f"ids must be integers, got dtype {given.dtype}")
+            given = _index.as_ids(ids)
             if given.shape != (n,):
                 raise ValueError(f"ids must have shape ({n},), one per vector, got {given.shape}")
             return da.from_array(given, chunks=(row_chunks,))
@@ -439,7 +443,8 @@ class DaskVectorIndex:
         results = self.client.gather([f for _, f in held.values()])
         for (sel, _), values in zip(held.values(), results, strict=True):
             exact[sel] = values
-        return _index.best_exact(exact.reshape(nq, c), ids, k)
+        values, order = _index.best_exact(exact.reshape(nq, c), positions, k)
+        return values, np.take_along_axis(ids, order, axis=1)
 
     # -- files -------------------------------------------------------------------------------
     def save(self, directory) -> None:
@@ -498,10 +503,15 @@ class DaskVectorIndex:
         """
         path = Path(directory)
         manifest_path = path / MANIFEST
-        text = manifest_path.read_text(encoding="utf-8")
+        with open(manifest_path, "rb") as fh:  # FileNotFoundError as it is
+            blob = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(blob) > MAX_MANIFEST_BYTES:
+            raise ValueError(
+                f"{str(manifest_path)!r}: a manifest of more than {MAX_MANIFEST_BYTES} bytes"
+            )
         try:
-            manifest = json.loads(text)
-        except ValueError as exc:
+            manifest = json.loads(blob.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError included
             raise ValueError(f"{str(manifest_path)!r}: not a JSON manifest ({exc})") from None
         _check_manifest(manifest, str(manifest_path))
         from ..io import rebuild_quantizer
@@ -538,6 +548,12 @@ class DaskVectorIndex:
             index._shards.append(_Shard(future, offset, count, nbytes, id_min, id_max))
             offset += count
         index._next_id = manifest["next_id"]
+        shards, index._shards = index._shards, []
+        try:  # shards whose id ranges overlap must not share ids
+            index._check_repeats(shards)
+        except ValueError as exc:
+            raise ValueError(f"{str(manifest_path)!r}: {exc}") from None
+        index._shards = shards
         return index
 
 
@@ -564,8 +580,11 @@ def _check_manifest(manifest, name: str) -> None:
     if not _is_count(manifest["next_id"]) or not isinstance(manifest["config"], dict):
         refuse("next_id must be a non-negative integer and config a JSON object")
     shards = manifest["shards"]
-    if not isinstance(shards, list) or not shards:
-        refuse("shards must be a non-empty list")
+    if not isinstance(shards, list):
+        refuse("shards must be a list")
+    files = [spec.get("file") for spec in shards if isinstance(spec, dict)]
+    if len(set(map(str, files))) != len(files):
+        refuse("a shard file is listed twice")
     for spec in shards:
         ok = isinstance(spec, dict) and all(
             _is_count(spec.get(key)) for key in ("n", "id_min", "id_max")
@@ -580,6 +599,8 @@ def _check_manifest(manifest, name: str) -> None:
             refuse(
                 f"malformed shard entry {spec!r} (a file name in the directory, n, id_min, id_max)"
             )
+        if spec["n"] == 0 or spec["id_min"] > spec["id_max"]:
+            refuse(f"shard {file!r} is empty or has id_min > id_max (empty shards are not written)")
         if spec["id_max"] >= manifest["next_id"]:
             refuse(f"shard {file!r} has ids up to {spec['id_max']} >= next_id")
 

@@ -47,6 +47,8 @@ __all__ = [
     "search_sizes",
     "best_exact",
     "metric_scores",
+    "as_ids",
+    "MAX_ID",
 ]
 
 #: Supported metrics: inner product, cosine similarity, squared Euclidean distance.
@@ -59,6 +61,8 @@ BLOCK_ELEMENTS = 1 << 22
 #: Vectors encoded per block in ``add`` (bounded temporaries whatever the input's size: 8 MB
 #: per float32 copy at d = 128).
 ADD_ROWS = 1 << 14
+#: The largest id (``int64``'s largest less one, so that the next automatic id still fits).
+MAX_ID = np.iinfo(np.int64).max - 1
 #: Candidates re-ranked exactly per result when a refinement copy is held (``rerank=None``).
 DEFAULT_RERANK_FACTOR = 4
 
@@ -227,15 +231,14 @@ class VectorIndex:
 
     def _new_ids(self, ids, n: int) -> np.ndarray:
         if ids is None:
+            if self._next_id + n > MAX_ID + 1:
+                raise ValueError(
+                    f"the next {n} automatic ids would pass the largest id {MAX_ID}; give ids="
+                )
             return np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        given = np.asarray(to_host(ids))
-        if given.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {given.dtype}")
+        given = as_ids(ids)
         if given.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), one per vector, got {given.shape}")
-        if n and (given.min() < 0 or given.max() > np.iinfo(np.int64).max):
-            raise ValueError("ids must be non-negative integers that fit in int64")
-        given = given.astype(np.int64)
         unique, counts = np.unique(given, return_counts=True)
         if np.any(counts > 1):
             raise ValueError(f"ids repeated within the call: {unique[counts > 1][:10].tolist()}")
@@ -253,15 +256,29 @@ class VectorIndex:
         codes = self.quantizer.encode(rows)
         sq_norms = None
         if self.metric == "l2":
-            sq_norms = np.asarray(to_host(xp.sum(rows * rows, axis=1)), dtype=np.float32)
+            norms, _ = safe_norms(rows)
+            sq_norms = np.asarray(to_host(norms), dtype=np.float64) ** 2
+            if sq_norms.size and not np.all(sq_norms <= _STORAGE_RANGE["float32"][0]):
+                raise ValueError(
+                    "vectors with squared norms beyond float32's range (norms above 1.8e19) "
+                    "cannot be ranked by l2 distance; rescale them"
+                )
+            sq_norms = sq_norms.astype(np.float32)
         refine = None
         if self.refine is not None:
-            biggest = float(xp.max(xp.abs(rows))) if rows.shape[0] else 0.0
-            if self.refine == "float16" and biggest > _STORAGE_RANGE["float16"][0]:
-                raise ValueError(
-                    f"vectors with values up to {biggest:.4g} exceed the float16 range of the "
-                    "refinement copy; use refine='float32'"
-                )
+            if self.refine == "float16" and rows.shape[0]:
+                largest = xp.max(xp.abs(rows), axis=1)
+                big, tiny = _STORAGE_RANGE["float16"]
+                if float(xp.max(largest)) > big:
+                    raise ValueError(
+                        f"vectors with values up to {float(xp.max(largest)):.4g} exceed the "
+                        "float16 range of the refinement copy; use refine='float32'"
+                    )
+                if bool(xp.any((largest > 0) & (largest < tiny))):
+                    raise ValueError(
+                        f"vectors whose values all lie below {tiny:.2g} lose their precision in "
+                        "the float16 refinement copy; use refine='float32' or rescale them"
+                    )
             refine = xp.astype(rows, getattr(xp, self.refine))
         return _Segment(codes, ids, sq_norms, refine)
 
@@ -292,10 +309,7 @@ class VectorIndex:
         UnknownIdsError
             (a ``KeyError``) Some ids are not in the index (they are named); nothing is removed then.
         """
-        given = np.asarray(to_host(ids))
-        if given.dtype.kind not in "iu":
-            raise TypeError(f"ids must be integers, got dtype {given.dtype}")
-        given = np.unique(given.reshape(-1).astype(np.int64))
+        given = np.unique(as_ids(ids).reshape(-1))
         positions = self._positions(given)
         if np.any(positions < 0):
             raise UnknownIdsError(f"ids not in the index: {given[positions < 0][:10].tolist()}")
@@ -342,7 +356,9 @@ class VectorIndex:
         ``"l2"``, smaller first) and int64 ids, as NumPy arrays.  Scores are estimated
         from the codes; with a refinement copy, the best ``rerank`` candidates (default
         ``4 k``, at most the index's size) are scored exactly and the scores returned are
-        the exact ones.  Equal scores are ordered by the order of addition.
+        the exact ones.  Equal scores are ordered by the order of addition (scores of
+        identical codes computed in blocks of other shapes, e.g. after another ``add`` call or
+        in a batch of another size, may differ by BLAS rounding in their last bits).
 
         Built from :func:`query_rows`, :func:`search_sizes`, :meth:`scan`,
         :meth:`exact_values` and :func:`metric_scores`, which a sharded index
@@ -376,7 +392,8 @@ class VectorIndex:
         """The ``c`` best vectors for each of the prepared queries ``rows`` (:func:`query_rows`),
         from the codes: ``(values, positions)`` ``(nq, c)``, best first, ties by position.
 
-        Values are larger-first for every metric: the estimated inner product (``"ip"``,
+        Fewer than ``c`` columns come back when fewer vectors are held (removed ones count,
+        with the value ``-inf``).  Values are larger-first for every metric: the estimated inner product (``"ip"``,
         ``"cosine"``), or ``2 <q, x> - ||x||^2`` for ``"l2"`` (the squared distance less the
         query's own ``||q||^2``, which :func:`metric_scores` adds back).  Positions count the
         vectors held (removed ones included) in the order of addition.  Blocks of codes are
@@ -385,6 +402,10 @@ class VectorIndex:
         a time (default :data:`BLOCK_ELEMENTS`).
         """
         xp = namespace(rows)
+        c = check_int(c, "c", low=1)
+        nq = int(rows.shape[0])
+        if not self._segments:  # nothing held: no candidates
+            return xp.zeros((nq, 0), dtype=rows.dtype), xp.zeros((nq, 0), dtype=xp.int64)
         top = TopK(c)
         budget = BLOCK_ELEMENTS if block_elements is None else block_elements
         step = max(c, budget // max(int(rows.shape[0]), 1))
@@ -423,7 +444,9 @@ class VectorIndex:
         nq, r = positions.shape
         query = np.repeat(np.arange(nq), r)
         exact = xp.reshape(self.exact_values(rows, query, positions), (nq, r))
-        return best_exact(exact, xp.asarray(positions), k)
+        positions = xp.asarray(positions)
+        values, order = best_exact(exact, positions, k)
+        return values, xp.take_along_axis(positions, order, axis=1)
 
     def _refine_rows(self, xp, positions: np.ndarray, dtype):
         """Rows ``positions`` (over all segments) of the refinement copy, in ``xp`` and ``dtype``."""
@@ -467,6 +490,22 @@ class VectorIndex:
         return load(path, mmap=mmap, backend=backend)
 
 
+def as_ids(ids) -> np.ndarray:
+    """``ids`` as int64 on the host: integers in ``0 ... MAX_ID`` (an empty list is no ids).
+
+    Raises ``TypeError`` for non-integers and ``ValueError`` for ids out of that range (the
+    automatic ids continue after the largest id, so the largest must leave room for one more).
+    """
+    given = np.asarray(to_host(ids))
+    if given.size == 0:
+        return np.zeros(given.shape, dtype=np.int64)
+    if given.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {given.dtype}")
+    if given.min() < 0 or given.max() > MAX_ID:
+        raise ValueError(f"ids must be non-negative integers no larger than {MAX_ID}")
+    return given.astype(np.int64)
+
+
 def query_rows(queries, dim: int, metric: str):
     """Queries checked and prepared for a search: ``(xp, rows, lead)``.
 
@@ -500,11 +539,14 @@ def search_sizes(k, rerank, refine, live: int) -> tuple[int, int]:
 
 
 def best_exact(exact, positions, k: int):
-    """The ``k`` best of candidates given best first (ties by position) with their exact
-    values ``(nq, r)``: a stable sort keeps that order among equal exact values."""
+    """The ``k`` best candidates by their exact values ``(nq, r)``, equal values in position
+    order (the order of addition, as everywhere in a search): ``(values, order)``, ``order``
+    indexing the candidates, to take their positions or ids along."""
     xp = namespace(exact)
-    order = xp.argsort(-exact, axis=1, stable=True)[:, :k]
-    return xp.take_along_axis(exact, order, axis=1), xp.take_along_axis(positions, order, axis=1)
+    by_position = xp.argsort(positions, axis=1)
+    ranked = xp.argsort(-xp.take_along_axis(exact, by_position, axis=1), axis=1, stable=True)
+    order = xp.take_along_axis(by_position, ranked[:, :k], axis=1)
+    return xp.take_along_axis(exact, order, axis=1), order
 
 
 def metric_scores(metric: str, rows, values, *, exact: bool = False) -> np.ndarray:

@@ -17,8 +17,8 @@ Removed vectors are not written.  :func:`load` checks, before allocating anythin
 metadata (strict JSON, every key), the configuration (rebuilt into the quantizer), and each
 member's header and size against the layout the configuration and ``n`` imply; then reads
 the members (zip CRC checked) or, with ``mmap=True``, maps the codes and the refinement copy
-read-only from the file (their CRC is then not checked: that would read them whole; ids and
-squared norms are always read).  Stored norms must be finite and non-negative, ids unique,
+read-only from the file (their CRC is then not checked; ids and squared norms are always read,
+and the refinement copy is read once, a block of rows at a time, to check it is finite).  Stored norms must be finite and non-negative, ids unique,
 non-negative and below ``next_id``.  Every damaged or crafted file raises ``ValueError``
 naming the file.
 """
@@ -46,6 +46,8 @@ FORMAT = "polarquant-index"
 FORMAT_VERSION = 1
 #: Largest metadata member accepted (fitted codebooks make it at most a few hundred KB).
 MAX_METADATA_BYTES = 1 << 24
+#: Rows of the refinement copy checked at a time on load (bounded memory for a memory map).
+CHECK_ROWS = 1 << 14
 _META_KEYS = (
     "format",
     "format_version",
@@ -168,8 +170,11 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
     for name in (*codes_fields, "sq_norms"):
         if name in arrays and arrays[name].dtype.kind == "f":
             _archive.check_scalars(name, arrays[name])
-    if "refine" in arrays and not np.all(np.isfinite(arrays["refine"])):
-        raise Refused("member 'refine' holds non-finite values")
+    if "refine" in arrays:  # block by block: bounded memory, also for a memory map
+        refine = arrays["refine"]
+        for start in range(0, n, CHECK_ROWS):
+            if not np.all(np.isfinite(refine[start : start + CHECK_ROWS])):
+                raise Refused("member 'refine' holds non-finite values")
     ids = arrays["ids"]
     if n and (ids.min() < 0 or ids.max() >= meta["next_id"]):
         raise Refused(f"ids must lie in [0, next_id={meta['next_id']})")

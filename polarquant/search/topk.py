@@ -3,7 +3,9 @@
 A search over ``n`` vectors for ``nq`` queries never holds the ``nq x n`` score matrix: scores
 arrive in blocks of rows (``nq x b``), each block is cut to its ``k`` best per query with a
 partial sort (``argpartition``, linear time), and merged with the ``k`` best so far
-(``nq x 2k``, cut again).  Only the final ``k`` are sorted.  The arrays may be NumPy or CuPy
+(at most ``nq x 2k``, sorted and cut again); once ``k`` are held, a block is first
+filtered by the running k-th best (one comparison per score), so that the partial sort
+is needed only while many scores still pass.  The arrays may be NumPy or CuPy
 (both have ``argpartition`` and ``take_along_axis``); larger is better, so a distance is
 negated before it comes here (:mod:`polarquant.search.index`).
 
