@@ -7,6 +7,14 @@ the repository; its figures are rendered to PNG files in that directory (``MPLBA
 test.  The notebooks' own ``assert`` statements (the papers' numbers, with their tolerances
 explained in the notebooks) are the real checks; a failing cell fails the test with its traceback.
 
+Every executed notebook must also *contain* its figures (one PNG output per rendered figure):
+headless, under ``Agg``, ``plotting.show`` displays them itself.
+
+The student handout (``tutorials/README.md``, "For teachers") removes every cell tagged
+``solution``; the handout tests check that no written-out solution is left untagged, and build the
+handout with the README's own command (with nbconvert installed; otherwise by the same stripping
+rule) to make sure no solution survives.
+
 The execution tests are skipped, with the reason, when nbclient, nbformat or ipykernel is not
 installed; the sync tests need jupytext and nbformat.  Install them with
 ``pip install jupytext nbclient nbformat ipykernel matplotlib``.
@@ -17,6 +25,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -145,6 +156,101 @@ def test_notebook_runs(notebook, kernel_env):
     assert elapsed < NOTEBOOK_TIMEOUT_S, f"{notebook.name} took {elapsed:.0f} s"
     figures = list((kernel_env / "figures").glob("*.png"))
     assert figures, f"{notebook.name} rendered no figure"
+    # headless (Agg) the notebook must still contain every figure it rendered, as a PNG output
+    displayed = sum(
+        "image/png" in output.get("data", {})
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert displayed == len(figures), (
+        f"{notebook.name}: {len(figures)} figures rendered but {displayed} in the executed notebook"
+    )
     assert sorted(p.name for p in TUTORIALS.iterdir()) == before, (
         "the notebook wrote into tutorials/"
     )
+
+
+# -- the student handout ------------------------------------------------------------------------
+#: The tag of the cells the handout removes (tutorials/README.md, "For teachers").
+SOLUTION_TAG = "solution"
+#: How a written-out solution starts: "**Solution.**", "**Solution** (expand the hidden cell)."...
+SOLUTION_MARKER = re.compile(r"^\W*solutions?\b", re.IGNORECASE)
+#: What ends a solution: the next exercise, or a heading.
+EXERCISE_OR_HEADING = re.compile(r"^(\W*exercise\b|#)", re.IGNORECASE)
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_every_solution_cell_is_tagged(notebook):
+    """From a "**Solution" cell to the next exercise or heading, every cell (the written-out
+    solution, its code, any explanation after the code) carries the ``solution`` tag."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    inside, untagged, seen = False, [], 0
+    for index, cell in enumerate(cells):
+        source = "".join(cell["source"]).strip()
+        if SOLUTION_MARKER.match(source):
+            inside, seen = True, seen + 1
+        elif cell["cell_type"] == "markdown" and EXERCISE_OR_HEADING.match(source):
+            inside = False
+        if inside and SOLUTION_TAG not in _tags(cell):
+            untagged.append(f"cell {index}: {source[:60]!r}")
+    assert seen, f"{notebook.name} has no solution"
+    assert not untagged, f"{notebook.name}: solution cells without the tag: {untagged}"
+
+
+def _handout_command(out_dir: Path) -> list[str]:
+    """The README's handout command, run with this interpreter's nbconvert into ``out_dir``."""
+    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^\s*(jupyter nbconvert .*?)\n\s*```", readme, re.MULTILINE | re.DOTALL)
+    assert found, "tutorials/README.md no longer shows the handout command"
+    words = shlex.split(found.group(1).replace("\\\n", " "))
+    assert words[:2] == ["jupyter", "nbconvert"]
+    command = [sys.executable, "-m", "nbconvert"]
+    words = words[2:]
+    while words:
+        word = words.pop(0)
+        if word == "--output-dir":
+            words.pop(0)
+            command += [word, str(out_dir)]
+        elif "*" in word:  # the notebooks' glob, expanded as the shell would
+            command += sorted(str(p) for p in ROOT.glob(word))
+        else:
+            command.append(word)
+    return command
+
+
+def test_student_handout_has_no_solutions(tmp_path):
+    """Build the handout as tutorials/README.md says: no solution survives, every exercise does."""
+    missing = _missing("nbformat")
+    if missing:
+        pytest.skip("needs nbformat (pip install nbformat)")
+    import nbformat
+
+    handout = tmp_path / "handout"
+    if importlib.util.find_spec("nbconvert") is not None:
+        command = _handout_command(handout)
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    else:  # the same rule as nbconvert's TagRemovePreprocessor: drop the tagged cells
+        handout.mkdir()
+        for notebook in NOTEBOOKS:
+            nb = nbformat.read(notebook, as_version=4)
+            nb.cells = [c for c in nb.cells if SOLUTION_TAG not in _tags(c)]
+            nbformat.write(nb, handout / notebook.name)
+
+    assert sorted(p.name for p in handout.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+    for notebook in NOTEBOOKS:
+        teacher = nbformat.read(notebook, as_version=4)
+        student = nbformat.read(handout / notebook.name, as_version=4)
+        solutions = {c.source.strip() for c in teacher.cells if SOLUTION_TAG in _tags(c)}
+        exercises = [c.source for c in teacher.cells if "**Exercise" in c.source]
+        assert solutions and exercises, notebook.name
+        for cell in student.cells:
+            source = cell.source.strip()
+            assert not SOLUTION_MARKER.match(source), f"{notebook.name}: {source[:60]!r}"
+            assert SOLUTION_TAG not in _tags(cell), f"{notebook.name}: a solution cell survived"
+            assert source not in solutions, f"{notebook.name}: {source[:60]!r}"
+        assert [c.source for c in student.cells if "**Exercise" in c.source] == exercises

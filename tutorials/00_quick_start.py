@@ -90,12 +90,13 @@ print(
 )
 
 # %% [markdown]
-# We start with one attention head: the 192 keys of KV head 0 in the middle layer, and the 3 query
-# heads that read it (32 queries each, 96 in all).  Attention is causal: query $i$ at position
-# $p_i$ sees keys $0..p_i$.
+# We start with one attention head: the 192 keys of KV head 0 in the middle layer (model layer
+# 15, index 1 of the sample), and the 3 query heads that read it (32 queries each, 96 in all).
+# Attention is causal: query $i$ at position $p_i$ sees keys $0..p_i$.
 
 # %%
 layer, head = 1, 0
+assert kv["layers"][layer] == 15  # index 1 of the sample is model layer 15
 keys = keys_all[layer, head]  # (192, 64)
 queries = queries_all[layer, 3 * head : 3 * head + 3].reshape(-1, 64)  # (96, 64)
 mask = np.arange(keys.shape[0])[None, :] <= np.tile(positions, 3)[:, None]  # (96, 192) visible
@@ -181,7 +182,13 @@ assert np.allclose(est_scores, queries @ x_hat.T, rtol=1e-4, atol=1e-3)
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
 slope = metrics.bias_slope(est_scores, true_scores)
 plotting.scatter_estimates(
-    axes[0], true_scores, est_scores, label="TurboQuantMSE, 4 bits", slope=slope
+    axes[0],
+    true_scores,
+    est_scores,
+    label="TurboQuantMSE, 4 bits",
+    slope=slope,
+    xlabel=r"true $\langle q, k\rangle$",
+    ylabel=r"estimate $\langle q, \hat k\rangle$",
 )
 axes[0].set_title("inner products of real queries and keys")
 # attention of one query: exact vs from codes (scale 1/sqrt(d), causal mask)
@@ -391,12 +398,14 @@ for name, why in status.items():
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1.** Predict, from the layout formula of `TurboQuantProd` in `docs/index.md`
+# **Exercise 1.** Predict, from the layout formula of `TurboQuantProd` in `docs/theory/memory.md`
 # ($\lceil (b-1)D/8\rceil + \lceil d/8\rceil + 4$ bytes: a $(b-1)$-bit MSE stage, $d$ QJL sign bits,
 # two fp16 norms), the bytes per vector and bits per coordinate of `TurboQuantProd(64, bits=3)`,
-# then check with `codes.nbytes`.
+# then check with `codes.nbytes`.  Here $d$ is the input dimension and $D$ the *rotated* dimension,
+# the number of coordinates the MSE stage quantizes: $D = d$ for the default Haar rotation, the
+# next power of two for `rotation="hadamard"` (which zero-pads); so $D = d = 64$ here.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution** (expand the hidden cell).
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -411,7 +420,7 @@ assert prod_codes.nbytes == n * predicted and prod_codes.bits_per_coordinate == 
 # configuration, 3.875 bits) and with `TurboQuantMSE(384, bits=3)` and `bits=4`.  Which gives the
 # lowest $D_{\mathrm{mse}}$ per stored bit?  Compare each with its prediction (`expected_mse`).
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -434,7 +443,7 @@ for q in (
 # refused by `TurboQuantMSE(d, 4, seed=1)`, although both have the same memory layout?  What
 # would `decode` return if it were accepted?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

@@ -176,6 +176,7 @@ for ax, (name, samples) in zip(
         },
         bins=50,
         title=name,
+        xlabel=r"rotated coordinate $y_j$",
     )
 plotting.show(fig)
 
@@ -332,7 +333,7 @@ assert randomized["spike e_1"] < expected4
 # the rotated samples of Section 2 (pool all four inputs).  How many standard errors away is the
 # measurement?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -352,7 +353,7 @@ assert abs(estimate - theory) < 4 * sem4
 # Measure $\sup_t |\,f_d(t/\sqrt d)/\sqrt d - \varphi(t)\,|$ relative to $\varphi(0)$ for
 # $d = 4, 8, \dots, 1024$.  How does the gap scale with $d$?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -382,7 +383,7 @@ assert np.all(np.diff(np.log2(gap[2:])) < -0.9)
 # `TurboQuantMSE(96, 4, rotation="hadamard")` with the Haar version: bits per coordinate and
 # $D_{\mathrm{mse}}$ on Gaussian data.  What does the padding cost?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

@@ -127,6 +127,7 @@ for level, ax in zip(range(1, 8), axes.ravel(), strict=False):
         {"Lemma 2": distributions.angle_density(grid, level)},
         bins=60,
         title=f"level {level} ({angles[level - 1].size} angles)",
+        xlabel=rf"angle $\psi^{{({level})}}$ (rad)",
     )
 axes.ravel()[-1].axis("off")
 plotting.show(fig)
@@ -210,6 +211,8 @@ for ax, level in zip(axes, (2, 3, 4), strict=True):
     )
     ax.plot(grid, distributions.angle_density(grid, level), "k-", label="Lemma 2")
     ax.set_title(f"level {level}")
+    ax.set_xlabel(rf"angle $\psi^{{({level})}}$ (rad)")
+    ax.set_ylabel("density")
     ax.legend()
     cdf = partial(distributions.angle_cdf, level=level)
     ks_raw[level] = stats.kstest(raw_angles[level - 1].ravel(), cdf).statistic
@@ -315,7 +318,7 @@ assert abs(keys_err / pq64.expected_mse - 1) < 0.10
 # codebook is the uniform one (`codebooks.uniform_codebook`), and compute its error
 # $\mathbb E\delta^2 = (2\pi/2^b)^2/12$ for $b = 4$.  Why is $1 - \mathbb E\cos\delta \approx \mathbb E\delta^2/2$?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -336,7 +339,7 @@ assert abs(loss[0] - mse1 / 2) < 0.02 * loss[0]
 # $8 b_1 + 4 b_2 + 2 b_3 + b_4 = 46$) and search all allocations $b_\ell \in \{1, \dots, 8\}$ for the
 # lowest predicted error (`PolarQuant(...).expected_mse`).  Is the paper's $(4, 2, 2, 2)$ the best?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -358,7 +361,7 @@ assert ranked[0][1] == (4, 2, 2, 2)
 # each level's field to whole bytes), and what error does it predict?  Compare with
 # $(4, 2, 2, 2)$ at $L = 4$.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

@@ -212,6 +212,8 @@ for ax, level in zip(axes, (2, 3, 4, 5), strict=True):
         codebooks.angle_codebook(level, 2),
         label=f"level {level}",
     )
+    ax.set_xlabel(rf"angle $\psi^{{({level})}}$ (rad)")
+    ax.set_ylabel("density")
 plotting.show(fig)
 
 # %% [markdown]
@@ -363,7 +365,7 @@ assert panter_dite - scaled[-1] < 0.03
 # $\pm\mathbb E[X \mid X > 0]$) and its error, and check them against the library.  Relate the result
 # to TurboQuant's bias factor $2/\pi$ at one bit (notebook 5).
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.** $c = \mathbb E[X\mid X>0] = 2\int_0^\infty x\varphi = \sqrt{2/\pi} \approx 0.7979$ and
 # $D = \mathbb E X^2 - c^2 = 1 - 2/\pi \approx 0.3634$.  The reconstruction keeps the fraction
 # $\mathbb E[X c(X)] = c^2 = 2/\pi$ of every inner product: that is the shrinkage $1 - D$ of notebook 5.
@@ -379,7 +381,7 @@ print(normal[1].centroids, normal[1].mse, 1 - 2 / math.pi)
 # with `codebooks.lloyd_max_density`, and compare their errors with the Gaussian ones.  Which law is
 # harder to quantize, and why would that matter if a rotation were *not* applied?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 
@@ -403,7 +405,7 @@ for b in (1, 2, 3, 4):
 # how much error it adds at $d = 128$ for $b = 1..4$.  Is the result still within TurboQuant's upper
 # bound $\frac{\sqrt3\pi}{2}4^{-b}$ (per vector)?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

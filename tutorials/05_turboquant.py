@@ -24,8 +24,8 @@
 # **Learning goals.**
 #
 # 1. Read Algorithm 1 (`TurboQuantMSE`) and Algorithm 2 (`TurboQuantProd`) and their memory cost;
-# 2. measure $D_{\mathrm{mse}}$ and $D_{\mathrm{prod}}$ against $b$, next to the published values and
-#    the bounds of Theorems 1-3;
+# 2. measure $D_{\mathrm{mse}}$ and $D_{\mathrm{prod}}$ against $b$, next to the values printed in the paper
+#    and the bounds of Theorems 1-3;
 # 3. see the multiplicative bias $1 - D_{\mathrm{mse}}$ of the MSE variant ($2/\pi$ at one bit) and the
 #    unbiasedness of the product variant;
 # 4. weigh bias against variance **at equal bits**, including the simple fix of rescaling the MSE
@@ -114,18 +114,36 @@ assert np.allclose(prod_scores[2], Y @ prod_hat[2].T, atol=1e-10)
 # %% [markdown]
 # ## 2. $D_{\mathrm{mse}}$ against bits (Theorem 1)
 #
-# The paper prints $D_{\mathrm{mse}} \approx 0.36, 0.117, 0.03, 0.009$ for $b = 1..4$; the exact
-# Lloyd-Max values are 0.3634, 0.1175, 0.03455, 0.00950 (the paper's 0.03 is a rounding of 0.0345).
+# The paper prints $D_{\mathrm{mse}} \approx 0.36, 0.117, 0.03, 0.009$ for $b = 1..4$.  We compute
+# the Lloyd-Max distortion here (`expected_mse`, the exact coordinate law at $d = 1536$): 0.3632,
+# 0.1174, 0.03450, 0.00949 (the Gaussian limit $d \to \infty$ gives 0.3634, 0.1175, 0.03455, 0.00950).
+# A printed value with $k$ decimals stands for every number that rounds to it, so we compare the
+# computed values with the printed ones to **half a unit of the last printed digit**: 0.005 for
+# 0.36 and 0.03, 0.0005 for 0.117 and 0.009.  The paper's 0.03 is 0.0345 rounded to two decimals, a
+# 13% difference that is not a discrepancy; at $b = 4$ the margin is thin (0.00949 lies 0.000015
+# inside $[0.0085, 0.0095]$).  The plot shows the printed values as printed.
 
 # %%
-published_mse = {1: 0.36, 2: 0.117, 3: 0.0345, 4: 0.0095}
+printed_mse = {1: "0.36", 2: "0.117", 3: "0.03", 4: "0.009"}  # TurboQuant, as printed
+computed_mse = {b: mse_q[b].expected_mse for b in BITS}  # Lloyd-Max, computed here (d = 1536)
 measured_mse = {b: metrics.d_mse(X, mse_hat[b]) for b in BITS}
 lower = {b: metrics.turboquant_mse_bounds(b)[0] for b in BITS}
 upper = {b: metrics.turboquant_mse_bounds(b)[1] for b in BITS}
-print(f"{'b':>2}{'measured':>10}{'Lloyd-Max':>11}{'published':>11}{'lower 4^-b':>12}{'upper':>8}")
+
+
+def half_unit(printed: str) -> float:
+    """Half a unit of the last printed digit: the rounding error a printed value can hide."""
+    return 0.5 * 10.0 ** -len(printed.split(".")[1])
+
+
+print(
+    f"{'b':>2}{'measured':>10}{'computed':>10}{'printed':>9}{'half unit':>11}{'lower 4^-b':>12}"
+    f"{'upper':>8}"
+)
 for b in BITS:
     print(
-        f"{b:>2}{measured_mse[b]:>10.5f}{mse_q[b].expected_mse:>11.5f}{published_mse[b]:>11}{lower[b]:>12.5f}{upper[b]:>8.4f}"
+        f"{b:>2}{measured_mse[b]:>10.5f}{computed_mse[b]:>10.5f}{printed_mse[b]:>9}"
+        f"{half_unit(printed_mse[b]):>11}{lower[b]:>12.5f}{upper[b]:>8.4f}"
     )
 
 fig, ax = plt.subplots(figsize=(6, 4))
@@ -135,7 +153,7 @@ plotting.distortion_vs_bits(
     {"TurboQuantMSE": [measured_mse[b] for b in BITS]},
     lower=[lower[b] for b in BITS],
     upper=[upper[b] for b in BITS],
-    reference={"published (TurboQuant)": [published_mse[b] for b in BITS]},
+    reference={"printed in the TurboQuant paper": [float(printed_mse[b]) for b in BITS]},
     ylabel=r"$D_{\mathrm{mse}}$",
     lower_label=r"lower bound $4^{-b}$ (Thm 3)",
     upper_label=r"upper bound $(\sqrt{3}\pi/2)\,4^{-b}$ (Thm 1)",
@@ -144,14 +162,15 @@ ax.set_title(f"TurboQuant$_{{mse}}$, d = {d}")
 plotting.show(fig)
 
 # %% [markdown]
-# Assertions.  The per-vector error at $d = 1536$ has a relative spread of 2% (1 bit) to 7%
-# (4 bits), so the mean over $\ge 400$ vectors is within 0.5% of its expectation: we require 3% agreement with the
-# published values (the stated tolerance) and 1.5% with the Lloyd-Max prediction, and the bounds.
+# Assertions.  The computed values agree with the printed ones to half a unit of the last printed
+# digit (above).  The per-vector error at $d = 1536$ has a relative spread of 2% (1 bit) to 7%
+# (4 bits), so the mean over $\ge 400$ vectors is within 0.5% of its expectation: we require 1.5%
+# agreement between the measurement and the computed values, and the bounds.
 
 # %%
 for b in BITS:
-    assert abs(measured_mse[b] / published_mse[b] - 1) < 0.03, b
-    assert abs(measured_mse[b] / mse_q[b].expected_mse - 1) < 0.015, b
+    assert abs(computed_mse[b] - float(printed_mse[b])) <= half_unit(printed_mse[b]), b
+    assert abs(measured_mse[b] / computed_mse[b] - 1) < 0.015, b
     assert lower[b] < measured_mse[b] < upper[b]
 
 # %% [markdown]
@@ -241,12 +260,26 @@ for b in BITS:
     )
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+labels = {
+    "xlabel": r"true $\langle y, x\rangle = \rho$",
+    "ylabel": r"estimate $\langle y, \hat x\rangle$",
+}
 plotting.scatter_estimates(
-    axes[0], rho, np.sum(Yc * mse_hat[1], 1), label="TurboQuantMSE, b=1", slope=slopes_mse[1]
+    axes[0],
+    rho,
+    np.sum(Yc * mse_hat[1], 1),
+    label="TurboQuantMSE, b=1",
+    slope=slopes_mse[1],
+    **labels,
 )
 axes[0].set_title(r"MSE variant, 1 bit: slope $2/\pi$")
 plotting.scatter_estimates(
-    axes[1], rho, np.sum(Yc * prod_hat[2], 1), label="TurboQuantProd, b=2", slope=slopes_prod[2]
+    axes[1],
+    rho,
+    np.sum(Yc * prod_hat[2], 1),
+    label="TurboQuantProd, b=2",
+    slope=slopes_prod[2],
+    **labels,
 )
 axes[1].set_title("product variant, 2 bits: unbiased")
 plotting.show(fig)
@@ -351,7 +384,7 @@ for b in BITS:
 # is plain QJL with $m = d$ on $x$ itself.  Check that `TurboQuantProd(d, 1)` stores only signs and
 # norms, and that its $d \cdot D_{\mathrm{prod}}$ is $\approx \pi/2$ (notebook 2's variance with $m = d$).
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -366,7 +399,7 @@ print(f"d * D_prod = {d_prod_prod[1]:.3f}, pi/2 = {math.pi / 2:.3f}")
 # solve for $\rho^*$.  Evaluate it at $d = 128$ and $d = 1536$ for $b = 2$ and check at $d = 128$ by
 # measurement.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.** $\rho^* \approx \sqrt{(\frac\pi2 D' - D)/d}\,/\,D$: it shrinks like $1/\sqrt d$, because the
 # variances are $O(1/d)$ while the bias is not.
 
@@ -396,7 +429,7 @@ for r in (0.3, 0.5, 0.7):
 # difference of the two scores.  Rebuild the buggy estimator for $b = 3$ and compare its
 # $d \cdot D_{\mathrm{prod}}$ and slope with the correct one and with spending all 3 bits on the codebook.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

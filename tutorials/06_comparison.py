@@ -442,7 +442,7 @@ assert abs(S["HadamardRTN g=32", "b=4"]["bits"] - (4 * 512 + 16 * 512 / 32) / 38
 # output $\mathrm{softmax}(qK^\top/8)\,V$ with the compressed keys (scored from codes) and decoded
 # values, and report the relative error of the outputs.  Which part, keys or values, dominates?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -470,7 +470,7 @@ for q in (pq.TurboQuantMSE(64, 4, seed=0), pq.PolarQuant(64, seed=0)):
 # **Exercise 2.** What is the cheapest configuration in the Workload A table whose attention KL is
 # below 0.05 nats?  And below 0.15?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -492,7 +492,7 @@ for target in (0.05, 0.15):
 # 192 tokens), and compute the bits per coordinate from the fields and state, and
 # $D_{\mathrm{mse}}$.  Which layout and which group size are the best use of bits?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

@@ -771,7 +771,7 @@ else:
 # TurboQuant's 3.5-bit channel split for keys and values, and the ratio to fp16.  Check your
 # per-layer formula against a `KVCache` holding 1 KV head and 1,000 tokens of random data.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -806,7 +806,7 @@ print(f"{total / 2**30:.2f} GiB instead of {fp16 / 2**30:.0f} GiB: {fp16 / total
 # exact attention does not change, then rerun the key sweep for `turboquant-mse` at 3 and 4 bits
 # and `kivi` at 3 bits on the centred keys.  How much of KIVI's lead does the offset explain?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -831,7 +831,7 @@ for method, kb in (("turboquant-mse", 3), ("turboquant-mse", 4), ("kivi", 3)):
 # and values with `turboquant-mse` at 2, 3, 4 bits and `kivi` at 2, 3 bits.  Compare the output
 # error with that of the same method on the keys.  Which matters more?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -861,7 +861,7 @@ for method, vb in (
 # tokens can the window hold at most with `window=128`?  Append 300 tokens one at a time and
 # record the largest and smallest window once 128 tokens are held.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

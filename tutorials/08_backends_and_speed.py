@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -217,7 +217,8 @@ else:
 
 # %%
 kv = datasets.load_smollm2_kv()
-keys = kv["keys"][1, 0].astype(np.float32)  # layer 1, KV head 0: (192, 64)
+assert kv["layers"][1] == 15  # index 1 of the sample is model layer 15
+keys = kv["keys"][1, 0].astype(np.float32)  # model layer 15, KV head 0: (192, 64)
 queries = kv["queries"][1, 0:3].reshape(-1, 64).astype(np.float32)  # its 3 query heads: (96, 64)
 n, d = keys.shape
 m = 256
@@ -689,7 +690,7 @@ if not cu_files:
 # shifts, score the key as $\sum_j T[j, \mathrm{byte}_j]$, and compare with
 # `numpy_backend.scalar_score` and with $\sum_i q_i c[\mathrm{code}_i]$.
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution** (expand the hidden cell).
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -723,7 +724,7 @@ assert abs(by_table - direct) < 1e-12 and abs(by_reference - direct) < 1e-12
 # `QJL(128, proj_dim=512)`, `PolarQuantQJL(128, proj_dim=64)`.  Check against `codes.nbytes` of
 # 1000 encoded keys.  Which one reads the fewest bytes, and is that the one you would pick?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -753,7 +754,7 @@ for name, quantizer in candidates.items():
 # that Numba's 3-bit scores agree with the reference, and time Numba's score at 3 and 4 bits on
 # the same keys.  Is 3 bits faster because it reads fewer bytes?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

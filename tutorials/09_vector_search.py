@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -611,7 +611,7 @@ assert index.ids()[-1] == base_rows.max() + 1
 # $d\,\tau^2 \approx D_{\mathrm{mse}}/(1 - D_{\mathrm{mse}})$, predict recall@1@1 of TurboQuantMSE at
 # 3 and 5 bits on the synthetic corpus, before measuring it.  What does each extra bit buy?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -635,7 +635,7 @@ for bits in (3, 5):
 # (memory-mapped), re-ranking the smallest $R$ that Section 3's curve says is enough.  What does each
 # cost in RAM and in reads from disk per query?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]
@@ -658,7 +658,7 @@ print(
 # half of the corpus then the second, and check that searches return exactly what the index built in
 # one call returns.  Why would an index based on Product Quantization not have this property?
 
-# %% [markdown]
+# %% [markdown] tags=["solution"]
 # **Solution.**
 
 # %% jupyter={"source_hidden": true} tags=["solution"]

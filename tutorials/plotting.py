@@ -5,15 +5,19 @@ returns it, so a notebook cell reads as: compute with :mod:`polarquant`, then
 plot theory next to samples.  Nothing here computes a quantizer, a codebook or
 a density: those always come from the library.
 
-:func:`show` ends a figure.  In JupyterLab it displays it; under a
-non-interactive backend (``MPLBACKEND=Agg``, as in the test suite) it closes it
-quietly, after saving it as a PNG when ``POLARQUANT_TUTORIAL_FIGDIR`` names a
-folder (the tests use that to make sure every figure really renders, LaTeX
-labels included).
+:func:`show` ends a figure.  With an interactive backend (JupyterLab's inline
+backend) it hands the figure to ``plt.show()``.  Under a non-interactive backend
+(``MPLBACKEND=Agg``, headless, as in the test suite) ``plt.show()`` would show
+nothing, so inside a Jupyter kernel it displays the figure as a PNG output
+itself before closing it: an executed notebook contains its figures either way.
+When ``POLARQUANT_TUTORIAL_FIGDIR`` names a folder, every figure is also saved
+there as a PNG (the tests use that to make sure every figure really renders,
+LaTeX labels included).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from pathlib import Path
@@ -75,8 +79,23 @@ def _interactive() -> bool:
     return backend not in {"agg", "pdf", "ps", "svg", "cairo", "template"}
 
 
+def _in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (where a displayed PNG becomes a cell output)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 def show(fig=None) -> None:
-    """Display the figure (JupyterLab) or, under a non-interactive backend, save/close it."""
+    """End a figure: display it, save it to ``POLARQUANT_TUTORIAL_FIGDIR`` if set, close it.
+
+    Under an interactive backend ``plt.show()`` displays it; under a non-interactive one
+    (``Agg``) it is rendered to PNG and displayed with :func:`IPython.display.display` when
+    running in a Jupyter kernel (a plain script just closes it).
+    """
     fig = plt.gcf() if fig is None else fig
     fig.tight_layout()
     target = os.environ.get("POLARQUANT_TUTORIAL_FIGDIR")
@@ -86,12 +105,33 @@ def show(fig=None) -> None:
         fig.savefig(path / f"figure_{os.getpid()}_{next(_counter):03d}.png", dpi=60)
     if _interactive():
         plt.show()
-    else:
-        plt.close(fig)
+        return
+    if _in_jupyter_kernel():
+        from IPython.display import Image, display
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+        display(Image(data=buffer.getvalue(), format="png"))
+    plt.close(fig)
 
 
-def hist_vs_density(ax, samples, grid, densities: dict, *, bins=60, label="samples", title=None):
-    """Histogram of ``samples`` (as a density) with theoretical curves ``{label: values on grid}``."""
+def hist_vs_density(
+    ax,
+    samples,
+    grid,
+    densities: dict,
+    *,
+    bins=60,
+    label="samples",
+    title=None,
+    xlabel=None,
+    ylabel="density",
+):
+    """Histogram of ``samples`` (as a density) with theoretical curves ``{label: values on grid}``.
+
+    ``xlabel`` names the sampled quantity; ``ylabel`` defaults to "density" (what both the
+    normalised histogram and the curves show).
+    """
     samples = np.asarray(samples).ravel()
     lo, hi = float(np.min(grid)), float(np.max(grid))
     ax.hist(samples, bins=bins, range=(lo, hi), density=True, alpha=0.45, label=label)
@@ -100,6 +140,10 @@ def hist_vs_density(ax, samples, grid, densities: dict, *, bins=60, label="sampl
         ax.plot(grid, values, ls, lw=1.6, label=name)
     if title:
         ax.set_title(title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.legend()
     return ax
 
@@ -174,8 +218,22 @@ def distortion_vs_bits(
     return ax
 
 
-def scatter_estimates(ax, truth, estimate, *, label=None, max_points=4000, seed=0, slope=None):
-    """Estimated against true inner products, with the identity line (and a fitted slope)."""
+def scatter_estimates(
+    ax,
+    truth,
+    estimate,
+    *,
+    label=None,
+    max_points=4000,
+    seed=0,
+    slope=None,
+    xlabel=r"true $\langle q, x\rangle$",
+    ylabel="estimate",
+):
+    """Estimated against true inner products, with the identity line (and a fitted slope).
+
+    ``xlabel``/``ylabel``: use the notebook's own notation for the pair (``<q, k>``, ``<y, x>``...).
+    """
     truth = np.asarray(truth).ravel()
     estimate = np.asarray(estimate).ravel()
     if truth.size > max_points:
@@ -186,8 +244,8 @@ def scatter_estimates(ax, truth, estimate, *, label=None, max_points=4000, seed=
     ax.plot([-lim, lim], [-lim, lim], "k-", lw=1, label="estimate = truth")
     if slope is not None:
         ax.plot([-lim, lim], [-slope * lim, slope * lim], "r--", lw=1, label=f"slope {slope:.3f}")
-    ax.set_xlabel(r"true $\langle q, x\rangle$")
-    ax.set_ylabel("estimate")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend()
     return ax
 
