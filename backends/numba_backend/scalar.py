@@ -112,25 +112,38 @@ def scalar_encode(plan, y):
 
 def scalar_values(plan, packed, dtype):
     """``c[idx]`` of packed codes ``(..., nbytes)`` -> ``(..., n)`` of ``dtype``."""
-    check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    dtype = np.dtype(check_values_dtype(dtype))
-    work = work_dtype(dtype)
-    packed2 = _rows(packed, plan.nbytes, np.uint8)
-    out = np.empty((packed2.shape[0], plan.n), dtype=work)
-    scalar_values_kernel(packed2, _centroids(plan, dtype, work), plan.bits, out)
-    return out.reshape(*packed.shape[:-1], plan.n).astype(dtype, copy=False)
+    return code_values(plan, plan.n, packed, dtype)
 
 
 def scalar_score(plan, q, packed):
     """``q (..., n) @ c[idx].T`` -> ``(..., rows)``."""
+    return code_score(plan, plan.n, q, packed)
+
+
+def code_values(plan, n: int, packed, dtype):
+    """``plan.centroids[idx]`` of ``n`` packed ``plan.bits``-bit codes per row, ``(..., n)``:
+    :func:`scalar_values`, and :func:`.sign.sign_values` with a sign plan (1-bit codes of the
+    codebook ``(-1, +1)``, exact in every dtype)."""
     check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    check_query_width(_numpy(q, "queries"), plan.n)
+    dtype = np.dtype(check_values_dtype(dtype))
+    work = work_dtype(dtype)
+    packed2 = _rows(packed, plan.nbytes, np.uint8)
+    out = np.empty((packed2.shape[0], n), dtype=work)
+    scalar_values_kernel(packed2, _centroids(plan, dtype, work), plan.bits, out)
+    return out.reshape(*packed.shape[:-1], n).astype(dtype, copy=False)
+
+
+def code_score(plan, n: int, q, packed):
+    """``q (..., n) @ plan.centroids[idx].T`` -> ``(..., rows)``: :func:`scalar_score`, and
+    :func:`.sign.sign_score` with a sign plan."""
+    check_codes(_numpy(packed, "packed codes"), plan.nbytes)
+    check_query_width(_numpy(q, "queries"), n)
     shape = score_shape(q, packed)
     cdtype, out_dtype, work = product_dtypes(q.dtype)
-    q2 = _rows(q, plan.n, work)
+    q2 = _rows(q, n, work)
     packed2 = _rows(packed, plan.nbytes, np.uint8)
     out = np.empty((q2.shape[0], packed2.shape[0]), dtype=work)
-    _table_score(q2, packed2, _centroids(plan, cdtype, work), plan.bits, plan.n, out)
+    _table_score(q2, packed2, _centroids(plan, cdtype, work), plan.bits, n, out)
     return out.reshape(shape).astype(out_dtype, copy=False)
 
 

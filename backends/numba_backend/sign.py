@@ -30,16 +30,11 @@ import numpy as np
 from numba import prange
 
 from .._checks import (
-    check_codes,
-    check_query_width,
     check_rows,
-    check_values_dtype,
-    product_dtypes,
-    score_shape,
     work_dtype,
 )
-from ._common import _kernel, _numpy, _rows, _table
-from .scalar import _table_score, scalar_values_kernel
+from ._common import _kernel, _numpy, _rows
+from .scalar import code_score, code_values
 
 __all__ = ["sign_encode", "sign_values", "sign_score"]
 
@@ -56,31 +51,12 @@ def sign_encode(plan, p):
 
 def sign_values(plan, packed, dtype):
     """The packed signs as ``+1/-1`` of ``dtype``, ``(..., m)``."""
-    check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    dtype = np.dtype(check_values_dtype(dtype))
-    work = work_dtype(dtype)
-    packed2 = _rows(packed, plan.nbytes, np.uint8)
-    out = np.empty((packed2.shape[0], plan.m), dtype=work)
-    scalar_values_kernel(packed2, _signs(plan, work), 1, out)
-    return out.reshape(*packed.shape[:-1], plan.m).astype(dtype, copy=False)
+    return code_values(plan, plan.m, packed, dtype)
 
 
 def sign_score(plan, s, packed):
     """``s (..., m) @ sign.T`` -> ``(..., rows)``."""
-    check_codes(_numpy(packed, "packed codes"), plan.nbytes)
-    check_query_width(_numpy(s, "queries"), plan.m)
-    shape = score_shape(s, packed)
-    _, out_dtype, work = product_dtypes(s.dtype)
-    s2 = _rows(s, plan.m, work)
-    packed2 = _rows(packed, plan.nbytes, np.uint8)
-    out = np.empty((s2.shape[0], packed2.shape[0]), dtype=work)
-    _table_score(s2, packed2, _signs(plan, work), 1, plan.m, out)
-    return out.reshape(shape).astype(out_dtype, copy=False)
-
-
-def _signs(plan, work) -> np.ndarray:
-    """The sign codebook: bit 0 -> -1, bit 1 -> +1 (``plan.centroids``), in ``work``."""
-    return _table(plan, "signs", work, build=lambda: plan.centroids.astype(work))
+    return code_score(plan, plan.m, s, packed)
 
 
 # -- kernel ---------------------------------------------------------------------------------------

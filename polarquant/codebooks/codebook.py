@@ -17,15 +17,7 @@ its fields and computes nothing: building codebooks is left to the other
 modules of the package (``lloyd_max_solver``, ``analytic``, ``kmeans``,
 ``baselines``), quantizing with them to ``cells``.
 
-Symbols:
-
-==============  =============================================================
-``K``           number of centroids, ``2**bits``
-``c``           centroids ``c_0 < ... < c_{K-1}`` (``Codebook.centroids``)
-``t``           decision thresholds ``t_0 <= ... <= t_{K-2}`` (``boundaries``)
-``(lo, hi)``    the support; cell ``k`` is ``[t_{k-1}, t_k)``
-``D``           expected squared error per scalar (``Codebook.mse``)
-==============  =============================================================
+Symbols: as in :mod:`polarquant.codebooks` (``K``, ``c``, ``t``, ``(lo, hi)``, ``D``).
 """
 
 from __future__ import annotations

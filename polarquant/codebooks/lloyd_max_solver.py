@@ -31,16 +31,7 @@ This module solves for the law it is given; which laws PolarQuant and
 TurboQuant need, and the caching of their codebooks, are left to
 :mod:`polarquant.codebooks.analytic`.
 
-Symbols:
-
-==============  =============================================================
-``K``           number of centroids, ``2**bits``
-``c``           centroids ``c_0 < ... < c_{K-1}`` (``Codebook.centroids``)
-``t``           decision thresholds ``t_0 <= ... <= t_{K-2}`` (``boundaries``)
-``(lo, hi)``    the support; cell ``k`` is ``[t_{k-1}, t_k)``
-``m0, m1, m2``  partial moments of the law on an interval
-``D``           expected squared error per scalar (``Codebook.mse``)
-==============  =============================================================
+Symbols: as in :mod:`polarquant.codebooks` (``K``, ``c``, ``t``, ``(lo, hi)``, ``m0, m1, m2``, ``D``).
 
 Numerics (departures from the textbook iteration, not from the conditions):
 Lloyd's fixed-point iteration converges linearly and very slowly for 8 bits,

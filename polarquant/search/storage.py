@@ -36,7 +36,7 @@ from .._version import __version__
 from ..compressed import CompressedVectors
 from ..io import rebuild_quantizer
 from ..quantizer import DECODE_DTYPES
-from .index import METRICS, REFINE_DTYPES, VectorIndex, _Segment
+from .index import METRICS, REFINE_DTYPES, VectorIndex, _merged, _Segment
 
 __all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -68,27 +68,22 @@ def save(path, index: VectorIndex) -> None:
         raise TypeError(f"expected a VectorIndex, got {type(index).__name__}")
     q = index.quantizer
     layout = q.field_layout()
-    parts = {name: [] for name in layout}
-    ids, sq_norms, refine = [], [], []
-    dtype = "float32"
-    for seg in index._segments:
-        keep = slice(None) if seg.alive is None else seg.alive
-        for name in layout:
-            parts[name].append(np.asarray(to_host(seg.codes.fields[name]))[keep])
-        ids.append(seg.ids[keep])
-        if seg.sq_norms is not None:
-            sq_norms.append(seg.sq_norms[keep])
-        if seg.refine is not None:
-            refine.append(np.asarray(to_host(seg.refine))[keep])
+    host = lambda a: np.ascontiguousarray(to_host(a))  # noqa: E731
+    if index._segments:  # the live vectors as one segment (no copy when there is one already)
+        seg = _merged(*index._segments)
+        arrays = {name: host(seg.codes.fields[name]) for name in layout}
+        arrays["ids"] = host(seg.ids)
+        optional = (("sq_norms", seg.sq_norms), ("refine", seg.refine))
+        arrays.update({name: host(a) for name, a in optional if a is not None})
         dtype = seg.codes.dtype
-    arrays = {}
-    for name, (shape, dt) in layout.items():
-        arrays[name] = _joined(parts[name], (0, *shape), dt)
-    arrays["ids"] = _joined(ids, (0,), "int64")
-    if index.metric == "l2":
-        arrays["sq_norms"] = _joined(sq_norms, (0,), "float32")
-    if index.refine is not None:
-        arrays["refine"] = _joined(refine, (0, index.dim), index.refine)
+    else:
+        arrays = {name: np.zeros((0, *shape), dt) for name, (shape, dt) in layout.items()}
+        arrays["ids"] = np.zeros(0, np.int64)
+        if index.metric == "l2":
+            arrays["sq_norms"] = np.zeros(0, np.float32)
+        if index.refine is not None:
+            arrays["refine"] = np.zeros((0, index.dim), index.refine)
+        dtype = "float32"
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -102,12 +97,6 @@ def save(path, index: VectorIndex) -> None:
         "members": {k: {"dtype": a.dtype.name, "shape": list(a.shape)} for k, a in arrays.items()},
     }
     _archive.write(path, meta, arrays)
-
-
-def _joined(parts: list, empty_shape: tuple, dtype: str) -> np.ndarray:
-    if not parts:
-        return np.zeros(empty_shape, dtype)
-    return np.ascontiguousarray(np.concatenate(parts, axis=0))
 
 
 def load(path, *, mmap: bool = False, backend: str | None = None) -> VectorIndex:
