@@ -39,8 +39,9 @@ pytestmark = pytest.mark.backend_independent
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = ROOT / "tutorials"
-SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
-NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]_*.ipynb"))
+#: The numbered notebooks: 00a, 00b, 00c, 01 ... 09 (and 10 and up).
+SOURCES = sorted(TUTORIALS.glob("[0-9][0-9]*_*.py"))
+NOTEBOOKS = sorted(TUTORIALS.glob("[0-9][0-9]*_*.ipynb"))
 
 #: Wall-clock budget of one notebook at the CI scale (about 2-6 s each on 2 cores; generous
 #: for slow CI machines).  nbclient enforces it per cell; the total is checked after the run.

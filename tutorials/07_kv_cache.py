@@ -37,8 +37,9 @@
 #    unbiased estimators lose after the softmax;
 # 5. plug the cache into Hugging Face `generate` and find the end-to-end perplexity table.
 #
-# Notebooks 0, 5 and 6 are the background (score from codes, TurboQuant's two algorithms, equal-bit
-# comparisons); `docs/kv-cache.md` is the reference page for everything used here.
+# Notebooks 0a and 0b (the cache's memory bill, score from codes), 5 and 6 (TurboQuant's two
+# algorithms, equal-bit comparisons) are the background; `docs/kv-cache.md` is the reference page
+# for everything used here.
 
 # %% [markdown]
 # ## Setup
@@ -113,7 +114,7 @@ assert llama * 131_072 == 16 * 2**30  # as much as the model's 16 GB of bf16 wei
 # A 128k-token context of Llama-3.1-8B needs 16 GiB of cache per sequence, as much as the model's
 # weights.  The quantizers of this library replace each 16-bit coordinate with a few bits, are
 # data-oblivious (no calibration: a rotation makes every key look alike), and, crucially for a
-# cache, **score a query against the codes** without decoding them (notebooks 0 and 8).
+# cache, **score a query against the codes** without decoding them (notebooks 0b and 8).
 
 # %% [markdown]
 # ## 2. The cache API: prefill, decode steps, window, attention from codes

@@ -16,6 +16,10 @@
 # %% [markdown]
 # # 8 · Backends and speed: one packed format, three kernel backends, measured
 #
+# > **Optional systems appendix.** Nothing later in the course depends on this notebook: skip it
+# > in a course on the methods, assign it in one on systems.  It is about *speed* (kernels, byte
+# > tables, the GPU path), not about what the quantizers compute.
+#
 # The earlier notebooks asked *how well* the quantizers compress.  This one asks *how fast* they
 # run, and what "fast" even means for compressed vectors.  The answer hinges on one idea from
 # QJL (arXiv 2406.03482, Sec. 3): a query is scored **directly against the packed bytes**, with a
@@ -36,8 +40,9 @@
 #    same run, bytes read; and assert only what holds on any machine;
 # 5. describe the GPU path (CuPy raw CUDA kernels) and what is, and is not, verified about it.
 #
-# Notebook 0 introduced the backends in a few lines; `docs/backends.md` and `docs/performance.md`
-# are the reference pages this notebook puts into practice.
+# Notebook 0b scored queries from the codes with the NumPy reference; this notebook introduces
+# the other backends.  `docs/backends.md` and `docs/performance.md` are the reference pages it
+# puts into practice.
 
 # %% [markdown]
 # ## Setup

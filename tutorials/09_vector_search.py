@@ -34,7 +34,7 @@
 #    and keep the refinement copy on disk (`save`, `load(mmap=True)`);
 # 5. choose a metric (`"ip"`, `"cosine"`, `"l2"`) and manage ids (`ids=`, `remove`).
 #
-# Notebook 0 (quick start) and notebook 5 (TurboQuant's two algorithms, $D_{\mathrm{mse}}$,
+# Notebook 0b (quick start) and notebook 5 (TurboQuant's two algorithms, $D_{\mathrm{mse}}$,
 # $D_{\mathrm{prod}}$ and the bias $1 - D_{\mathrm{mse}}$) are the background.
 
 # %% [markdown]
