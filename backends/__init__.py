@@ -87,6 +87,8 @@ OPERATIONS = (
     "polar_values",
     "polar_score",
     "polar_weighted_sum",
+    "fastscan_sums",
+    "fastscan_topk",
 )
 ENV_VAR = "POLARQUANT_BACKEND"
 
@@ -183,7 +185,7 @@ def _default_backend() -> str:
 class Backend(Protocol):
     """What every backend module provides (the reference: :mod:`.numpy_backend`).
 
-    The eleven operations of :data:`OPERATIONS` take a plan
+    The operations of :data:`OPERATIONS` take a plan
     (:mod:`polarquant.plan`) first, then arrays of the backend's kind:
 
     * ``scalar_encode(plan, y)``, ``scalar_values(plan, packed, dtype)``,
@@ -194,7 +196,11 @@ class Backend(Protocol):
     * ``polar_encode(plan, y) -> (codes, radii)``, ``polar_values(plan, codes,
       radii, dtype)``, ``polar_score(plan, q, codes, radii)``,
       ``polar_weighted_sum(plan, w, codes, radii)`` with a
-      :class:`~polarquant.plan.PolarPlan`.
+      :class:`~polarquant.plan.PolarPlan`;
+    * ``fastscan_sums(plan, tq, blocks, n)``, ``fastscan_topk(plan, tq, blocks, n,
+      c, bias, scale, shift=None, weight=None)`` with a
+      :class:`~polarquant.fastscan.FastScanPlan` (byte tables and the block layout
+      of :mod:`polarquant.fastscan`).
 
     ``SCORES_FROM_CODES`` says whether the scores read codes without decoding
     rows to memory (the quantizers then hand them every row at once instead
@@ -218,6 +224,8 @@ class Backend(Protocol):
     def polar_values(self, plan, codes, radii, dtype): ...
     def polar_score(self, plan, q, codes, radii): ...
     def polar_weighted_sum(self, plan, w, codes, radii): ...
+    def fastscan_sums(self, plan, tq, blocks, n): ...
+    def fastscan_topk(self, plan, tq, blocks, n, c, bias, scale, shift=None, weight=None): ...
 
 
 def _load_numpy() -> ModuleType:

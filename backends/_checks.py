@@ -198,3 +198,48 @@ def work_dtype(*dtypes) -> np.dtype:
     if dt == np.float16:
         return np.dtype(np.float32)
     return np.dtype(np.float64)  # integers and booleans (check_real refused the rest)
+
+
+def check_fastscan(plan, tq, blocks, n, c=None, bias=None, scale=None, shift=None, weight=None):
+    """The arguments of ``fastscan_sums`` (``plan, tq, blocks, n``: returns ``n``) and of
+    ``fastscan_topk`` (returns ``n, c, bias, scale, shift, weight``, with ``c`` at most ``n``
+    and ``bias``, ``weight`` as float32 vectors of one entry per query).
+
+    ``plan`` is a :class:`polarquant.fastscan.FastScanPlan`; ``tq`` its uint8 byte tables
+    ``(nq, nibbles, 16)``; ``blocks`` its layout ``(nblocks, nbytes, 32)`` holding ``n`` rows
+    (its last block partly); ``scale`` and ``shift`` float32 ``(n,)`` (per-vector arrays are
+    never converted: a search hands the same ones to every call); ``shift`` and ``weight``
+    both or neither; ``bias`` and ``weight`` finite.
+    """
+    from polarquant.fastscan import check_blocks, check_tables
+
+    check_tables(plan, tq)
+    n = check_blocks(plan, blocks, n)
+    if c is None:
+        return n
+    c = min(check_int(c, "c", low=1), n)
+    nq = tq.shape[0]
+    if (shift is None) != (weight is None):
+        raise ValueError("shift and weight go together: give both or neither")
+    per_query = []
+    for name, a in (("bias", bias), ("weight", weight)):
+        if a is None:
+            per_query.append(None)
+            continue
+        check_real(a, name)
+        if tuple(a.shape) != (nq,):
+            raise ValueError(f"{name} must have one entry per query, shape ({nq},), got {a.shape}")
+        xp = namespace(a)
+        a = xp.astype(a, xp.float32)
+        if not bool(xp.all(xp.isfinite(a))):
+            raise ValueError(f"{name} holds NaN or Inf")
+        per_query.append(a)
+    for name, a in (("scale", scale), ("shift", shift)):
+        if a is None and name == "shift":
+            continue
+        if getattr(a, "dtype", None) != np.float32 or tuple(a.shape) != (n,):
+            raise ValueError(
+                f"{name} must be float32 of shape ({n},), got "
+                f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
+            )
+    return n, c, per_query[0], scale, shift, per_query[1]

@@ -22,6 +22,9 @@ operation                  computes                                            r
 ``polar_values``           the reconstruction in the rotated domain            ``unpack_codes``, ``cell_value``, ``polar.inverse_polar_transform``
 ``polar_score``            ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
 ``polar_weighted_sum``     ``sum_rows w_row y_hat_row`` for every weight row   ``polar_values`` then a product
+``fastscan_sums``          integer sums of byte tables over the block layout   ``fastscan.scan_sums``
+``fastscan_topk``          the ``c`` largest keys ``scale (S + bias) [+ w t]``  ``fastscan.scan_sums``, ``scan_keys``,
+                           and their positions                                  ``top_candidates``
 =========================  ==================================================  =================================
 
 Encoding: ties go to the upper cell (``x == t_k`` gets code ``k + 1``).  The
@@ -47,6 +50,9 @@ Examples
 
 from __future__ import annotations
 
+import numpy as np
+
+from polarquant import fastscan
 from polarquant._array import compute_dtype, namespace
 from polarquant.codebooks import cell_index, cell_value
 from polarquant.packing import pack_codes, pack_signs, unpack_codes, unpack_signs
@@ -55,6 +61,7 @@ from polarquant.polar import inverse_polar_transform, polar_transform
 from . import OPERATIONS
 from ._checks import (
     check_codes,
+    check_fastscan,
     check_no_thread_options,
     check_query_width,
     check_radii,
@@ -170,6 +177,28 @@ def polar_weighted_sum(plan, w, codes, radii):
     check_radii(radii, plan.radii, codes)
     check_weight_width(w, codes)
     return w @ _values_like(polar_values, plan, codes, w, radii)
+
+
+# -- fast scan (André et al., VLDB 2015): byte tables over the block layout ----------------------------
+def fastscan_sums(plan, tq, blocks, n):
+    """``uint32 (nq, n)``: ``sum_g tq[q, g, h_g(i)]`` over the nibbles of each of the ``n``
+    vectors held by ``blocks`` (:func:`polarquant.fastscan.scan_sums`; NumPy arrays only)."""
+    n = check_fastscan(plan, tq, blocks, n)
+    return fastscan.scan_sums(plan, tq, blocks, n)
+
+
+def fastscan_topk(plan, tq, blocks, n, c, bias, scale, shift=None, weight=None):
+    """The ``c`` largest keys ``scale (S + bias) + weight shift`` of each query and their
+    positions, largest first, equal keys by position: ``(keys float32 (nq, c), positions int64
+    (nq, c))``, ``c`` at most ``n`` (:func:`~polarquant.fastscan.scan_keys`,
+    :func:`~polarquant.fastscan.top_candidates`; NumPy arrays only)."""
+    n, c, bias, scale, shift, weight = check_fastscan(
+        plan, tq, blocks, n, c, bias, scale, shift, weight
+    )
+    if c == 0:
+        return np.empty((tq.shape[0], 0), np.float32), np.empty((tq.shape[0], 0), np.int64)
+    sums = fastscan.scan_sums(plan, tq, blocks, n)
+    return fastscan.top_candidates(fastscan.scan_keys(sums, bias, scale, shift, weight), c)
 
 
 # -- helpers ----------------------------------------------------------------------------------------

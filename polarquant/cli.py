@@ -162,7 +162,23 @@ def _info() -> str:
     ]
     for name, why in available().items():
         lines.append(f"  {name:<6} {'available' if why is None else 'unavailable: ' + why}")
+    lines.append(f"fast scan (numba): {_fast_scan_variant(available()['numba'])}")
     return "\n".join(lines)
+
+
+def _fast_scan_variant(numba_missing: str | None) -> str:
+    """The instruction-set variant of the Numba fast-scan kernels, and the ones runnable here."""
+    if numba_missing is not None:
+        return "needs the numba backend"
+    from .backends.numba_backend import _simd  # imports numba (this command only)
+
+    runnable = [name for name, why in _simd.available().items() if why is None]
+    try:
+        chosen = _simd.variant()
+    except ValueError as exc:  # a bad POLARQUANT_FASTSCAN: say so, as for the backend
+        return f"none, {exc}"
+    source = f"from {_simd.VARIANT_ENV}" if os.environ.get(_simd.VARIANT_ENV) else "chosen"
+    return f"{chosen} ({source}; runnable here: {', '.join(runnable)})"
 
 
 # -- the parser ----------------------------------------------------------------------------------

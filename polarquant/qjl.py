@@ -212,6 +212,12 @@ class QJL(Quantizer):
     def _prepare_queries(self, q):
         return self.sketch.project(q)
 
+    def _table_form(self):
+        """``(plan, field, factor)``: a score is ``factor * norms * sign_score(plan, S q,
+        fields[field])`` with ``factor = sqrt(pi/2) / m`` (QJL Lemma 3.2), what a fast scan
+        (:mod:`polarquant.fastscan`) approximates."""
+        return self.plan, "signs", QJL_SCALE / self.proj_dim
+
     def _score_rows(self, sq, fields):
         xp = namespace(sq)
         norms = xp.astype(fields["norms"], sq.dtype)

@@ -267,6 +267,12 @@ class Quantizer(abc.ABC):
         """What this quantizer hands the kernel backends (:mod:`polarquant.plan`), built once."""
         raise NotImplementedError(f"{type(self).__name__} defines no plan")
 
+    def _table_form(self):
+        """``(plan, field, factor)`` when a score is ``factor * norms * <prepared query,
+        centroids of fields[field]>`` under a one-codebook ``plan`` (what a fast scan,
+        :mod:`polarquant.fastscan`, approximates), else ``None`` (the default)."""
+        return None
+
     def _prepare_vectors(self, x):
         """The rows the backend's encode operation receives for ``x`` (see :meth:`prepare_vectors`)."""
         raise NotImplementedError(f"{type(self).__name__} has no single encode input")

@@ -215,6 +215,12 @@ class TurboQuantMSE(_TurboQuant):
         sums = self._ops().scalar_weighted_sum(self.scalar_plan, wn, fields["codes"])
         return self.rotation.inverse(sums)
 
+    def _table_form(self):
+        """``(plan, field, factor)``: a score is ``factor * norms * scalar_score(plan, Q q,
+        fields[field])`` (Alg. 1's dequantization in the rotated domain), what a fast scan
+        (:mod:`polarquant.fastscan`) approximates."""
+        return self.scalar_plan, "codes", 1.0
+
     def _score_rows(self, qr, fields):
         xp = namespace(qr)
         s = self._ops().scalar_score(self.scalar_plan, qr, fields["codes"])

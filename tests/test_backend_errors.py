@@ -26,6 +26,7 @@ from polarquant.backends import numpy_backend as ref
 
 import polarquant as pq
 from polarquant.codebooks import angle_codebook, coordinate_codebook
+from polarquant.fastscan import FastScanPlan
 from polarquant.plan import PolarPlan, ScalarPlan, SignPlan
 
 HAS_NUMBA = available()["numba"] is None
@@ -78,6 +79,7 @@ def test_weighted_sum_refuses_weights_of_another_namespace():
 SCALAR = ScalarPlan(8, coordinate_codebook(8, 2))
 SIGN = SignPlan(8)
 POLAR = PolarPlan(8, (angle_codebook(1, 2), angle_codebook(2, 3)))
+FAST = FastScanPlan(4, 8)  # 8 four-bit codes: 4 bytes (8 nibbles) per vector
 assert (SCALAR.nbytes, SIGN.nbytes, POLAR.nbytes, POLAR.radii) == (2, 1, 2, 2)
 
 
@@ -91,6 +93,7 @@ def _battery():
         return np.zeros(shape, dtype)
 
     codes, signs, radii = z((5, 2), u8), z((5, 1), u8), np.ones((5, 2), f32)
+    tq, blk, bias, scale = z((2, 8, 16), u8), z((1, 4, 32), u8), z(2), z(5)
     q, w = z((3, 8)), z((3, 5))
     return [
         # the rows an encoder codes: x (..., n) of real numbers
@@ -308,6 +311,51 @@ def _battery():
             "sign_score",
             (SIGN, z((3, 9), np.complex64), signs),
         ),
+        # fast scan: byte tables (nq, 8, 16) uint8, blocks (nblocks, 4, 32) uint8 holding n rows
+        ("fastscan_sums float tables", "tables", "fastscan_sums", (FAST, z((2, 8, 16)), blk, 5)),
+        (
+            "fastscan_sums tables width",
+            "tables",
+            "fastscan_sums",
+            (FAST, z((2, 6, 16), u8), blk, 5),
+        ),
+        ("fastscan_sums 2-D blocks", "blocks", "fastscan_sums", (FAST, tq, z((4, 32), u8), 5)),
+        ("fastscan_sums blocks width", "blocks", "fastscan_sums", (FAST, tq, z((1, 3, 32), u8), 5)),
+        ("fastscan_sums n past blocks", "blocks", "fastscan_sums", (FAST, tq, blk, 40)),
+        ("fastscan_topk c = 0", "c", "fastscan_topk", (FAST, tq, blk, 5, 0, bias, scale)),
+        ("fastscan_topk c float", "c", "fastscan_topk", (FAST, tq, blk, 5, 1.5, bias, scale)),
+        ("fastscan_topk bias shape", "bias", "fastscan_topk", (FAST, tq, blk, 5, 2, z(3), scale)),
+        (
+            "fastscan_topk NaN bias",
+            "bias",
+            "fastscan_topk",
+            (FAST, tq, blk, 5, 2, np.full(2, np.nan, f32), scale),
+        ),
+        (
+            "fastscan_topk float64 scale",
+            "scale",
+            "fastscan_topk",
+            (FAST, tq, blk, 5, 2, bias, z(5, np.float64)),
+        ),
+        ("fastscan_topk scale length", "scale", "fastscan_topk", (FAST, tq, blk, 5, 2, bias, z(4))),
+        (
+            "fastscan_topk shift without weight",
+            "shift",
+            "fastscan_topk",
+            (FAST, tq, blk, 5, 2, bias, scale, z(5)),
+        ),
+        (
+            "fastscan_topk weight shape",
+            "weight",
+            "fastscan_topk",
+            (FAST, tq, blk, 5, 2, bias, scale, z(5), z(3)),
+        ),
+        (
+            "order: tables before blocks",
+            "tables",
+            "fastscan_topk",
+            (FAST, z((2, 8, 15), u8), z((4, 32), u8), 5, 2, bias, scale),
+        ),
     ]
 
 
@@ -319,6 +367,13 @@ NAMES = {
     "radii": ("radii ",),
     "queries": ("queries ",),
     "weights": ("weights ",),
+    "tables": ("byte tables ",),
+    "blocks": ("fast-scan blocks ", "n="),
+    "c": ("c ",),
+    "bias": ("bias ",),
+    "scale": ("scale ",),
+    "shift": ("shift ",),
+    "weight": ("weight ",),
 }
 
 
@@ -385,7 +440,7 @@ def test_same_bad_input_same_error_on_every_backend(backend, monkeypatch):
 
 
 def test_battery_covers_every_operation():
-    """The battery feeds bad input to each of the eleven operations of the protocol."""
+    """The battery feeds bad input to each operation of the protocol."""
     from polarquant.backends import OPERATIONS
 
     assert {op for _, _, op, _ in _battery()} == set(OPERATIONS)

@@ -36,6 +36,7 @@ from polarquant.backends import cupy_backend as cb
 from polarquant.backends import numpy_backend as ref
 from polarquant.backends.cupy_backend import _launch
 
+from polarquant import fastscan
 from polarquant.codebooks import Codebook, angle_codebook
 from polarquant.packing import pack_codes, unpack_codes
 from polarquant.plan import PolarPlan, ScalarPlan, SignPlan
@@ -87,7 +88,7 @@ def test_every_requested_kernel_is_defined():
         assert re.search(rf'extern "C" __global__ void {name}\(', SOURCE), name
 
 
-@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar"])
+@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar", "fastscan"])
 def test_kernels_are_filed_by_algorithm_beside_their_reference(algorithm):
     """``<algorithm>.cu`` defines exactly the ``<algorithm>_*`` kernels; its header names the
     reference operations it mirrors and the tests that hold it; ``<algorithm>.py`` launches them."""
@@ -108,8 +109,8 @@ def test_kernels_are_filed_by_algorithm_beside_their_reference(algorithm):
 
 
 def test_module_source_is_the_files_in_order():
-    """One source string: the header once, then the three algorithms; no include left."""
-    assert _launch.SOURCES == ("common.cuh", "scalar.cu", "sign.cu", "polar.cu")
+    """One source string: the header once, then the four algorithms; no include left."""
+    assert _launch.SOURCES == ("common.cuh", "scalar.cu", "sign.cu", "polar.cu", "fastscan.cu")
     positions = [SOURCE.index(f"======== {name} ========") for name in _launch.SOURCES]
     assert positions == sorted(positions)
     assert '#include "common.cuh"\n' not in SOURCE
@@ -153,7 +154,7 @@ def test_nvcc_compiles_every_kernel(arch, tmp_path):
         assert ptx_params == ["u32" if p.ctype == "int" else "u64" for p in params], name
 
 
-@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar"])
+@pytest.mark.parametrize("algorithm", ["scalar", "sign", "polar", "fastscan"])
 def test_nvcc_compiles_each_file_on_its_own(algorithm, tmp_path):
     """Each ``.cu`` file includes what it uses (``common.cuh``) and compiles alone."""
     nvcc = _nvcc()
@@ -904,6 +905,53 @@ def test_backend_module_follows_the_protocol():
     assert cb.NAME == "cupy" and cb.SCORES_FROM_CODES is False
 
 
+# -- fast scan --------------------------------------------------------------------------------------
+def _fastscan_case(rng, bits, count, n, nq):
+    """A plan, byte tables, the block layout of random codes, scales and shifts (host arrays)."""
+    plan = fastscan.FastScanPlan(bits, count)
+    packed = pack_codes(rng.integers(0, 1 << bits, (n, count)), bits)
+    tq = rng.integers(0, 256, (nq, plan.nibbles, 16)).astype(np.uint8)
+    scale = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    shift = rng.standard_normal(n).astype(np.float32)
+    shift[::7] = -np.inf  # removed vectors: never candidates
+    return plan, tq, fastscan.to_blocks(plan, packed), scale, shift
+
+
+@pytest.mark.parametrize(("bits", "count"), [(4, 128), (4, 7), (2, 50), (1, 256), (3, 300)])
+@pytest.mark.parametrize("n", [1, 33, 1000])
+def test_fastscan_sums_and_topk(fake_cupy, rng, bits, count, n):
+    """The emulated kernels' integer sums equal the reference's bit for bit; the top ``c`` keys
+    and positions too (CuPy's argsort is stable: equal keys by position, as the reference),
+    with and without the per-vector term, removed vectors (``-inf``) never candidates."""
+    plan, tq, blocks, scale, shift = _fastscan_case(rng, bits, count, n, 3)
+    got = cb.fastscan_sums(plan, dev(tq), dev(blocks), n)
+    assert isinstance(got, FakeArray) and got.dtype == np.uint32
+    np.testing.assert_array_equal(host(got), ref.fastscan_sums(plan, tq, blocks, n))
+    bias = rng.standard_normal(3).astype(np.float32) * 50
+    weight = np.array([1.0, 0.5, -2.0], np.float32)
+    for c in (1, 10, n + 5):
+        for extra in ((), (shift, weight)):
+            want = ref.fastscan_topk(plan, tq, blocks, n, c, bias, scale, *extra)
+            keys, pos = cb.fastscan_topk(
+                plan, dev(tq), dev(blocks), n, c, dev(bias), dev(scale), *map(dev, extra)
+            )
+            np.testing.assert_array_equal(host(keys), want[0])
+            np.testing.assert_array_equal(host(pos), want[1])
+
+
+def test_fastscan_launch_plan(recorder, rng):
+    """One launch per operation: queries on ``gridDim.y``, a query's tables (``32 nbytes``
+    bytes) in shared memory, ``int`` for the byte count and ``has_shift``."""
+    plan, tq, blocks, scale, _ = _fastscan_case(rng, 4, 128, 5000, 3)
+    cb.fastscan_sums(plan, dev(tq), dev(blocks), 5000)
+    cb.fastscan_topk(plan, dev(tq), dev(blocks), 5000, 10, dev(np.zeros(3, np.float32)), dev(scale))
+    sums, keys = recorder.launches
+    assert sums.kernel == "fastscan_sums" and keys.kernel == "fastscan_keys"
+    for launch in (sums, keys):
+        assert launch.grid[1] == 3 and launch.block == (_launch.THREADS,)
+        assert launch.shared_mem == 32 * plan.nbytes
+
+
 # ================================================================ 3. on a CUDA device
 def _cuda_ready() -> bool:
     try:
@@ -1104,3 +1152,27 @@ def test_gpu_quantizers_round_trip_between_host_and_device(cp, rng, which):
         rtol=1e-3,
         atol=1e-3,
     )
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(("bits", "count"), [(4, 128), (2, 384), (1, 256), (3, 1536)])
+def test_gpu_fastscan(cp, rng, bits, count):
+    """On a device: sums bit for bit, and the top keys and positions, as the reference."""
+    plan, tq, blocks, scale, shift = _fastscan_case(rng, bits, count, 20_000, 5)
+    np.testing.assert_array_equal(
+        cp.asnumpy(cb.fastscan_sums(plan, cp.asarray(tq), cp.asarray(blocks), 20_000)),
+        ref.fastscan_sums(plan, tq, blocks, 20_000),
+    )
+    bias = rng.standard_normal(5).astype(np.float32)
+    weight = np.ones(5, np.float32)
+    want = ref.fastscan_topk(plan, tq, blocks, 20_000, 100, bias, scale, shift, weight)
+    keys, pos = cb.fastscan_topk(
+        plan,
+        *map(cp.asarray, (tq, blocks)),
+        20_000,
+        100,
+        *map(cp.asarray, (bias, scale, shift, weight)),
+    )
+    np.testing.assert_array_equal(cp.asnumpy(keys), want[0])
+    np.testing.assert_array_equal(cp.asnumpy(pos), want[1])

@@ -1,4 +1,4 @@
-"""The CuPy backend: the reference's eleven operations as raw CUDA kernels.
+"""The CuPy backend: the reference's thirteen operations as raw CUDA kernels.
 
 Same names, signatures and results as :mod:`polarquant.backends.numpy_backend`
 (the reference; read its table first): every operation takes the quantizer's
@@ -10,7 +10,7 @@ implicitly (move it yourself with ``cupy.asarray``).
 
 One algorithm per pair of files, the Python entry points beside the CUDA they
 launch; ``common.cuh`` holds what the kernels share, :mod:`._launch` compiles
-the four sources as one module (once per process, on first use) and plans
+the five sources as one module (once per process, on first use) and plans
 launch sizes and shared memory, :mod:`._arrays` the host-side plumbing
 (array types, device, dtypes, device copies of the plan's tables):
 
@@ -39,6 +39,10 @@ operation                entry point / kernels       kernels (``_f32`` / ``_f64`
 ``polar_weighted_sum``   ``polar.py / polar.cu``     ``polar_weighted_sum`` (as         summation order (atomics)
                                                      ``scalar_weighted_sum``, rows
                                                      decoded as in ``polar_values``)
+``fastscan_sums``        ``fastscan.py /             ``fastscan_sums`` (a query's       never (integers)
+                         fastscan.cu``               tables in shared memory)
+``fastscan_topk``        ``fastscan.py /             ``fastscan_keys``, then CuPy's     never (stable sort: equal
+                         fastscan.cu``               stable ``argsort``                 keys by position)
 =======================  ==========================  =================================  ================================
 
 Tests: ``tests/test_cuda.py`` (every kernel against the reference, on the CPU
@@ -75,6 +79,7 @@ array([[27]], dtype=uint8)
 from __future__ import annotations
 
 from .._checks import check_no_thread_options
+from .fastscan import fastscan_sums, fastscan_topk
 from .polar import polar_encode, polar_score, polar_values, polar_weighted_sum
 from .scalar import scalar_encode, scalar_score, scalar_values, scalar_weighted_sum
 from .sign import sign_encode, sign_score, sign_values
@@ -99,6 +104,8 @@ __all__ = [  # polarquant.backends.OPERATIONS, spelled out for static tools (tes
     "polar_values",
     "polar_score",
     "polar_weighted_sum",
+    "fastscan_sums",
+    "fastscan_topk",
 ]
 
 

@@ -5,8 +5,8 @@ points (:mod:`.scalar`, :mod:`.sign`, :mod:`.polar`):
 
 * **which code**: the CUDA sources (package data, read with
   :mod:`importlib.resources`) are :data:`SOURCES`: ``common.cuh`` (what the
-  kernels share), then ``scalar.cu``, ``sign.cu`` and ``polar.cu``, one file
-  per algorithm.  :func:`kernel_source` concatenates them into one source
+  kernels share), then ``scalar.cu``, ``sign.cu``, ``polar.cu`` and ``fastscan.cu``, one
+  file per algorithm.  :func:`kernel_source` concatenates them into one source
   string (each ``.cu`` file's ``#include "common.cuh"``, there for nvcc and
   editors, becomes a comment: the header is already above it), which is
   compiled once per process on first use with ``cupy.RawModule(code=...,
@@ -68,7 +68,7 @@ WS_MIN_ROWS = 64
 
 #: The CUDA sources, in the order they are compiled (one unit): shared helpers, then one file
 #: per algorithm.
-SOURCES = ("common.cuh", "scalar.cu", "sign.cu", "polar.cu")
+SOURCES = ("common.cuh", "scalar.cu", "sign.cu", "polar.cu", "fastscan.cu")
 COMPILE_OPTIONS = ("-std=c++17",)
 
 _OPERATIONS = (
@@ -87,7 +87,10 @@ _OPERATIONS = (
     "polar_weighted_sum",
 )
 #: Every kernel the host code may request (checked against the source by the tests).
-KERNELS = tuple(f"{op}_{suffix}" for op in _OPERATIONS for suffix in ("f32", "f64"))
+KERNELS = tuple(f"{op}_{suffix}" for op in _OPERATIONS for suffix in ("f32", "f64")) + (
+    "fastscan_sums",  # integers and float32 keys: one variant each
+    "fastscan_keys",
+)
 
 # CUDA device attributes (cudaDeviceAttr values of driver_types.h).
 _ATTRIBUTES = {

@@ -1,4 +1,4 @@
-"""The Numba CPU-JIT backend: the reference's eleven operations as parallel kernels.
+"""The Numba CPU-JIT backend: the reference's thirteen operations as parallel kernels.
 
 Same names, signatures and results as :mod:`polarquant.backends.numpy_backend`
 (the reference; read its table first): each operation takes the quantizer's
@@ -12,34 +12,39 @@ exception with the same message.  Only NumPy arrays are accepted
 The kernels are filed by algorithm, each file next to the entry points that
 call them and opening with the reference operations it mirrors:
 
-=======================  ==============  ==================================================  ==============================
-operation                file            kernels                                             differs from the reference
-=======================  ==============  ==================================================  ==============================
-``scalar_encode``        :mod:`.scalar`  ``scalar_encode_kernel``                            never (exact comparisons)
-``scalar_values``        :mod:`.scalar`  ``scalar_values_kernel``                            never (a gather)
-``scalar_score``         :mod:`.scalar`  ``byte_tables`` + ``scalar_score_kernel``           summation order (rtol ~1e-6)
-                                         (1, 2, 4, 8 bits), else ``code_tables`` +
-                                         ``scalar_score_gather_kernel``
-``scalar_weighted_sum``  :mod:`.scalar`  ``scalar_weighted_sum_kernel``: one ``(nw, n)``     summation order
-                                         partial sum per chunk of rows, added up by the
-                                         entry point; 1, 2, 4, 8-bit rows decoded from a
-                                         byte table
-``sign_encode``          :mod:`.sign`    ``sign_encode_kernel``                              never
-``sign_values``          :mod:`.sign`    ``scalar_values_kernel``, codebook ``(-1, +1)``     never
-``sign_score``           :mod:`.sign`    ``byte_tables`` + ``scalar_score_kernel``           summation order
-``polar_encode``         :mod:`.polar`   ``polar_encode_kernel``                             ``atan2`` last bits: codes of
-                                                                                             angles within ~1e-6 of a
-                                                                                             boundary may differ by one
-``polar_values``         :mod:`.polar`   ``polar_values_kernel``                             never (same products)
-``polar_score``          :mod:`.polar`   ``level1_tables`` + ``level2_tables`` +             summation order
-                                         ``polar_score_folded_kernel(bits)`` (levels 1
-                                         and 2 in the query's table, from
-                                         ``polar.fold_rows`` rows on; levels 4 and 3
-                                         through a table of products), else
-                                         ``level1_tables`` + ``polar_score_kernel``
-``polar_weighted_sum``   :mod:`.polar`   ``polar_weighted_sum_kernel``: partial sums as      summation order
-                                         above, rows rebuilt as in ``polar_values``
-=======================  ==============  ==================================================  ==============================
+=======================  ================  ==================================================  ==============================
+operation                file              kernels                                             differs from the reference
+=======================  ================  ==================================================  ==============================
+``scalar_encode``        :mod:`.scalar`    ``scalar_encode_kernel``                            never (exact comparisons)
+``scalar_values``        :mod:`.scalar`    ``scalar_values_kernel``                            never (a gather)
+``scalar_score``         :mod:`.scalar`    ``byte_tables`` + ``scalar_score_kernel``           summation order (rtol ~1e-6)
+                                           (1, 2, 4, 8 bits), else ``code_tables`` +
+                                           ``scalar_score_gather_kernel``
+``scalar_weighted_sum``  :mod:`.scalar`    ``scalar_weighted_sum_kernel``: one ``(nw, n)``     summation order
+                                           partial sum per chunk of rows, added up by the
+                                           entry point; 1, 2, 4, 8-bit rows decoded from a
+                                           byte table
+``sign_encode``          :mod:`.sign`      ``sign_encode_kernel``                              never
+``sign_values``          :mod:`.sign`      ``scalar_values_kernel``, codebook ``(-1, +1)``     never
+``sign_score``           :mod:`.sign`      ``byte_tables`` + ``scalar_score_kernel``           summation order
+``polar_encode``         :mod:`.polar`     ``polar_encode_kernel``                             ``atan2`` last bits: codes of
+                                                                                               angles within ~1e-6 of a
+                                                                                               boundary may differ by one
+``polar_values``         :mod:`.polar`     ``polar_values_kernel``                             never (same products)
+``polar_score``          :mod:`.polar`     ``level1_tables`` + ``level2_tables`` +             summation order
+                                           ``polar_score_folded_kernel(bits)`` (levels 1
+                                           and 2 in the query's table, from
+                                           ``polar.fold_rows`` rows on; levels 4 and 3
+                                           through a table of products), else
+                                           ``level1_tables`` + ``polar_score_kernel``
+``polar_weighted_sum``   :mod:`.polar`     ``polar_weighted_sum_kernel``: partial sums as      summation order
+                                           above, rows rebuilt as in ``polar_values``
+``fastscan_sums``        :mod:`.fastscan`  ``sums_kernel(variant)``: byte shuffles in vector    never (integers)
+                                           registers (:mod:`._simd`), ``uint16`` groups
+``fastscan_topk``        :mod:`.fastscan`  ``topk_kernel(variant)``: sums, keys and their      which of equal keys
+                                           comparison in registers, a heap per query and       is kept
+                                           chunk of blocks
+=======================  ================  ==================================================  ==============================
 
 :mod:`._common` holds what they share: the inlined helpers (chunks of rows,
 the cell search, bit packing and unpacking, the weighted sums' accumulation),
@@ -76,6 +81,7 @@ import numba
 
 from polarquant._array import check_int
 
+from .fastscan import fastscan_sums, fastscan_topk
 from .polar import fold_rows, polar_encode, polar_score, polar_values, polar_weighted_sum
 from .scalar import scalar_encode, scalar_score, scalar_values, scalar_weighted_sum
 from .sign import sign_encode, sign_score, sign_values
@@ -107,6 +113,8 @@ __all__ = [  # polarquant.backends.OPERATIONS, spelled out for static tools (tes
     "polar_values",
     "polar_score",
     "polar_weighted_sum",
+    "fastscan_sums",
+    "fastscan_topk",
 ]
 
 

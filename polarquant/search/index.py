@@ -36,6 +36,7 @@ import numpy as np
 from .._array import as_vectors, check_finite, check_int, namespace, to_host
 from ..compressed import CompressedVectors, array_nbytes
 from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
+from . import scanner
 from .topk import TopK
 
 __all__ = [
@@ -88,6 +89,7 @@ class _Segment:
     refine: object | None  # (n, dim) float16/float32, when refine is on
     alive: np.ndarray | None = None  # bool (n,), once something was removed
     mapped: bool = False  # read from a file by a memory map: never merged
+    view: object | None = None  # the fast-scan view (scanner.ScanView), built by a search
 
     @property
     def n(self) -> int:
@@ -101,6 +103,8 @@ class _Segment:
         parts += [
             array_nbytes(a) for a in (self.sq_norms, self.refine, self.alive) if a is not None
         ]
+        if self.view is not None:
+            parts.append(self.view.nbytes())
         return sum(parts)
 
 
@@ -146,6 +150,13 @@ class VectorIndex:
         squared distances, smaller first (as FAISS's ``IndexFlatL2``).
     refine : {None, "float16", "float32"}
         Keep a copy of the vectors in this dtype for exact re-ranking (``search(rerank=)``).
+    fast_scan : bool
+        Search with fast scan where it applies (:mod:`polarquant.search.scanner`:
+        TurboQuantMSE at 1 to 4 bits and QJL on the ``numba`` backend, no memory-mapped
+        segment): byte-table candidates, then exact values from the codes, certified to be
+        the same results as the plain scan (ties aside).  The first search builds the block
+        layout of the codes, a second copy of their bytes, which :attr:`nbytes` counts.
+        Default True; the attribute can be changed at any time.
 
     Examples
     --------
@@ -159,7 +170,14 @@ class VectorIndex:
     [0, 1, 2]
     """
 
-    def __init__(self, quantizer: Quantizer, metric: str = "ip", *, refine: str | None = None):
+    def __init__(
+        self,
+        quantizer: Quantizer,
+        metric: str = "ip",
+        *,
+        refine: str | None = None,
+        fast_scan: bool = True,
+    ):
         if not isinstance(quantizer, Quantizer):
             raise TypeError(
                 f"quantizer must be a polarquant quantizer (TurboQuantMSE, QJL...), got "
@@ -172,6 +190,7 @@ class VectorIndex:
         self.quantizer = quantizer
         self.metric = metric
         self.refine = refine
+        self.fast_scan = bool(fast_scan)
         self.dim = quantizer.dim
         self._segments: list[_Segment] = []
         self._next_id = 0
@@ -184,7 +203,8 @@ class VectorIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held: codes (with their norms), ids, squared norms (``l2``), the refinement
-        copy and the deletion marks; memory-mapped arrays count as well."""
+        copy, the deletion marks and the fast-scan views once built; memory-mapped arrays
+        count as well."""
         return sum(s.nbytes() for s in self._segments)
 
     def __repr__(self) -> str:
@@ -324,6 +344,7 @@ class VectorIndex:
             if seg.alive is None:
                 seg.alive = np.ones(seg.n, dtype=bool)
             seg.alive[positions[which == s] - starts[s]] = False
+            seg.view = None  # its removed vectors must leave the fast-scan keys too
         self._id_table = None
 
     def _starts(self) -> np.ndarray:
@@ -400,7 +421,10 @@ class VectorIndex:
         with the value ``-inf``).  Values are larger-first for every metric: the estimated inner product (``"ip"``,
         ``"cosine"``), or ``2 <q, x> - ||x||^2`` for ``"l2"`` (the squared distance less the
         query's own ``||q||^2``, which :func:`metric_scores` adds back).  Positions count the
-        vectors held (removed ones included) in the order of addition.  Blocks of codes are
+        vectors held (removed ones included) in the order of addition.  With fast scan
+        (``fast_scan``, :mod:`polarquant.search.scanner`) the candidates come from byte tables
+        and their values are the exact ones from the codes, certified to be the same top ``c``
+        (ties aside).  Otherwise blocks of codes are
         scored by the quantizer's :meth:`~polarquant.Quantizer.score` and only the running
         top ``c`` is kept (:class:`~polarquant.search.topk.TopK`), ``block_elements`` scores at
         a time (default :data:`BLOCK_ELEMENTS`).
@@ -410,6 +434,8 @@ class VectorIndex:
         nq = int(rows.shape[0])
         if not self._segments:  # nothing held: no candidates
             return xp.zeros((nq, 0), dtype=rows.dtype), xp.zeros((nq, 0), dtype=xp.int64)
+        if self._uses_fast_scan():
+            return self._fast_scan(np.asarray(rows), c)
         top = TopK(c)
         budget = BLOCK_ELEMENTS if block_elements is None else block_elements
         step = max(c, budget // max(int(rows.shape[0]), 1))
@@ -427,6 +453,40 @@ class VectorIndex:
                 top.push(values, start + a)
             start += seg.n
         return top.finish()
+
+    def _uses_fast_scan(self) -> bool:
+        return (
+            self.fast_scan
+            and len(self) > 0
+            and not any(s.mapped for s in self._segments)
+            and scanner.applies(self.quantizer)
+        )
+
+    def _fast_scan(self, rows, c: int):
+        """:func:`scanner.scan` of at most the live vectors; asked for more, the removed ones
+        fill the columns up to the vectors held, value ``-inf``, in position order (as the
+        plain scan ranks them)."""
+        live = len(self)
+        values, positions = scanner.scan(self, rows, min(c, live))
+        width = min(c, sum(s.n for s in self._segments))
+        if width > live:
+            dead = np.concatenate(
+                [
+                    np.flatnonzero(~s.alive) + start
+                    for s, start in zip(self._segments, self._starts(), strict=True)
+                    if s.alive is not None
+                ]
+            )[: width - live]
+            nq = values.shape[0]
+            values = np.concatenate([values, np.full((nq, dead.size), -np.inf, values.dtype)], 1)
+            positions = np.concatenate([positions, np.tile(dead, (nq, 1))], axis=1)
+        return values, positions
+
+    def _scan_view(self, segment: _Segment):
+        """The segment's fast-scan view, built on first use (a removal discards it)."""
+        if segment.view is None:
+            segment.view = scanner.build_view(self.quantizer, segment, self.metric)
+        return segment.view
 
     def exact_values(self, rows, query, positions):
         """Exact values of the pairs (``rows[query[i]]``, vector at ``positions[i]``) from the

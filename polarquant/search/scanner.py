@@ -1,0 +1,180 @@
+r"""Fast scan in a search: candidates from byte tables, results certified exact from the codes.
+
+A search over codes of TurboQuantMSE (1 to 4 bits, TurboQuant Alg. 1) or QJL (QJL Def. 2.1)
+ranks vectors by scores that are sums of table lookups (:mod:`polarquant.fastscan`).  Fast
+scan computes those sums approximately with byte tables (the backend's ``fastscan_topk``),
+keeps more candidates than asked and scores them **exactly from the codes** (the quantizer's
+:meth:`~polarquant.Quantizer.score`).  The result is then *certified*: every vector the scan
+left out has an approximate key at most the last candidate's, :math:`\kappa_{\min}`, so its
+exact value is at most
+
+.. math::
+
+    U \big(\kappa_{\min} + s_{\max}\, G / 2\big),
+
+with :math:`U` the key's unit (:math:`\lambda \delta`, or :math:`2 \lambda \delta` for
+``"l2"``), :math:`s_{\max}` the largest per-vector scale (norm) of the segment and :math:`G
+\delta / 2` the tables' rounding bound (:func:`polarquant.fastscan.error_bound`).  When the
+``c``-th best exact value among the candidates beats that bound the top ``c`` is exactly the
+top ``c`` of the exact-from-codes values (ties aside); else the query is scanned again with
+:data:`GROWTH` times more candidates, until it is certified or every vector is a candidate.
+So the results never depend on the rounding of the tables, only the time does.
+
+:class:`ScanView` is what a segment holds for it: the block layout of its codes (a second copy
+of the code bytes, counted by :attr:`VectorIndex.nbytes
+<polarquant.search.VectorIndex.nbytes>`), the per-vector scales in float32 and, for ``"l2"``
+or after removals, the per-vector term of the keys (``||x||^2``; removed vectors get an
+infinite one and are never candidates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import fastscan
+
+__all__ = ["ScanView", "GROWTH", "CANDIDATE_FACTOR", "applies", "build_view", "scan"]
+
+#: Candidates scanned per wanted result at first (at least :data:`MIN_CANDIDATES` more): the
+#: certificate's worst-case bound is wide, and a second scan costs as much as the first.
+CANDIDATE_FACTOR = 8
+#: Extra candidates at least.
+MIN_CANDIDATES = 256
+#: Growth of the candidates when a query's result is not certified.
+GROWTH = 4
+#: Relative margin the certificate demands (float32 rounding of keys and scores).
+SLACK = 1e-5
+
+
+@dataclass
+class ScanView:
+    """A segment's codes for fast scan: block layout, scales, and the keys' per-vector term."""
+
+    plan: fastscan.FastScanPlan
+    blocks: np.ndarray  # uint8 (nblocks, nbytes, 32)
+    scale: np.ndarray  # float32 (n,)
+    shift: np.ndarray | None  # float32 (n,): ||x||^2 for "l2"; 0 / -inf after removals
+    scale_max: float
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.blocks, self.scale, self.shift) if a is not None)
+
+
+def applies(quantizer) -> bool:
+    """Whether searches over this quantizer's codes use fast scan: it scores by one codebook
+    of 1 to 4 bits (``_table_form``) and its backend is ``numba`` (the NumPy reference of the
+    arithmetic is slower than its own decode-and-multiply, and the CuPy path is unmeasured)."""
+    form = quantizer._table_form()
+    if form is None or form[0].bits not in fastscan.BITS:
+        return False
+    return quantizer._ops().NAME == "numba"
+
+
+def build_view(quantizer, segment, metric: str) -> ScanView:
+    """The :class:`ScanView` of a segment (its codes on the host, NumPy)."""
+    plan, field, _ = quantizer._table_form()
+    count = plan.n if hasattr(plan, "n") else plan.m
+    fplan = fastscan.FastScanPlan(plan.bits, count)
+    packed = np.asarray(segment.codes.fields[field]).reshape(segment.n, -1)
+    scale = np.ascontiguousarray(segment.codes.fields["norms"], dtype=np.float32).reshape(-1)
+    shift = None
+    if metric == "l2":
+        shift = np.array(segment.sq_norms, dtype=np.float32)
+        if segment.alive is not None:
+            shift[~segment.alive] = np.inf
+    elif segment.alive is not None:
+        shift = np.where(segment.alive, 0.0, -np.inf).astype(np.float32)
+    scale_max = float(np.max(np.abs(scale), initial=0.0))
+    return ScanView(fplan, fastscan.to_blocks(fplan, packed), scale, shift, scale_max)
+
+
+def scan(index, rows, c: int):
+    """The ``c`` best vectors of each prepared query ``rows`` by the exact-from-codes values of
+    :meth:`VectorIndex.scan <polarquant.search.VectorIndex.scan>` (same contract: values
+    larger-first, positions over all segments, ties by position), found by fast scan and
+    certified (module docstring).  ``c`` is at most the live vectors."""
+    quantizer = index.quantizer
+    plan, _, factor = quantizer._table_form()
+    segments = index._segments
+    views = [index._scan_view(s) for s in segments]
+    starts = index._starts()
+    fplan = views[0].plan
+    y = np.asarray(quantizer.prepare_queries(rows), dtype=np.float64)
+    tables = fastscan.nibble_tables(fplan, y, plan.centroids)
+    tq, delta, offset = fastscan.quantize_tables(tables)
+    l2 = index.metric == "l2"
+    unit = factor * delta * (2.0 if l2 else 1.0)  # value ~ unit * key
+    bias = offset / delta
+    weight = -1.0 / unit if l2 else np.ones_like(unit)
+    nq = int(rows.shape[0])
+    out_values = np.empty((nq, c), dtype=np.dtype(str(rows.dtype)))
+    out_positions = np.empty((nq, c), dtype=np.int64)
+    live = len(index)
+    pending = np.arange(nq)
+    want = min(live, max(CANDIDATE_FACTOR * c, c + MIN_CANDIDATES))
+    ops = quantizer._ops()
+    while pending.size:
+        found_keys, found_pos, bound = [], [], np.full(pending.size, -np.inf)
+        for view, seg, start in zip(views, segments, starts, strict=True):
+            take = min(want, seg.n)
+            keys, pos = ops.fastscan_topk(
+                fplan,
+                tq[pending],
+                view.blocks,
+                seg.n,
+                take,
+                bias[pending],
+                view.scale,
+                view.shift,
+                None if view.shift is None else weight[pending],
+            )
+            full = pos[:, -1] >= 0  # as many candidates as asked: some vectors were left out
+            edge = unit[pending] * (keys[:, -1] + view.scale_max * fplan.nibbles / 2.0)
+            bound = np.where(full & (take < seg.live()), np.maximum(bound, edge), bound)
+            found_keys.append(keys)
+            found_pos.append(np.where(pos >= 0, pos + start, -1))
+        positions = np.concatenate(found_pos, axis=1)
+        values = _exact_values(index, views, tables, factor, pending, positions)
+        values, positions = _best(values, positions, c)
+        last = values[:, -1].astype(np.float64)
+        certified = (last - bound > SLACK * (np.abs(last) + np.abs(bound))) | ~np.isfinite(bound)
+        certified |= want >= live
+        done = pending[certified]
+        out_values[done], out_positions[done] = values[certified], positions[certified]
+        pending = pending[~certified]
+        want = min(live, want * GROWTH)
+    return out_values, out_positions
+
+
+def _exact_values(index, views, tables, factor, queries, positions):
+    """Exact-from-codes values (as :meth:`VectorIndex.scan`'s) of each query's candidates
+    ``positions`` ``(len(queries), r)`` (``-1``: none, value ``-inf``): ``factor * scale *
+    sum_g T[q, g, h_g]`` from the float tables ``T`` (float64, :func:`~polarquant.fastscan.
+    nibble_tables`) and the codes' nibbles in the block layout (``2 value - ||x||^2`` for
+    ``"l2"``)."""
+    out = np.full(positions.shape, -np.inf, dtype=np.float64)
+    starts = index._starts()
+    valid = positions >= 0
+    which = np.searchsorted(starts, positions, side="right") - 1
+    even = np.arange(0, tables.shape[1], 2)[None, :]
+    for s in np.unique(which[valid]):
+        rows, cols = np.nonzero(valid & (which == s))
+        local = positions[rows, cols] - starts[s]
+        view = views[s]
+        codes = view.blocks[local // fastscan.BLOCK, :, local % fastscan.BLOCK]  # (m, nbytes)
+        q = queries[rows][:, None]
+        sums = tables[q, even, codes >> 4].sum(axis=1) + tables[q, even + 1, codes & 15].sum(axis=1)
+        values = factor * view.scale[local].astype(np.float64) * sums
+        if index.metric == "l2":
+            values = 2 * values - index._segments[s].sq_norms[local]
+        out[rows, cols] = values
+    return out
+
+
+def _best(values, positions, c: int):
+    """The ``c`` largest values per row (equal values by position; ``-1`` positions last)."""
+    key_pos = np.where(positions >= 0, positions, np.iinfo(np.int64).max)
+    order = np.lexsort((key_pos, -values), axis=1)[:, :c]
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)
