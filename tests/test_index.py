@@ -314,15 +314,23 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path):
         pq.VectorIndex.load(codes)
     with pytest.raises(FileNotFoundError):
         pq.VectorIndex.load(tmp_path / "missing.npz")
-    # crafted: duplicate ids, ids beyond next_id, negative squared norms, compressed members
-    for member, change in (
-        ("ids", lambda a: np.zeros_like(a)),
-        ("ids", lambda a: a + 100),
-        ("sq_norms", lambda a: -a),
+    # crafted: duplicate ids, ids beyond next_id, negative squared norms, squared norms that
+    # disagree with the codes' norms (distances would be wrong), compressed members
+    for i, (member, change, why) in enumerate(
+        (
+            ("ids", lambda a: np.zeros_like(a), "not unique"),
+            ("ids", lambda a: a + 100, "next_id"),
+            ("sq_norms", lambda a: -a, "negative"),
+            (
+                "sq_norms",
+                lambda a: a * np.float32(1.01),
+                "disagrees with the codes' norms at row 0",
+            ),
+        )
     ):
-        crafted = tmp_path / f"crafted_{member}.npz"
+        crafted = tmp_path / f"crafted_{i}.npz"
         _rewrite(path, crafted, {member: change})
-        with pytest.raises(ValueError, match=f"crafted_{member}.npz"):
+        with pytest.raises(ValueError, match=f"crafted_{i}.npz.*{why}"):
             pq.VectorIndex.load(crafted)
     deflated = tmp_path / "deflated.npz"
     _rewrite(path, deflated, {}, compression=zipfile.ZIP_DEFLATED)

@@ -191,6 +191,41 @@ def test_given_ids_and_several_adds(client, data, backend):
             assert got[0][i, row.index(ids[i])] == got[0][i, row.index(first_dup + i)]
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_remove_as_one_index(client, data, backend, metric, tmp_path):
+    """``remove`` leaves the results of one index from which the same ids were removed (the
+    removed vectors held, marked, positions unchanged), drops a shard left with nothing live
+    (the one-row block), keeps a search that started before it on the old shards, refuses
+    unknown ids without removing anything, and saves only the live vectors."""
+    corpus, queries = data
+    index, local = both(
+        METHODS["turboquant-mse"](backend), metric, corpus, client, refine="float16"
+    )
+    gone = np.concatenate([np.arange(0, N, 7), [150]])  # 150: the whole one-row shard
+    old = list(index.shards)
+    with pytest.raises(pq.search.UnknownIdsError, match=r"\[600, 601\]"):
+        index.remove([3, 600, 601])
+    assert len(index) == N and index.shards == old
+    index.remove(gone)
+    local.remove(gone)
+    assert len(index) == len(local) == N - gone.size and len(index.shards) == len(CHUNKS) - 1
+    np.testing.assert_array_equal(index.ids(), local.ids())
+    for k, rerank in ((K, None), (K, 40), (N - gone.size, None)):
+        got, want = (
+            index.search(queries[:5], k, rerank=rerank),
+            local.search(queries[:5], k, rerank=rerank),
+        )
+        assert_same(got, want, atol=rounding(want[0]))
+        assert not np.isin(got[1], gone).any()
+    before = client.gather(old[0]).search(queries[:1], 1)[1]  # the old shard is unchanged
+    assert before[0, 0] in np.arange(150) and len(client.gather(old[0])) == 150
+    index.save(tmp_path / "idx")
+    again = dist.DaskVectorIndex.load(tmp_path / "idx", client=client, backend=backend)
+    assert len(again) == len(local)
+    assert_same(again.search(queries[:5], K), local.search(queries[:5], K), atol=rounding(want[0]))
+
+
 def test_float64_and_batched_queries(client, data):
     corpus, queries = data
     index, local = both(METHODS["turboquant-mse"]("numpy"), "l2", corpus, client)

@@ -45,8 +45,12 @@ few units in the last place.  Numba's table kernels (fewer than 8 queries) compu
 score alone, and re-ranking scores each candidate alone: those agree bit for bit.  Two
 vectors whose scores differ by less than that rounding may swap.
 
-Departures from :class:`~polarquant.VectorIndex`: no ``remove``; blocks must be NumPy arrays
-and the backend a CPU one (``"numpy"``, ``"numba"``), resolved on the client (``backend=``,
+``remove``: the shards holding the ids are replaced by shards that share their codes and mark
+the removed vectors (a search already running reads the old shards), as
+:meth:`~polarquant.VectorIndex.remove` marks them.
+
+Departures from :class:`~polarquant.VectorIndex`: blocks must be NumPy arrays and the backend a
+CPU one (``"numpy"``, ``"numba"``), resolved on the client (``backend=``,
 :func:`~polarquant.use_backend`, ``POLARQUANT_BACKEND``) and sent with every task.
 
 Requires ``dask`` and ``distributed`` (the ``dask`` extra, :data:`INSTALL_HINT`): importing
@@ -56,6 +60,8 @@ uses the client it is given, or the default one, and never starts a cluster.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -131,10 +137,11 @@ class _Shard:
 
     future: object  # distributed.Future
     offset: int  # position of its first vector in the order of addition
-    n: int
+    n: int  # live vectors
     nbytes: int
-    id_min: int
+    id_min: int  # of the live vectors
     id_max: int
+    held: int  # vectors held, removed ones included (positions count them)
 
 
 class DaskVectorIndex:
@@ -286,11 +293,11 @@ class DaskVectorIndex:
             return
         futures = self.client.compute(tasks)
         infos = self.client.gather([self.client.submit(_shard_info, f) for f in futures])
-        offset = len(self)
+        offset = sum(s.held for s in self._shards)
         new = []
-        for future, (count, nbytes, id_min, id_max) in zip(futures, infos, strict=True):
-            new.append(_Shard(future, offset, count, nbytes, id_min, id_max))
-            offset += count
+        for future, (count, held, nbytes, id_min, id_max) in zip(futures, infos, strict=True):
+            new.append(_Shard(future, offset, count, nbytes, id_min, id_max, held))
+            offset += held
         self._check_repeats(new)
         self._shards.extend(new)
         self._next_id = max(self._next_id, max(s.id_max for s in new) + 1)
@@ -374,6 +381,66 @@ class DaskVectorIndex:
             repeated = np.unique(np.concatenate(parts or [np.zeros(0, np.int64)]))
             if repeated.size:
                 raise ValueError(f"ids {where}: {repeated[:10].tolist()}")
+
+    # -- remove ------------------------------------------------------------------------------
+    def remove(self, ids) -> None:
+        """Remove the vectors with these ids (all must be in the index, else nothing is removed).
+
+        As :meth:`~polarquant.VectorIndex.remove`: the vectors stay held, marked, until the
+        shard is saved (only live vectors are written).  Each shard that holds some of the ids
+        is replaced by a new one (a task on its worker) that shares its codes and copies only
+        its deletion marks, so a search already running reads the old shard, unchanged; a
+        shard left with no live vector is dropped.  Only shards whose id ranges meet the ids are
+        asked (8 bytes an id move, never the codes).
+
+        Raises
+        ------
+        TypeError
+            ``ids`` are not integers.
+        UnknownIdsError
+            (a ``KeyError``) Some ids are not in the index (they are named); nothing is removed.
+        """
+        given = np.unique(_index.as_ids(ids).reshape(-1))
+        if not given.size:
+            return
+        client = self.client
+        touched = [
+            i
+            for i, s in enumerate(self._shards)
+            if s.n and s.id_min <= given[-1] and s.id_max >= given[0]
+        ]
+        sent = client.scatter(given, broadcast=False, hash=False) if touched else None
+        found = client.gather(
+            [client.submit(_shard_found, self._shards[i].future, sent) for i in touched]
+        )
+        hit = np.concatenate(found) if found else np.zeros(0, np.int64)
+        missing = np.setdiff1d(given, hit)
+        if missing.size:
+            raise _index.UnknownIdsError(f"ids not in the index: {missing[:10].tolist()}")
+        replaced = {
+            i: client.submit(_shard_without, self._shards[i].future, part, pure=False)
+            for i, part in zip(touched, found, strict=True)
+            if part.size
+        }
+        infos = dict(
+            zip(
+                replaced,
+                client.gather([client.submit(_shard_info, f) for f in replaced.values()]),
+                strict=True,
+            )
+        )
+        shards, offset = [], 0
+        for i, shard in enumerate(self._shards):
+            if i in replaced:
+                count, held, nbytes, id_min, id_max = infos[i]
+                if count == 0:
+                    continue  # nothing live: the shard goes
+                shard = _Shard(replaced[i], offset, count, nbytes, id_min, id_max, held)
+            else:
+                shard = dataclasses.replace(shard, offset=offset)
+            shards.append(shard)
+            offset += shard.held
+        self._shards = shards
 
     # -- search ------------------------------------------------------------------------------
     def search(self, queries, k: int, *, rerank: int | None = None):
@@ -533,7 +600,7 @@ class DaskVectorIndex:
         infos = index.client.gather([index.client.submit(_shard_check, f) for f in futures])
         offset = 0
         for future, name, spec, info in zip(futures, files, manifest["shards"], infos, strict=True):
-            count, nbytes, id_min, id_max, metric, refine, config = info
+            count, held, nbytes, id_min, id_max, metric, refine, config = info
             if (metric, refine, config) != (index.metric, index.refine, json.loads(index._config)):
                 raise ValueError(
                     f"{name!r}: shard holds metric={metric!r}, refine={refine!r} and config "
@@ -545,8 +612,8 @@ class DaskVectorIndex:
                     f"{name!r}: shard holds {count} vectors with ids in [{id_min}, {id_max}]; "
                     f"the manifest says {spec['n']} in [{spec['id_min']}, {spec['id_max']}]"
                 )
-            index._shards.append(_Shard(future, offset, count, nbytes, id_min, id_max))
-            offset += count
+            index._shards.append(_Shard(future, offset, count, nbytes, id_min, id_max, held))
+            offset += held
         index._next_id = manifest["next_id"]
         shards, index._shards = index._shards, []
         try:  # shards whose id ranges overlap must not share ids
@@ -659,8 +726,30 @@ def _build_shard(block, ids, first, config, backend, metric, refine, rows) -> Ve
 
 
 def _shard_info(shard: VectorIndex) -> tuple:
+    """``(live, held, nbytes, id_min, id_max)`` of a shard (ids of the live vectors; -1 if none)."""
     ids = shard.ids()
-    return len(shard), shard.nbytes, int(ids.min()), int(ids.max())
+    held = sum(s.n for s in shard._segments)
+    low, high = (int(ids.min()), int(ids.max())) if ids.size else (-1, -1)
+    return len(shard), held, shard.nbytes, low, high
+
+
+def _shard_found(shard: VectorIndex, ids: np.ndarray) -> np.ndarray:
+    """Those of the sorted ``ids`` that the shard holds (live)."""
+    return ids[shard._positions(ids) >= 0]
+
+
+def _shard_without(shard: VectorIndex, ids: np.ndarray) -> VectorIndex:
+    """A new shard: ``shard`` less the vectors ``ids`` (which it holds).  It shares the codes,
+    ids and refinement copy with ``shard`` and copies only the deletion marks (a byte per
+    vector), so that the old shard, which a running search may still read, is unchanged."""
+    out = copy.copy(shard)
+    out._segments = [
+        dataclasses.replace(seg, alive=None if seg.alive is None else seg.alive.copy(), view=None)
+        for seg in shard._segments
+    ]
+    out._id_table = None
+    out.remove(ids)
+    return out
 
 
 def _shard_check(shard: VectorIndex) -> tuple:
@@ -685,7 +774,7 @@ def _shard_best(shard: VectorIndex, rows, c: int, step: int, block_elements: int
     ]
     values = np.concatenate([p[0] for p in parts], axis=0)
     positions = np.concatenate([p[1] for p in parts], axis=0)
-    return values, positions + offset, shard.ids()[positions]
+    return values, positions + offset, shard._ids_at(positions)
 
 
 def _scan_values(shard: VectorIndex, queries, c: int, block_elements: int):

@@ -159,6 +159,8 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
     for name in (*codes_fields, "sq_norms"):
         if name in arrays and arrays[name].dtype.kind == "f":
             _archive.check_scalars(name, arrays[name])
+    if "sq_norms" in arrays and "norms" in codes_fields:
+        _check_sq_norms(arrays["sq_norms"], arrays["norms"])
     if "refine" in arrays:  # block by block: bounded memory, also for a memory map
         refine = arrays["refine"]
         for start in range(0, n, CHECK_ROWS):
@@ -184,6 +186,27 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
             _Segment(codes, ids, arrays.get("sq_norms"), arrays.get("refine"), mapped=mmap)
         )
     return index
+
+
+#: How far ``sqrt(sq_norms)`` may lie from the codes' stored norms: float16 norms are rounded
+#: to 2**-11 relative (2**-24 absolute below 2**-14), the float32 squares far closer.
+SQ_NORM_RTOL, SQ_NORM_ATOL = 2.0**-10, 2.0**-23
+
+
+def _check_sq_norms(sq_norms: np.ndarray, norms: np.ndarray) -> None:
+    """The exact squared norms of metric ``"l2"`` agree with the norms the codes store (both
+    written by ``add`` from the same vectors): a crafted file whose distances would be wrong is
+    refused, naming the first row that disagrees."""
+    for start in range(0, sq_norms.shape[0], CHECK_ROWS):
+        root = np.sqrt(sq_norms[start : start + CHECK_ROWS].astype(np.float64))
+        norm = np.asarray(norms[start : start + CHECK_ROWS], dtype=np.float64)
+        bad = np.flatnonzero(np.abs(root - norm) > SQ_NORM_RTOL * norm + SQ_NORM_ATOL)
+        if bad.size:
+            row = start + int(bad[0])
+            raise Refused(
+                f"member 'sq_norms' disagrees with the codes' norms at row {row} "
+                f"(sqrt {root[bad[0]]:.6g} against {norm[bad[0]]:.6g})"
+            )
 
 
 def _check_meta(meta) -> None:
