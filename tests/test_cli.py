@@ -231,6 +231,25 @@ def test_info_says_when_the_selected_backend_cannot_run(monkeypatch, capsys):
     assert "selected backend: cupy (from POLARQUANT_BACKEND), UNAVAILABLE here: no GPU" in out
 
 
+@pytest.mark.skipif(backends.available()["numba"] is not None, reason="numba is not installed")
+def test_info_shows_the_fast_scan_variant(monkeypatch, capsys):
+    """``polarquant info`` names the fast-scan variant in use and those the target can run; a
+    forced one it cannot run, or a misspelt one, is reported, not raised."""
+    from polarquant.backends.numba_backend import _simd
+
+    monkeypatch.delenv(_simd.VARIANT_ENV, raising=False)
+    _simd._chosen.cache_clear()
+    assert main(["info"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("fast scan")]
+    assert len(line) == 1 and f"(numba): {_simd.variant()} (chosen; runnable here:" in line[0]
+    assert "scalar" in line[0]
+    monkeypatch.setenv(_simd.VARIANT_ENV, "sse9")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "fast scan (numba): none, POLARQUANT_FASTSCAN='sse9' is not a fast-scan variant" in out
+    _simd._chosen.cache_clear()
+
+
 # -- arguments, --debug, internal errors ---------------------------------------------------------
 @pytest.mark.parametrize(
     "argv, names",

@@ -7,24 +7,31 @@ Same signatures, same checks in the same order (:mod:`polarquant.backends._check
 ``tests/test_fastscan_kernels.py`` holds every variant the test machine can run to the
 reference bit for bit.
 
-===================  ===================  ==============================================  =====================
-kernel               reference            per block of 32 vectors                          differs
-===================  ===================  ==============================================  =====================
-``sums_kernel(v)``   ``fastscan_sums``    ``group_sums`` over each group of 128 bytes      never (integers)
-                                          (``uint16``), added in ``uint32``
-``topk_kernel(v)``   ``fastscan_topk``    the sums, then the 32 keys ``scale (S + bias)    which of several
-                                          + weight shift`` (float32, the reference's       equal keys is kept
-                                          operations in its order), their maximum
-                                          against the running ``c``-th best, and only
-                                          then a heap per query and chunk of blocks
-===================  ===================  ==============================================  =====================
+=========================  ===================  ==========================================  =================
+kernel                     reference            per block of 32 vectors                     differs
+=========================  ===================  ==========================================  =================
+``sums_kernel(v)``         ``fastscan_sums``    ``_simd.group_sums`` over each group of     never (integers)
+                                                128 bytes (``uint16``), added in
+                                                ``uint32``
+``topk_kernel(v, group)``  ``fastscan_topk``    ``_simd.block_keys``: the sums, the 32      which of equal
+                                                keys ``scale (S + bias) + weight shift``    keys is kept
+                                                (float32 registers, the reference's
+                                                operations in its order) and their
+                                                comparison with each query's running
+                                                ``c``-th best; only lanes above it reach
+                                                the heap of their query and chunk
+=========================  ===================  ==========================================  =================
 
 ``v`` is the instruction-set variant of :mod:`._simd`, chosen in Python from the compilation
 target before any kernel is compiled (one compiled kernel per variant, cached on disk).
-Queries are taken four at a time, so that each load of a block's codes serves four tables
-(the prototype measured 1.6 ms per query in a batch of 32 against 2.6 ms alone, 1M x 128);
-the ``scalar`` variant computes the same sums with plain loops.  Parallelism: ``prange`` over
-contiguous chunks of blocks, one heap per query and chunk, merged by the entry point.
+Several queries are taken four at a time (``group`` = :data:`QUERY_GROUP`, their number padded
+with zero tables whose heaps are dropped), so that each load of a block's codes serves four
+tables (the prototype measured 1.6 ms per query in a batch of 32 against 2.6 ms alone, 1M x
+128); one query has its own, smaller kernel (``group`` = 1), so that its first search compiles
+only that.  The last block's per-vector arrays are copied to 32 padded lanes (NaN keys: never
+kept).  The ``scalar`` variant computes the same sums with plain loops (:func:`_block_sums`).
+Parallelism: ``prange`` over contiguous chunks of blocks, one heap per query and chunk, merged
+by the entry point.
 """
 
 from __future__ import annotations
@@ -70,11 +77,19 @@ def fastscan_topk(plan, tq, blocks, n, c, bias, scale, shift=None, weight=None):
         return np.empty((nq, c), np.float32), np.empty((nq, c), np.int64)
     if shift is None:  # a zero weight on the scale itself: one compiled kernel for both forms
         shift, weight = scale, np.zeros(nq, np.float32)
+    group = 1 if nq == 1 else QUERY_GROUP
+    padded = -(-nq // group) * group  # extra queries of zero tables, their heaps dropped
+    luts = register_tables(tq)
+    if padded > nq:
+        more = padded - nq
+        luts = np.concatenate([luts, np.zeros((more, *luts.shape[1:]), np.uint8)])
+        bias = np.concatenate([bias, np.zeros(more, np.float32)])
+        weight = np.concatenate([weight, np.zeros(more, np.float32)])
     nchunks = max(1, min(blocks.shape[0], numba.get_num_threads()))
-    heap_keys = np.full((nq, nchunks, c), -np.inf, dtype=np.float32)
-    heap_pos = np.full((nq, nchunks, c), -1, dtype=np.int64)
-    topk_kernel(variant())(
-        register_tables(tq),
+    heap_keys = np.full((padded, nchunks, c), -np.inf, dtype=np.float32)
+    heap_pos = np.full((padded, nchunks, c), -1, dtype=np.int64)
+    topk_kernel(variant(), group)(
+        luts,
         _readonly(blocks),
         n,
         bias,
@@ -85,7 +100,7 @@ def fastscan_topk(plan, tq, blocks, n, c, bias, scale, shift=None, weight=None):
         heap_keys,
         heap_pos,
     )
-    return _merge(heap_keys.reshape(nq, -1), heap_pos.reshape(nq, -1), c)
+    return _merge(heap_keys[:nq].reshape(nq, -1), heap_pos[:nq].reshape(nq, -1), c)
 
 
 def register_tables(tq) -> np.ndarray:
@@ -121,12 +136,16 @@ def sums_kernel(name: str):
     return _SUMS[name]
 
 
-def topk_kernel(name: str):
-    """``topk_kernel(variant)(luts, blocks, n, bias, scale, shift, weight, groups, heap_keys,
-    heap_pos)``: per query and chunk of blocks, the ``c`` largest keys in a min-heap."""
-    if name not in _TOPK:
-        _TOPK[name] = _make_topk(variant_code(name))
-    return _TOPK[name]
+def topk_kernel(name: str, group: int = QUERY_GROUP):
+    """``topk_kernel(variant, group)(luts, blocks, n, bias, scale, shift, weight, groups,
+    heap_keys, heap_pos)``: per query and chunk of blocks, the ``c`` largest keys in a min-heap;
+    queries ``group`` at a time (1, or :data:`QUERY_GROUP`: then their number must be a
+    multiple of it).  One compiled kernel per variant and group, so that a first single-query
+    search compiles only the small one."""
+    key = (name, group)
+    if key not in _TOPK:
+        _TOPK[key] = _make_topk(variant_code(name), group)
+    return _TOPK[key]
 
 
 @_kernel(inline="always")
@@ -201,7 +220,7 @@ def _push(keys, positions, key, position):
     positions[i] = position
 
 
-def _make_topk(WHICH):
+def _make_topk(WHICH, QB):
     if WHICH == 0:
         return _make_topk_scalar()
 
@@ -212,8 +231,8 @@ def _make_topk(WHICH):
         nbytes = blocks.shape[1]
         nchunks = heap_keys.shape[1]
         for ch in prange(nchunks):
-            keys = np.empty((4, BLOCK), np.float32)
-            limits = np.empty(4, np.float32)
+            keys = np.empty((QB, BLOCK), np.float32)
+            limits = np.empty(QB, np.float32)
             tail_scale = np.zeros(BLOCK, np.float32)
             tail_shift = np.full(BLOCK, np.nan, np.float32)  # padding lanes: NaN keys, never kept
             start, stop = _chunk(nblocks, nchunks, ch)
@@ -227,54 +246,28 @@ def _make_topk(WHICH):
                         tail_shift[v] = shift[base + v]
                     sc, sh, at = tail_scale, tail_shift, 0
                 start_byte = b * nbytes * BLOCK
-                for q0 in range(0, nq, 4):
-                    qb = min(4, nq - q0)
-                    for t in range(qb):
+                for q0 in range(0, nq, QB):
+                    for t in range(QB):
                         limits[t] = heap_keys[q0 + t, ch, 0]
-                    if qb == 4:
-                        mask = block_keys(
-                            WHICH,
-                            4,
-                            blocks,
-                            start_byte,
-                            luts,
-                            q0,
-                            groups,
-                            sc,
-                            sh,
-                            at,
-                            bias,
-                            weight,
-                            limits,
-                            keys,
-                        )
-                        if mask != 0:
-                            for t in range(4):
-                                _offer(
-                                    heap_keys[q0 + t, ch], heap_pos[q0 + t, ch], keys[t], mask, base
-                                )
-                    else:
-                        for t in range(qb):
-                            mask = block_keys(
-                                WHICH,
-                                1,
-                                blocks,
-                                start_byte,
-                                luts,
-                                q0 + t,
-                                groups,
-                                sc,
-                                sh,
-                                at,
-                                bias,
-                                weight,
-                                limits[t:],
-                                keys,
-                            )
-                            if mask != 0:
-                                _offer(
-                                    heap_keys[q0 + t, ch], heap_pos[q0 + t, ch], keys[0], mask, base
-                                )
+                    mask = block_keys(
+                        WHICH,
+                        QB,
+                        blocks,
+                        start_byte,
+                        luts,
+                        q0,
+                        groups,
+                        sc,
+                        sh,
+                        at,
+                        bias,
+                        weight,
+                        limits,
+                        keys,
+                    )
+                    if mask != 0:
+                        for t in range(QB):
+                            _offer(heap_keys[q0 + t, ch], heap_pos[q0 + t, ch], keys[t], mask, base)
 
     return kernel
 

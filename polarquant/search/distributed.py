@@ -215,9 +215,13 @@ class DaskVectorIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the shards on the workers (the sum of their
-        :attr:`~polarquant.VectorIndex.nbytes`)."""
-        return sum(s.nbytes for s in self._shards)
+        """Bytes held by the shards on the workers: the sum of their
+        :attr:`~polarquant.VectorIndex.nbytes`, asked of the workers (a search may have added
+        a shard's fast-scan view since it was built)."""
+        client = self.client
+        return int(
+            sum(client.gather([client.submit(_shard_nbytes, s.future) for s in self._shards]))
+        )
 
     @property
     def shards(self) -> list:
@@ -731,6 +735,10 @@ def _shard_info(shard: VectorIndex) -> tuple:
     held = sum(s.n for s in shard._segments)
     low, high = (int(ids.min()), int(ids.max())) if ids.size else (-1, -1)
     return len(shard), held, shard.nbytes, low, high
+
+
+def _shard_nbytes(shard: VectorIndex) -> int:
+    return shard.nbytes
 
 
 def _shard_found(shard: VectorIndex, ids: np.ndarray) -> np.ndarray:
