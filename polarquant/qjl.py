@@ -75,6 +75,9 @@ class SignSketch:
     ``sqrt(pi/2)/m * norms * S^T sign(S v)``, the unbiased estimate of ``v``.
     """
 
+    #: A quantizer that holds it sets its backend here too (``Quantizer.backend``).
+    follows_owner_backend = True
+
     def __init__(self, m: int, dim: int, seed: int, stream: str = "qjl-sketch", backend=None):
         self.m = check_int(m, "proj_dim", low=1)
         self.dim = dim

@@ -187,6 +187,26 @@ class Quantizer(abc.ABC):
 
         self.backend = None if backend is None else check_backend_name(backend)
 
+    @property
+    def backend(self) -> str | None:
+        """The kernel backend (``None``: resolved at each call, see :mod:`polarquant.backends`).
+
+        Setting it (e.g. on a quantizer rebuilt from a file) checks the name and sets it on
+        the parts that run kernels of their own (the sign sketches of QJL, TurboQuantProd,
+        PolarQuantQJL), so that every operation of the quantizer runs on the same backend.
+        """
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str | None) -> None:
+        from .backends import check_backend_name
+
+        name = None if name is None else check_backend_name(name)
+        self._backend = name
+        for part in vars(self).values():
+            if getattr(part, "follows_owner_backend", False):
+                part.backend = name
+
     # -- configuration ---------------------------------------------------------------------
     @abc.abstractmethod
     def config(self) -> dict:

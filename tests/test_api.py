@@ -538,3 +538,29 @@ def test_expected_mse_of_decode(make):
     x = np.random.default_rng(4).standard_normal((3000, q.dim))
     rel = np.mean(np.sum((x - q.decode(q.encode(x))) ** 2, 1) / np.sum(x**2, 1))
     assert rel == pytest.approx(q.expected_mse, rel=0.06)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pq.QJL(16, 32, seed=1),
+        lambda: pq.TurboQuantProd(16, 3, seed=1),
+        lambda: pq.PolarQuantQJL(16, seed=1),
+    ],
+)
+def test_setting_the_backend_reaches_the_sketches(make, tmp_path):
+    """Regression: ``quantizer.backend = name`` (what loading an index with ``backend=`` and
+    the Dask shards do) left the sign sketch of QJL, TurboQuantProd and PolarQuantQJL on the
+    default backend; every part now follows, and a bad name is refused."""
+    q = make()
+    assert q.sketch.backend is None
+    q.backend = "numpy"
+    assert q.backend == q.sketch.backend == "numpy"
+    with pytest.raises(ValueError, match="unknown backend"):
+        q.backend = "fortran"
+    assert q.backend == q.sketch.backend == "numpy"
+    index = pq.VectorIndex(make(), "ip")
+    index.add(np.ones((3, 16), np.float32))
+    index.save(tmp_path / "i.npz")
+    loaded = pq.VectorIndex.load(tmp_path / "i.npz", backend="numpy")
+    assert loaded.quantizer.sketch.backend == "numpy"
