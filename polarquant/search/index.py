@@ -155,7 +155,8 @@ class VectorIndex:
         TurboQuantMSE at 1 to 4 bits and QJL on the ``numba`` backend, no memory-mapped
         segment): byte-table candidates, then exact values from the codes, certified to be
         the same results as the plain scan (ties aside).  The first search builds the block
-        layout of the codes, a second copy of their bytes, which :attr:`nbytes` counts.
+        layout of the codes, a second copy of their bytes, which :attr:`nbytes` counts (a
+        removal marks its vectors there, without a rebuild).
         Default True; the attribute can be changed at any time.
 
     Examples
@@ -343,8 +344,10 @@ class VectorIndex:
             seg = self._segments[s]
             if seg.alive is None:
                 seg.alive = np.ones(seg.n, dtype=bool)
-            seg.alive[positions[which == s] - starts[s]] = False
-            seg.view = None  # its removed vectors must leave the fast-scan keys too
+            rows = positions[which == s] - starts[s]
+            seg.alive[rows] = False
+            if seg.view is not None:  # the removed vectors leave the fast-scan keys too
+                scanner.mark_removed(seg.view, rows, self.metric)
         self._id_table = None
 
     def _starts(self) -> np.ndarray:
@@ -483,7 +486,7 @@ class VectorIndex:
         return values, positions
 
     def _scan_view(self, segment: _Segment):
-        """The segment's fast-scan view, built on first use (a removal discards it)."""
+        """The segment's fast-scan view, built on first use (a removal marks its vectors there)."""
         if segment.view is None:
             segment.view = scanner.build_view(self.quantizer, segment, self.metric)
         return segment.view

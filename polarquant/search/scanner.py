@@ -35,7 +35,15 @@ import numpy as np
 
 from .. import fastscan
 
-__all__ = ["ScanView", "GROWTH", "CANDIDATE_FACTOR", "applies", "build_view", "scan"]
+__all__ = [
+    "ScanView",
+    "GROWTH",
+    "CANDIDATE_FACTOR",
+    "applies",
+    "build_view",
+    "mark_removed",
+    "scan",
+]
 
 #: Candidates scanned per wanted result at first (at least :data:`MIN_CANDIDATES` more): the
 #: certificate's worst-case bound is wide, and a second scan costs as much as the first.
@@ -88,6 +96,15 @@ def build_view(quantizer, segment, metric: str) -> ScanView:
         shift = np.where(segment.alive, 0.0, -np.inf).astype(np.float32)
     scale_max = float(np.max(np.abs(scale), initial=0.0))
     return ScanView(fplan, fastscan.to_blocks(fplan, packed), scale, shift, scale_max)
+
+
+def mark_removed(view: ScanView, rows: np.ndarray, metric: str) -> None:
+    """Take removed vectors (``rows`` of the view's segment) out of the keys in place: their
+    per-vector term becomes infinite (``-inf``; ``+inf`` for ``"l2"``, whose weight is
+    negative), so they are never candidates.  No rebuild of the block layout."""
+    if view.shift is None:
+        view.shift = np.zeros(view.scale.shape[0], dtype=np.float32)
+    view.shift[rows] = np.inf if metric == "l2" else -np.inf
 
 
 def scan(index, rows, c: int):
