@@ -23,8 +23,8 @@ operation                  computes                                            r
 ``polar_score``            ``<q, y_hat>`` for every query and row              ``polar_values`` then a product
 ``polar_weighted_sum``     ``sum_rows w_row y_hat_row`` for every weight row   ``polar_values`` then a product
 ``fastscan_sums``          integer sums of byte tables over the block layout   ``fastscan.scan_sums``
-``fastscan_topk``          the ``c`` largest keys ``scale (S + bias) [+ w t]``  ``fastscan.scan_sums``, ``scan_keys``,
-                           and their positions                                  ``top_candidates``
+``fastscan_topk``          the ``c`` largest keys ``scale (S + bias) + w t``   ``fastscan.scan_sums``, ``scan_keys``,
+                           and their positions                                 ``top_candidates``
 =========================  ==================================================  =================================
 
 Encoding: ties go to the upper cell (``x == t_k`` gets code ``k + 1``).  The

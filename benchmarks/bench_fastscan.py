@@ -25,7 +25,10 @@ installs offline; equality with the plain scan on real data is tested in
   fast-scan kernel it needs compiled) and of a second process on that cache.
 
 Each timing is the best of ``--repeat`` calls after a warm-up; the whole set is measured
-``--rounds`` times and the ratios reported as median and range over the rounds.  Threads: Numba's
+``--rounds`` times after a first round that is dropped (the first searches over freshly
+built arrays run up to 2x slower while the kernel maps their pages), and the ratios reported
+as median and range over the rounds.  Each timing starts after a pause of ``SETTLE_S``: BLAS
+threads spin for a while after a product and slowed whatever ran next by up to 2x.  Threads: Numba's
 pool, FAISS's OpenMP and BLAS use every core unless ``--threads`` sets how many (reported).
 """
 
@@ -40,13 +43,24 @@ import tempfile
 import time
 
 import numpy as np
-from _common import best_of, machine, write_json
+from _common import best_of as _best_of
+from _common import machine, write_json
 
 import polarquant as pq
 from polarquant import fastscan
 
 K = 10
 BATCH = 32
+
+
+#: Pause before each timing: BLAS worker threads keep spinning for a while after a product and
+#: would take the cores from whatever is timed next.
+SETTLE_S = 0.3
+
+
+def best_of(fn, repeat: int) -> float:
+    time.sleep(SETTLE_S)
+    return _best_of(fn, repeat)
 
 
 def _normalised(rng, n: int, d: int) -> np.ndarray:
@@ -168,7 +182,7 @@ def main(argv=None) -> dict:
             _simd._chosen.cache_clear()
 
     timings = {}
-    for r in range(args.rounds):
+    for r in range(args.rounds + 1):  # round 0 warms up (page faults, huge pages) and is dropped
         t = {}
         t["exact float32, 1 query (keys @ q + argpartition)"] = best_of(
             lambda: exact_one(keys, one[0]), args.repeat
@@ -203,9 +217,12 @@ def main(argv=None) -> dict:
             t[f"kernel fastscan_topk ({variant}), 1 query"] = best_of(fn, args.repeat)
         os.environ.pop(_simd.VARIANT_ENV, None)
         _simd._chosen.cache_clear()
+        if r == 0:
+            print("warm-up round done", flush=True)
+            continue
         for what, s in t.items():
             timings.setdefault(what, []).append(s)
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+        print(f"round {r}/{args.rounds} done", flush=True)
 
     def ratio(what, base):
         return [a / b for a, b in zip(timings[what], timings[base], strict=True)]

@@ -9,12 +9,23 @@ Everything is local: no intersphinx, no fonts, analytics or scripts fetched at
 build time, so the site builds offline.
 
 Tutorials. The notebooks live outside ``docs/``, in ``../tutorials/*.ipynb``
-(committed without outputs; the test suite executes them). At build time
-:func:`copy_tutorials` copies them into ``docs/_generated/tutorials/``
-(git-ignored by ``docs/.gitignore``), and :func:`fill_generated_toctrees`
-writes the toctree of ``tutorials.md`` from the notebooks found, so a new
-notebook shows up without any change under ``docs/``. They are rendered as
-committed (``nb_execution_mode = "off"``).
+(committed without outputs). The site shows them **executed**, with every output
+and figure: ``python -m polarquant.course execute`` runs them at scale 0.1 and
+writes the executed copies to ``docs/_generated/executed/`` (or the folder named
+by ``POLARQUANT_DOCS_EXECUTED``; ``tests/test_docs.py`` points it at the copies
+the tutorial tests executed). At build time :func:`copy_tutorials` copies into
+``docs/_generated/tutorials/`` (git-ignored by ``docs/.gitignore``) the executed
+copy of each notebook whose recorded digest matches the committed notebook, or
+else the committed notebook, which myst-nb then executes itself at scale 0.1
+(``nb_execution_mode = "cache"``, cached under ``_build``). Each copy is the
+site edition of :func:`polarquant.course.site_edition`: solutions collapsed.
+:func:`fill_generated_toctrees` writes the toctree of ``tutorials.md`` from the
+notebooks found, so a new notebook shows up without any change under ``docs/``.
+
+Math is rendered by MathJax 3 served from the site itself
+(``sphinx-mathjax-offline`` copies it into ``_static/mathjax``): no CDN.
+``_static/print.css`` is a print layout (no navigation, full width, no breaks
+inside equations and figures).
 
 Backends. ``api/backends.md`` documents the accelerated backend packages
 (``backends/numba_backend``, ``backends/cupy_backend``) only once they exist,
@@ -25,6 +36,7 @@ build needs neither.
 from __future__ import annotations
 
 import importlib.util
+import os
 import pkgutil
 import shutil
 import sys
@@ -38,6 +50,14 @@ ROOT = DOCS.parent
 TUTORIALS_SRC = ROOT / "tutorials"
 GENERATED = DOCS / "_generated"
 TUTORIALS_DST = GENERATED / "tutorials"
+#: Executed notebooks written by ``python -m polarquant.course execute`` (or the test suite).
+EXECUTED = Path(os.environ.get("POLARQUANT_DOCS_EXECUTED") or GENERATED / "executed")
+#: Scale of the notebooks myst-nb executes itself (those without a current executed copy).
+os.environ.setdefault("POLARQUANT_TUTORIAL_SCALE", "0.1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(TUTORIALS_SRC), os.environ.get("PYTHONPATH")])
+)  # `import plotting` in the kernels myst-nb starts
 
 # polarquant is normally installed (pip install -e ".[docs]"); fall back to the checkout.
 try:
@@ -59,6 +79,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 from _static/mathjax, not a CDN
     "sphinx.ext.viewcode",
 ]
 
@@ -70,7 +91,12 @@ nitpicky = True  # also on the command line (-n); every cross-reference must res
 # -- MyST / myst-nb --------------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
-nb_execution_mode = "off"  # the test suite executes the notebooks (pytest --nbmake)
+# Executed copies (see the module docstring) carry ``mystnb.execution_mode = "off"``; a notebook
+# without a current copy is executed here, once, and cached.
+nb_execution_mode = "cache"
+nb_execution_in_temp = True
+nb_execution_timeout = 300
+nb_execution_raise_on_error = True
 nb_merge_streams = True
 # Notebooks are written by the tutorials work, not here: their heading levels are theirs.
 suppress_warnings = ["myst.header"]
@@ -116,7 +142,9 @@ nitpick_ignore_regex = [
 # -- HTML ------------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"polarquant {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = [("print.css", {"media": "print"})]
+html_js_files = ["print.js"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
@@ -142,13 +170,33 @@ def tutorial_notebooks() -> list[Path]:
     return sorted(p for p in TUTORIALS_SRC.glob("*.ipynb") if p.is_file())
 
 
-def copy_tutorials(app=None) -> None:
-    """Mirror ``../tutorials/*.ipynb`` into ``docs/_generated/tutorials/``.
+def executed_copy(src: Path):
+    """The executed copy of ``src`` in :data:`EXECUTED` if it was made from these very bytes."""
+    from polarquant.course import METADATA_KEY, source_digest
 
-    Files are copied only when their bytes changed (so incremental builds do
-    not re-read untouched notebooks), and copies whose source is gone are
-    removed.  The folder is git-ignored.
+    copy = EXECUTED / src.name
+    if not copy.is_file():
+        return None
+    import nbformat
+
+    nb = nbformat.read(copy, as_version=4)
+    if nb.metadata.get(METADATA_KEY, {}).get("source_sha256") != source_digest(src):
+        return None
+    return nb
+
+
+def copy_tutorials(app=None) -> None:
+    """Write the site edition of every ``../tutorials/*.ipynb`` into ``docs/_generated/tutorials/``.
+
+    The executed copy is used where it is current (``mystnb.execution_mode = "off"``), the
+    committed notebook otherwise (myst-nb executes it).  Files are written only when their
+    bytes changed (so incremental builds do not re-read untouched notebooks), and copies whose
+    source is gone are removed.  The folder is git-ignored.
     """
+    import nbformat
+
+    from polarquant.course import site_edition
+
     TUTORIALS_DST.mkdir(parents=True, exist_ok=True)
     wanted = {p.name: p for p in tutorial_notebooks()}
     for old in TUTORIALS_DST.iterdir():
@@ -157,11 +205,25 @@ def copy_tutorials(app=None) -> None:
                 shutil.rmtree(old)
             else:
                 old.unlink()
+    stale = []
     for name, src in wanted.items():
+        nb = executed_copy(src)
+        if nb is None:
+            stale.append(name)
+            nb = nbformat.read(src, as_version=4)
+        else:
+            nb.metadata["mystnb"] = {"execution_mode": "off"}
+        data = nbformat.writes(site_edition(nb)).encode("utf-8")
         dst = TUTORIALS_DST / name
-        data = src.read_bytes()
         if not dst.exists() or dst.read_bytes() != data:
             dst.write_bytes(data)
+    if stale and app is not None:
+        from sphinx.util import logging
+
+        logging.getLogger(__name__).info(
+            f"executing {len(stale)} notebooks without a current executed copy in {EXECUTED} "
+            "(python -m polarquant.course execute writes them)"
+        )
 
 
 def accelerated_backends() -> list[str]:

@@ -209,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=_int_at_least(0), default=0, help=seed_help)
     sub.add_parser("info", parents=[common], help="version, selected and available backends")
+    sub.add_parser(  # listed here; main() hands its arguments to polarquant.course
+        "course",
+        add_help=False,
+        help="course editions (student, teacher) and executed notebooks (tutorials/README.md)",
+    )
     warm = sub.add_parser(
         "warmup",
         parents=[common],
@@ -388,6 +393,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["course"]:  # its own parser, options and --help included (polarquant.course)
+        from .course import main as course_main
+
+        return course_main(argv[1:])
     args = _parser().parse_args(argv)
     where = f"polarquant {args.command}"
     try:

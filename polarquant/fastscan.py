@@ -50,7 +50,7 @@ is the **reference** of that arithmetic in plain NumPy; the backends' kernels
   which orders them as the approximate scores :math:`\lambda \delta \kappa` do (an optional
   per-vector term :math:`t`, e.g. :math:`-\|x\|^2` for distances, with a per-query weight
   :math:`w`); it keeps more candidates than it returns and re-ranks them exactly from the
-  codes (:mod:`polarquant.search.fastscan`).
+  codes (:mod:`polarquant.search.scanner`).
 * **Overflow**: a kernel summing in ``uint16`` is exact while :math:`2 \cdot 255 \cdot` (bytes)
   :math:`< 2^{16}`: it sums groups of :data:`GROUP_BYTES` = 128 bytes (256 nibbles) in
   ``uint16`` and adds the groups in ``uint32``, which is this reference's ``uint32`` sum.

@@ -97,3 +97,61 @@ def tiny_llama(hidden_size: int = 64, max_position_embeddings: int = 256):
         max_position_embeddings=max_position_embeddings,
     )
     return torch, LlamaForCausalLM(config).eval()
+
+
+class TutorialRuns:
+    """Each tutorial executed at most once per test session (``polarquant.course``).
+
+    ``tests/test_tutorials.py`` checks every executed notebook and ``tests/test_docs.py`` renders
+    the same executed copies (``folder``) on the documentation site, so the notebooks run once
+    whichever test asks first.  ``run(path)`` returns ``(executed nb, figure PNGs, seconds)`` and
+    re-raises the notebook's error for every test that asks for it.
+    """
+
+    SCALE = 0.1  # the CI scale of every notebook
+
+    def __init__(self, base):
+        self.base = base
+        self.folder = base / "executed"  # executed copies with their source digests
+        self._done = {}
+
+    def run(self, path):
+        if path not in self._done:
+            from polarquant.course import execute_notebook, write_executed
+
+            figdir = self.base / "figures" / path.stem
+            try:
+                nb, seconds = execute_notebook(
+                    path,
+                    scale=self.SCALE,
+                    workdir=self.base / "work" / path.stem,
+                    figdir=figdir,
+                    env={"POLARQUANT_BACKEND": None, "POLARQUANT_TUTORIAL_REAL_MODEL": None},
+                )
+            except Exception as exc:  # noqa: BLE001 - re-raised for every test that asks
+                self._done[path] = exc
+            else:
+                write_executed(nb, path, self.folder, self.SCALE)
+                self._done[path] = (nb, sorted(figdir.glob("*.png")), seconds)
+        result = self._done[path]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+@pytest.fixture(scope="session")
+def tutorial_runs(tmp_path_factory):
+    """The session's :class:`TutorialRuns` (skips where nbclient, ipykernel or matplotlib lack)."""
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("nbclient", "nbformat", "ipykernel", "matplotlib")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        pytest.skip(
+            f"executing the tutorials needs {', '.join(missing)} "
+            "(pip install nbclient nbformat ipykernel matplotlib)"
+        )
+    return TutorialRuns(tmp_path_factory.mktemp("tutorials"))

@@ -250,6 +250,23 @@ def test_info_shows_the_fast_scan_variant(monkeypatch, capsys):
     _simd._chosen.cache_clear()
 
 
+def test_course_command_hands_its_arguments_to_the_course_module(capsys):
+    """``polarquant course ...`` is ``python -m polarquant.course ...`` (tutorials/README.md):
+    its own options and ``--help``; a user error is one line and status 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(["course", "--help"])
+    assert exc.value.code == 0 and "usage: polarquant course" in capsys.readouterr().out
+    assert "course" in _parser_help()
+    assert main(["course", "editions", "--scale", "-1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("polarquant course: --scale must be positive")
+
+
+def _parser_help() -> str:
+    from polarquant.cli import _parser
+
+    return _parser().format_help()
+
+
 # -- arguments, --debug, internal errors ---------------------------------------------------------
 @pytest.mark.parametrize(
     "argv, names",

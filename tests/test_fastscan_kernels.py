@@ -207,7 +207,7 @@ def test_fast_scan_search_equals_the_plain_scan_on_real_data(method):
         else:
             quantizer = pq.TurboQuantMSE(d, int(method[-1]), seed=3, backend="numba")
         for metric in ("ip", "cosine", "l2"):
-            fast = pq.VectorIndex(quantizer, metric)
+            fast = pq.VectorIndex(quantizer, metric, fast_scan=True)
             plain = pq.VectorIndex(quantizer, metric, fast_scan=False)
             for index in (fast, plain):
                 index.add(base[: len(base) // 2])
@@ -226,7 +226,9 @@ def test_fast_scan_view_is_counted_and_follows_removals(metric):
     vectors in the view's keys (no rebuild: the same blocks), and the next search no longer
     returns them, with the plain scan's results."""
     x = pq.datasets.load_minilm_embeddings()["embeddings"].astype(np.float32)
-    index = pq.VectorIndex(pq.TurboQuantMSE(384, 4, seed=1, backend="numba"), metric)
+    index = pq.VectorIndex(
+        pq.TurboQuantMSE(384, 4, seed=1, backend="numba"), metric, fast_scan=True
+    )
     plain = pq.VectorIndex(index.quantizer, metric, fast_scan=False)
     index.add(x)
     plain.add(x)
@@ -234,6 +236,12 @@ def test_fast_scan_view_is_counted_and_follows_removals(metric):
     _, ids = index.search(x[:3], 1)
     assert ids[:, 0].tolist() == [0, 1, 2]
     view = index._segments[0].view
+    auto = pq.VectorIndex(index.quantizer, metric)  # "auto": too few vectors to pay
+    auto.add(x)
+    auto.search(x[:3], 1)
+    assert auto._segments[0].view is None
+    with pytest.raises(ValueError, match="fast_scan must be 'auto', True or False"):
+        pq.VectorIndex(index.quantizer, metric, fast_scan="yes")
     assert view is not None and index.nbytes == before + view.nbytes()
     assert view.nbytes() >= fastscan.FastScanPlan(4, 384).nbytes * len(x)
     blocks = view.blocks

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -95,67 +93,13 @@ def test_notebook_in_sync_with_source(source):
     )
 
 
-@pytest.fixture
-def kernel_env(tmp_path, monkeypatch):
-    """Environment of the notebook kernel: CI scale, Agg, a python3 kernel of this interpreter."""
-    missing = _missing("nbclient", "nbformat", "ipykernel", "matplotlib")
-    if missing:
-        pytest.skip(
-            f"executing the tutorials needs {', '.join(missing)} "
-            "(pip install nbclient nbformat ipykernel matplotlib)"
-        )
-    # A kernelspec that runs *this* interpreter, first on JUPYTER_PATH (the installed
-    # python3 spec may point at another `python` on PATH).
-    spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "Python 3 (polarquant tests)",
-                "language": "python",
-            }
-        )
-    )
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.setenv(
-        "JUPYTER_PATH", str(tmp_path / "jupyter") + os.pathsep + os.environ.get("JUPYTER_PATH", "")
-    )
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    monkeypatch.setenv("POLARQUANT_TUTORIAL_SCALE", CI_SCALE)
-    monkeypatch.setenv("POLARQUANT_TUTORIAL_FIGDIR", str(work / "figures"))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # no __pycache__ next to plotting.py
-    # `import plotting` from the kernel, whose working directory is the temporary one
-    monkeypatch.setenv("PYTHONPATH", str(TUTORIALS) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.delenv("POLARQUANT_BACKEND", raising=False)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        if var not in os.environ:  # keep CPU use modest on shared CI machines
-            monkeypatch.setenv(var, "1")
-    return work
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs(notebook, kernel_env):
-    import nbformat
-    from nbclient import NotebookClient
-
+def test_notebook_runs(notebook, tutorial_runs):
+    """Executed once per session by ``polarquant.course.execute_notebook`` (conftest.py), the
+    executed copy reused by the documentation build (tests/test_docs.py)."""
     before = sorted(p.name for p in TUTORIALS.iterdir())
-    nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=NOTEBOOK_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(kernel_env)}},
-    )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
+    nb, figures, elapsed = tutorial_runs.run(notebook)
     assert elapsed < NOTEBOOK_TIMEOUT_S, f"{notebook.name} took {elapsed:.0f} s"
-    figures = list((kernel_env / "figures").glob("*.png"))
     assert figures, f"{notebook.name} rendered no figure"
     # headless (Agg) the notebook must still contain every figure it rendered, as a PNG output
     displayed = sum(
@@ -201,6 +145,71 @@ def test_every_solution_cell_is_tagged(notebook):
             untagged.append(f"cell {index}: {source[:60]!r}")
     assert seen, f"{notebook.name} has no solution"
     assert not untagged, f"{notebook.name}: solution cells without the tag: {untagged}"
+
+
+def _editions_command(out_dir: Path) -> list[str]:
+    """The README's command for both editions, run with this interpreter into ``out_dir``."""
+    readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"^\s*(python -m polarquant\.course editions[^\n]*)$", readme, re.MULTILINE)
+    assert found, "tutorials/README.md no longer shows the editions command"
+    words = shlex.split(found.group(1))
+    assert words[:3] == ["python", "-m", "polarquant.course"] and "--out" in words
+    words[words.index("--out") + 1] = str(out_dir)
+    return [sys.executable, *words[1:]]
+
+
+def test_editions_student_has_no_solutions_teacher_has_them_all(tmp_path):
+    """Build both editions as tutorials/README.md says.  The student's: no solution survives
+    (no tagged cell, no "Solution" text, no solution source), every exercise does, no outputs,
+    and ``plotting.py`` beside the notebooks.  The teacher's: every cell of the committed notebook
+    in order, solutions included and not collapsed."""
+    missing = _missing("nbformat")
+    if missing:
+        pytest.skip("needs nbformat (pip install nbformat)")
+    import nbformat
+
+    out = tmp_path / "course"
+    proc = subprocess.run(
+        _editions_command(out), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    student, teacher = out / "student", out / "teacher"
+    for edition in (student, teacher):
+        assert sorted(p.name for p in edition.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+        assert (edition / "plotting.py").read_bytes() == (TUTORIALS / "plotting.py").read_bytes()
+    for notebook in NOTEBOOKS:
+        committed = nbformat.read(notebook, as_version=4)
+        handout = nbformat.read(student / notebook.name, as_version=4)
+        teachers = nbformat.read(teacher / notebook.name, as_version=4)
+        solutions = {c.source.strip() for c in committed.cells if SOLUTION_TAG in _tags(c)}
+        exercises = [c.source for c in committed.cells if "**Exercise" in c.source]
+        assert solutions and exercises, notebook.name
+        text = "\n".join(c.source for c in handout.cells)
+        for cell in handout.cells:
+            source = cell.source.strip()
+            assert not SOLUTION_MARKER.match(source), f"{notebook.name}: {source[:60]!r}"
+            assert SOLUTION_TAG not in _tags(cell), f"{notebook.name}: a solution cell survived"
+            assert source not in solutions, f"{notebook.name}: {source[:60]!r}"
+            assert cell.cell_type != "code" or not cell.outputs
+        for solution in solutions:  # not even a long line of a solution
+            lines = [ln for ln in solution.splitlines() if len(ln.strip()) > 40]
+            assert not any(ln in text for ln in lines if ln not in _all_unsolved(committed)), (
+                f"{notebook.name}: solution text survived"
+            )
+        assert [c.source for c in handout.cells if "**Exercise" in c.source] == exercises
+        assert len(handout.cells) == len(committed.cells) - sum(
+            SOLUTION_TAG in _tags(c) for c in committed.cells
+        )
+        # the teacher's edition: every cell, solutions expanded
+        assert [c.source for c in teachers.cells] == [c.source for c in committed.cells]
+        for cell in teachers.cells:
+            if SOLUTION_TAG in _tags(cell):
+                assert not cell.metadata.get("jupyter", {}).get("source_hidden"), notebook.name
+
+
+def _all_unsolved(nb) -> str:
+    """The text of every cell that is not a solution (a line shared with one is not a leak)."""
+    return "\n".join(c.source for c in nb.cells if SOLUTION_TAG not in _tags(c))
 
 
 def _handout_command(out_dir: Path) -> list[str]:

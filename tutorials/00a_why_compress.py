@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -120,7 +120,7 @@ assert cache_bytes > 5 * weight_bytes
 # 1.4 GiB, more than five times the weights.  The cache grows linearly with context and batch,
 # and every generated token reads all of it: for long contexts, memory and memory bandwidth are
 # spent on the cache, not on the model.  (Llama-3.1-8B, the papers' model, needs 128 KiB per
-# token: 16 GiB at 128k tokens, as much as its weights; notebook 7 and exercise 1.)
+# token: 16 GiB at 128k tokens, as much as its weights; notebook 7a and exercise 1.)
 
 # %%
 tokens = np.linspace(0, context, 200)
@@ -231,7 +231,7 @@ assert cache.fp16_ratio < 2  # 128 of 192 tokens are still fp16
 # How much does a cache save at SmolLM2's full context, and which bit width would give the blog's
 # 6x?  The byte count does not depend on the values, so we fill caches with seeded Gaussian
 # vectors and read `fp16_ratio` at growing lengths, for 2, 3 and 4-bit TurboQuant keys and
-# values (notebook 7 derives the formula behind these curves).
+# values (notebook 7a derives the formula behind these curves).
 
 # %%
 rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -366,7 +366,7 @@ plotting.show(fig)
 # **What you built.** About 30 lines: a rotation (4), a Lloyd-Max solver (13), an encoder and
 # a decoder (9), a sign sketch and its estimator (6).  The library adds what a real system needs
 # and what the rest of the course uses: packed codes and counted bytes (0b, exercise 3), scoring
-# without decoding (0b, 8), the other quantizers, and the cache (7).  Next: notebook 1 explains
+# without decoding (0b, 8), the other quantizers, and the cache (7a, 7b).  Next: notebook 1 explains
 # why the rotation makes Lemma 1's law universal; 2 derives QJL's constant and variance; 4 the
 # Lloyd-Max conditions; 5 the distortion bounds.
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -46,7 +46,7 @@
 # 64 coordinates).
 #
 # **About the baselines.** They come from `polarquant.kv.baselines`, written for the compressed
-# KV cache of `polarquant.kv` (notebook 7 runs them inside `KVCache`, on a real model):
+# KV cache of `polarquant.kv` (notebook 7a runs them inside `KVCache`, 7b inside a real model):
 #
 # * `KIVIValues(d, b, group_size=g)`: asymmetric min-max quantization **per token**, in groups of
 #   $g$ channels, each with an fp16 minimum and scale (KIVI's layout for values, Liu et al.,
@@ -64,7 +64,7 @@
 # from the codes, `score(prepare(q), fields)`, a value codec sums them with attention weights,
 # `weighted_sum(p, fields)`.  `KIVIValues` is a value codec: used on keys here, it is decoded and
 # the dot products are taken.  `KIVIKeys` compresses whole groups of 32 tokens, as a cache does
-# once a group is complete (the newest tokens wait in full precision; notebook 7).
+# once a group is complete (the newest tokens wait in full precision; notebook 7a).
 
 # %%
 import os
@@ -286,7 +286,7 @@ plotting.show(fig)
 #   still: at equal stored bits it has about 4x less error than per-token groups, and its attention
 #   at 4.0 bits beats TurboQuantMSE at 4.25 (at 3.0 bits it about matches TurboQuantMSE at 3.25).
 #   Those ranges are data-dependent calibration, renewed every 32 tokens, and they absorb the
-#   keys' per-channel offset: notebook 7 takes this apart in the KV cache of `polarquant.kv` and
+#   keys' per-channel offset: notebook 7a takes this apart in the KV cache of `polarquant.kv` and
 #   finds the same.
 #
 # The assertions below pin down the robust orderings with margins of at least 1.5x, except two
@@ -426,7 +426,7 @@ assert abs(S["HadamardRTN g=32", "b=4"]["bits"] - (4 * 512 + 16 * 512 / 32) / 38
 #    bits), of PolarQuant's recursive angles, and far ahead of anything spending bits on QJL signs;
 #    on the embeddings they beat every baseline at equal bits;
 # 3. on real keys, KIVI's data-dependent per-channel ranges, renewed every 32 tokens, attend
-#    better per stored bit than any data-oblivious method here; notebook 7 explains why (a
+#    better per stored bit than any data-oblivious method here; notebook 7a explains why (a
 #    per-channel offset of the keys) and measures it inside the compressed KV cache of
 #    `polarquant.kv`, with fp8 as one more baseline;
 # 4. unbiasedness (TurboQuantProd, PolarQuantQJL, QJL) is a property of inner products, not of

