@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -77,6 +77,53 @@ print("radius:", radii, "= ||x|| =", np.linalg.norm(x8))
 print("inverse:", polar.inverse_polar_transform(radii, angles))
 assert np.allclose(polar.inverse_polar_transform(radii, angles), x8, atol=1e-14)
 assert np.isclose(radii[0], np.linalg.norm(x8))
+
+# %% [markdown]
+# The same example as a tree: each node holds the radius of the two below it and the angle
+# between them; PolarQuant stores the **angles** (a few bits each, level by level) and only the
+# **top radius** (float16).  Reading the tree downwards is the inverse transform.
+
+# %%
+fig, ax = plt.subplots(figsize=(9, 4.2))
+tree_radii = [np.abs(x8)]  # level 0: the coordinates themselves
+for _ in range(3):  # each node: the radius of its two children
+    tree_radii.append(np.hypot(tree_radii[-1][0::2], tree_radii[-1][1::2]))
+assert np.isclose(tree_radii[3][0], radii[0])
+positions = [np.arange(8, dtype=float)]
+for _ in range(3):
+    positions.append(positions[-1].reshape(-1, 2).mean(axis=1))
+for level in range(0, 4):
+    y = level
+    for j, xpos in enumerate(positions[level]):
+        if level == 0:
+            label = f"$x_{j + 1}$\n{x8[j]:g}"
+            color = "0.85"
+        else:
+            label = f"$r={tree_radii[level][j]:.2f}$\n$\\psi={angles[level - 1][j]:.2f}$"
+            color = "tab:orange" if level == 3 else "tab:blue"
+        ax.text(
+            xpos,
+            y,
+            label,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="round", fc=color, alpha=0.35),
+        )
+        if level > 0:
+            for child in (2 * j, 2 * j + 1):
+                ax.plot(
+                    [xpos, positions[level - 1][child]], [y - 0.25, level - 0.75], color="0.4", lw=1
+                )
+ax.set_xlim(-0.7, 7.7)
+ax.set_ylim(-0.6, 3.6)
+ax.set_yticks(range(4), ["coordinates", "level 1", "level 2", "level 3 (stored radius)"])
+ax.set_xticks([])
+ax.set_xlabel("coordinates paired left to right; angles in radians (level 1 in $[0, 2\\pi)$)")
+ax.set_title("The recursive polar transform of x = (3, 4, 0, -1, 1, 1, -2, 0.5), L = 3")
+for side in ("top", "right", "bottom"):
+    ax.spines[side].set_visible(False)
+plotting.show(fig)
 
 # %% [markdown]
 # The inverse is exact in floating point on any batch (the library implements the level loop, not
