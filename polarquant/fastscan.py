@@ -164,15 +164,7 @@ def _check_packed(plan: FastScanPlan, packed) -> np.ndarray:
 def check_blocks(plan: FastScanPlan, blocks, n: int | None = None) -> int:
     """Raise ``ValueError`` unless ``blocks`` is the plan's layout holding ``n`` rows; return
     ``n`` (default: every row of the blocks)."""
-    if (
-        getattr(blocks, "dtype", None) != np.uint8
-        or getattr(blocks, "ndim", 0) != 3
-        or tuple(blocks.shape[1:]) != (plan.nbytes, BLOCK)
-    ):
-        raise ValueError(
-            f"fast-scan blocks must be uint8 (nblocks, {plan.nbytes}, {BLOCK}), got "
-            f"{getattr(blocks, 'dtype', type(blocks).__name__)} {getattr(blocks, 'shape', '')}"
-        )
+    _check_uint8(blocks, "fast-scan blocks", "nblocks", (plan.nbytes, BLOCK))
     rows = blocks.shape[0] * BLOCK
     n = rows if n is None else check_int(n, "n", low=0)
     if not rows - BLOCK < n <= rows and not (n == 0 == rows):
@@ -259,14 +251,15 @@ def quantize_tables(tables):
 
 def check_tables(plan: FastScanPlan, tq) -> None:
     """Raise ``ValueError`` unless ``tq`` is uint8 ``(nq, nibbles, 16)`` for the plan."""
-    if (
-        getattr(tq, "dtype", None) != np.uint8
-        or getattr(tq, "ndim", 0) != 3
-        or tuple(tq.shape[1:]) != (plan.nibbles, ENTRIES)
-    ):
+    _check_uint8(tq, "byte tables", "nq", (plan.nibbles, ENTRIES))
+
+
+def _check_uint8(a, what: str, first: str, tail: tuple) -> None:
+    """``a`` must be a 3-D uint8 array ``(first, *tail)``: ``ValueError`` naming ``what``."""
+    if getattr(a, "dtype", None) != np.uint8 or getattr(a, "ndim", 0) != 3 or a.shape[1:] != tail:
         raise ValueError(
-            f"byte tables must be uint8 (nq, {plan.nibbles}, {ENTRIES}), got "
-            f"{getattr(tq, 'dtype', type(tq).__name__)} {getattr(tq, 'shape', '')}"
+            f"{what} must be uint8 ({first}, {', '.join(map(str, tail))}), got "
+            f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
         )
 
 
