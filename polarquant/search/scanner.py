@@ -174,27 +174,27 @@ def _exact_values(index, views, tables, factor, queries, positions):
     ``positions`` ``(len(queries), r)`` (``-1``: none, value ``-inf``): ``factor * scale *
     sum_g T[q, g, h_g]`` from the float tables ``T`` (float64, :func:`~polarquant.fastscan.
     nibble_tables`) and the codes' nibbles in the block layout (``2 value - ||x||^2`` for
-    ``"l2"``).  One flat gather per query and segment."""
+    ``"l2"``).  One flat gather per segment, for every query at once."""
     out = np.full(positions.shape, -np.inf, dtype=np.float64)
     starts = index._starts()
-    flat = tables.reshape(tables.shape[0], -1)
+    flat = tables.reshape(-1)
+    per_query = tables.shape[1] * tables.shape[2]
     high = (np.arange(0, tables.shape[1], 2) * fastscan.ENTRIES)[None, :]  # nibble 2j's table
     low = high + fastscan.ENTRIES
-    for i, q in enumerate(queries):
-        pos = positions[i]
-        which = np.searchsorted(starts, pos, side="right") - 1
-        for s in np.unique(which[pos >= 0]):
-            sel = np.flatnonzero((which == s) & (pos >= 0))
-            local = pos[sel] - starts[s]
-            view = views[s]
-            codes = view.blocks[local // fastscan.BLOCK, :, local % fastscan.BLOCK]
-            sums = flat[q][(codes >> 4) + high].sum(axis=1) + flat[q][(codes & 15) + low].sum(
-                axis=1
-            )
-            values = factor * view.scale[local].astype(np.float64) * sums
-            if index.metric == "l2":
-                values = 2 * values - index._segments[s].sq_norms[local]
-            out[i, sel] = values
+    valid = positions >= 0
+    which = np.searchsorted(starts, positions, side="right") - 1
+    for s in np.unique(which[valid]):
+        rows, cols = np.nonzero(valid & (which == s))
+        local = positions[rows, cols] - starts[s]
+        view = views[s]
+        codes = view.blocks[local // fastscan.BLOCK, :, local % fastscan.BLOCK]  # (m, nbytes)
+        base = (queries[rows] * per_query)[:, None]
+        sums = flat[(codes >> 4) + (high + base)].sum(axis=1)
+        sums += flat[(codes & 15) + (low + base)].sum(axis=1)
+        values = factor * view.scale[local].astype(np.float64) * sums
+        if index.metric == "l2":
+            values = 2 * values - index._segments[s].sq_norms[local]
+        out[rows, cols] = values
     return out
 
 
