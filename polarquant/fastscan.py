@@ -296,11 +296,12 @@ def top_candidates(keys, c: int):
     """The ``c`` largest keys of each row and their positions, largest first (equal keys by
     position): ``(keys (nq, c), positions int64 (nq, c))``, ``c`` at most the row length.
 
-    A key of ``-inf`` or NaN (a removed vector, or a bad scale) is never a candidate: where
-    fewer than ``c`` keys are finite the rest come back as key ``-inf``, position ``-1``.
+    A key that is not finite (``-inf`` for a removed vector; ``+inf`` or NaN from a bad scale)
+    is never a candidate: where fewer than ``c`` keys are finite the rest come back as key
+    ``-inf``, position ``-1``.
     """
     keys = np.asarray(keys)
-    keys = np.where(keys > -np.inf, keys, -np.inf).astype(keys.dtype)  # NaN: never a candidate
+    keys = np.where(np.isfinite(keys), keys, -np.inf).astype(keys.dtype)  # never candidates
     nq, n = keys.shape
     c = min(check_int(c, "c", low=1), n)
     out_keys = np.empty((nq, c), dtype=keys.dtype)

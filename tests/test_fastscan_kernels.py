@@ -251,3 +251,85 @@ def test_fast_scan_view_is_counted_and_follows_removals(metric):
     got, want = index.search(x[:4], 5), plain.search(x[:4], 5)
     assert not np.isin(got[1], [1, 2]).any()
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_key_that_is_not_finite_is_no_candidate():
+    """An infinite scale gives a key of +inf (or NaN with a zero weight): no backend keeps it
+    (the reference's rule), so the kernels and the reference return the same candidates."""
+    plan, tq, blocks, rng = _case(4, 16, 40, 2)
+    scale = np.ones(40, np.float32)
+    scale[5] = np.inf
+    bias = np.zeros(2)
+    for extra in ((), (np.zeros(40, np.float32), np.ones(2))):
+        want = ref.fastscan_topk(plan, tq, blocks, 40, 3, bias, scale, *extra)
+        got = nb.fastscan_topk(plan, tq, blocks, 40, 3, bias, scale, *extra)
+        assert 5 not in want[1] and 5 not in got[1]
+        np.testing.assert_array_equal(got[0], want[0])
+
+
+def _count_scans(monkeypatch):
+    """How many times the numba backend's fastscan_topk runs (one per segment and round)."""
+    calls = []
+    real = nb.fastscan_topk
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nb, "fastscan_topk", counted)
+    return calls
+
+
+def _both(quantizer, metric, base):
+    fast = pq.VectorIndex(quantizer, metric, fast_scan=True)
+    plain = pq.VectorIndex(quantizer, metric, fast_scan=False)
+    fast.add(base)
+    plain.add(base)
+    return fast, plain
+
+
+def test_keys_beyond_float32_go_to_the_plain_scan():
+    """Regression (review): under "l2" a tiny query's key weight 1/(2 delta) times a huge norm
+    overflowed float32 to -inf, the vectors went missing and a wrong answer was certified.
+    Such queries (and norms) are now answered by the plain scan: the same results."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 50)).astype(np.float32)
+    x[:3] *= 1e18
+    q = rng.standard_normal((2, 50)).astype(np.float32)
+    quantizer = pq.TurboQuantMSE(50, 4, seed=1, backend="numba", norm_dtype="float32")
+    fast, plain = _both(quantizer, "l2", x)
+    for queries in (q, q * np.float32(1e-36), q.astype(np.float64) * 1e-300):
+        got, want = fast.search(queries, 300), plain.search(queries, 300)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+
+
+def test_an_outlier_norm_is_a_candidate_not_a_rescan(monkeypatch):
+    """Regression (review): one vector of a 1000x larger norm widened every query's bound until
+    the whole corpus was gathered (15 GB at 100,000 vectors).  Ranking by each vector's upper
+    bound makes it a candidate instead: one scan per query block, the plain scan's results."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20_000, 64)).astype(np.float32)
+    x[123] *= 1000
+    fast, plain = _both(pq.TurboQuantMSE(64, 4, seed=2, backend="numba"), "ip", x)
+    queries = rng.standard_normal((16, 64)).astype(np.float32)
+    calls = _count_scans(monkeypatch)
+    got, want = fast.search(queries, 10), plain.search(queries, 10)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_exact_ties_beyond_the_candidates_fall_back_in_bounded_rounds(monkeypatch):
+    """Eight distinct vectors repeated 2,500 times: every key ties with thousands, no certificate
+    holds, and after ``ROUNDS`` scans the plain scan answers (memory bounded), with its ids
+    (ties by order of addition)."""
+    from polarquant.search import scanner
+
+    rng = np.random.default_rng(2)
+    x = np.tile(rng.standard_normal((8, 32)).astype(np.float32), (2500, 1))
+    fast, plain = _both(pq.TurboQuantMSE(32, 4, seed=3, backend="numba"), "ip", x)
+    queries = rng.standard_normal((4, 32)).astype(np.float32)
+    calls = _count_scans(monkeypatch)
+    got, want = fast.search(queries, 10), plain.search(queries, 10)
+    assert len(calls) <= scanner.ROUNDS
+    np.testing.assert_array_equal(got[1], want[1])

@@ -15,7 +15,7 @@
  *                                           32-byte transaction per byte of the vectors)
  *   fastscan_keys     fastscan_topk         the same sum, then the key scale (S + bias) +
  *                                           weight shift in float32, in the reference's order
- *                                           (-inf for NaN: never a candidate); the host keeps
+ *                                           (-inf unless finite: no candidate); the host keeps
  *                                           the c largest with CuPy's stable argsort
  *
  * The sums are exact in 32-bit integers whatever the dimension (the CPU kernels' uint16 groups
@@ -47,7 +47,7 @@ PQ_HD float fastscan_key(unsigned int sum, float bias, float scale, float weight
                          int has_shift) {
     float key = scale * (static_cast<float>(sum) + bias);
     if (has_shift) key = key + weight * shift;
-    return key == key ? key : fastscan_neg_inf();  // NaN is no candidate
+    return key - key == 0.0f ? key : fastscan_neg_inf();  // NaN or +-inf: no candidate
 }
 
 /* Every vector i = start, start + step, ... < n of query qi (tables of that query in `table`). */

@@ -292,8 +292,8 @@ def block_keys(
     keys,
 ):
     """The keys of the 32 vectors of a full block for queries ``q0 ... q0 + queries - 1``, and
-    the lanes that beat the thresholds: returns a uint32 mask, bit ``v`` set when ``keys[t, v] >
-    thr[t]`` for some ``t``.
+    the lanes that beat the thresholds: returns a uint32 mask, bit ``v`` set when ``thr[t] <
+    keys[t, v] < inf`` for some ``t`` (a key that is not finite is no candidate).
 
     The sums of every group of bytes ``groups[g] = (g0, g1)`` (as :func:`group_sums`) widened to
     ``uint32`` and added; then, in float32 with the reference's operations in its order
@@ -374,6 +374,7 @@ def block_keys(
             )
 
         s, sh = row(arr[7], base_v), row(arr[8], base_v)
+        infinity = ir.Constant(f32x32, [ir.Constant(ir.FloatType(), float("inf"))] * 32)
         mask = ir.Constant(I32, 0)
         for t, acc in enumerate(totals):
             q = builder.add(q0_v, ir.Constant(I64, t))
@@ -386,8 +387,9 @@ def block_keys(
                 builder.gep(arr[13].data, [ir.Constant(I64, 32 * t)]), ir.PointerType(f32x32)
             )
             builder.store(key, out, align=4)
-            above = builder.fcmp_ordered(">", key, limit)
-            mask = builder.or_(mask, builder.bitcast(above, I32))
+            above = builder.fcmp_ordered(">", key, limit)  # false for NaN
+            finite = builder.fcmp_ordered("<", key, infinity)  # +inf is no candidate either
+            mask = builder.or_(mask, builder.bitcast(builder.and_(above, finite), I32))
         return mask
 
     return sig, codegen

@@ -290,7 +290,7 @@ def _make_topk_scalar():
                         for v in range(lanes):
                             key = scale[base + v] * (np.float32(acc[t, v]) + bias[q])
                             key = key + weight[q] * shift[base + v]
-                            if key > hk[0]:
+                            if key > hk[0] and key < np.inf:  # not finite: no candidate
                                 _push(hk, hp, key, base + v)
 
     return kernel

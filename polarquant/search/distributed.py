@@ -737,6 +737,13 @@ def _shard_info(shard: VectorIndex) -> tuple:
     return len(shard), held, shard.nbytes, low, high
 
 
+def _view_copy(view):
+    """A fast-scan view sharing the block layout and scales, with its own per-vector term (the
+    removal marks it; the old shard's view stays as it was)."""
+    shift = None if view.shift is None else view.shift.copy()
+    return dataclasses.replace(view, shift=shift)
+
+
 def _shard_nbytes(shard: VectorIndex) -> int:
     return shard.nbytes
 
@@ -748,11 +755,16 @@ def _shard_found(shard: VectorIndex, ids: np.ndarray) -> np.ndarray:
 
 def _shard_without(shard: VectorIndex, ids: np.ndarray) -> VectorIndex:
     """A new shard: ``shard`` less the vectors ``ids`` (which it holds).  It shares the codes,
-    ids and refinement copy with ``shard`` and copies only the deletion marks (a byte per
-    vector), so that the old shard, which a running search may still read, is unchanged."""
+    ids, refinement copy and fast-scan block layout with ``shard`` and copies only the deletion
+    marks (a byte per vector) and the layout's per-vector term, so that the old shard, which a
+    running search may still read, is unchanged."""
     out = copy.copy(shard)
     out._segments = [
-        dataclasses.replace(seg, alive=None if seg.alive is None else seg.alive.copy(), view=None)
+        dataclasses.replace(
+            seg,
+            alive=None if seg.alive is None else seg.alive.copy(),
+            view=None if seg.view is None else _view_copy(seg.view),
+        )
         for seg in shard._segments
     ]
     out._id_table = None

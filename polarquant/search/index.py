@@ -442,7 +442,12 @@ class VectorIndex:
         if not self._segments:  # nothing held: no candidates
             return xp.zeros((nq, 0), dtype=rows.dtype), xp.zeros((nq, 0), dtype=xp.int64)
         if self._uses_fast_scan():
-            return self._fast_scan(np.asarray(rows), c)
+            return self._fast_scan(np.asarray(rows), c, block_elements)
+        return self._plain_scan(rows, c, block_elements)
+
+    def _plain_scan(self, rows, c: int, block_elements: int | None):
+        """The plain scan of :meth:`scan`: scores block by block, the running top ``c``."""
+        xp = namespace(rows)
         top = TopK(c)
         budget = BLOCK_ELEMENTS if block_elements is None else block_elements
         step = max(c, budget // max(int(rows.shape[0]), 1))
@@ -469,12 +474,17 @@ class VectorIndex:
             and scanner.applies(self.quantizer)
         )
 
-    def _fast_scan(self, rows, c: int):
-        """:func:`scanner.scan` of at most the live vectors; asked for more, the removed ones
-        fill the columns up to the vectors held, value ``-inf``, in position order (as the
-        plain scan ranks them)."""
+    def _fast_scan(self, rows, c: int, block_elements: int | None):
+        """:func:`scanner.scan` of at most the live vectors (the queries it leaves to the plain
+        scan go there); asked for more, the removed ones fill the columns up to the vectors
+        held, value ``-inf``, in position order (as the plain scan ranks them)."""
         live = len(self)
-        values, positions = scanner.scan(self, rows, min(c, live))
+        values, positions, done = scanner.scan(self, rows, min(c, live))
+        if not done.all():
+            rest = np.flatnonzero(~done)
+            values[rest], positions[rest] = self._plain_scan(
+                rows[rest], min(c, live), block_elements
+            )
         width = min(c, sum(s.n for s in self._segments))
         if width > live:
             dead = np.concatenate(

@@ -3,22 +3,27 @@ r"""Fast scan in a search: candidates from byte tables, results certified exact 
 A search over codes of TurboQuantMSE (1 to 4 bits, TurboQuant Alg. 1) or QJL (QJL Def. 2.1)
 ranks vectors by scores that are sums of table lookups (:mod:`polarquant.fastscan`).  Fast
 scan computes those sums approximately with byte tables (the backend's ``fastscan_topk``),
-keeps more candidates than asked and scores them **exactly from the codes** (the quantizer's
-:meth:`~polarquant.Quantizer.score`).  The result is then *certified*: every vector the scan
-left out has an approximate key at most the last candidate's, :math:`\kappa_{\min}`, so its
-exact value is at most
+keeps more candidates than asked and scores them **exactly from the codes** (from the float
+tables, in float64).  The result is then *certified*.  A vector with scale :math:`s \ge 0` (its
+norm) and integer sum :math:`S` has an exact value within :math:`U s\,G/2` of
+:math:`U \big(s (S + \beta) + w t\big)` (:func:`polarquant.fastscan.error_bound`; :math:`U` the
+key's unit, :math:`\lambda\delta`, or :math:`2\lambda\delta` for ``"l2"``, whose per-vector term
+:math:`t = \|x\|^2` has the weight :math:`w = -1/U`), so the kernels rank by the **upper end**
 
 .. math::
 
-    U \big(\kappa_{\min} + s_{\max}\, G / 2\big),
+    \kappa = s\,(S + \beta + G/2) + w\,t \;\ge\; \mathrm{value} / U .
 
-with :math:`U` the key's unit (:math:`\lambda \delta`, or :math:`2 \lambda \delta` for
-``"l2"``), :math:`s_{\max}` the largest per-vector scale (norm) of the segment and :math:`G
-\delta / 2` the tables' rounding bound (:func:`polarquant.fastscan.error_bound`).  When the
-``c``-th best exact value among the candidates beats that bound the top ``c`` is exactly the
-top ``c`` of the exact-from-codes values (ties aside); else the query is scanned again with
-:data:`GROWTH` times more candidates, until it is certified or every vector is a candidate.
-So the results never depend on the rounding of the tables, only the time does.
+Every vector the scan left out has :math:`\kappa` at most the last candidate's,
+:math:`\kappa_{\min}`, hence an exact value at most :math:`U \kappa_{\min}`; when the ``c``-th
+best exact value among the candidates beats that (in every segment that left vectors out), the
+top ``c`` is exactly the top ``c`` of the exact-from-codes values (ties aside).  Ranking by the
+upper end puts vectors of large norm, whose values are least certain, among the candidates
+instead of widening everyone's bound.  A query not certified is scanned again with
+:data:`GROWTH` times more candidates, and after :data:`ROUNDS` scans handed to the plain scan
+(exact ties beyond the candidates), as is a query whose keys would leave float32's range
+(:data:`KEY_LIMIT`).  So the results never depend on the rounding of the tables, only the time
+does, and memory stays bounded.
 
 :class:`ScanView` is what a segment holds for it: the block layout of its codes (a second copy
 of the code bytes, counted by :attr:`VectorIndex.nbytes
@@ -39,6 +44,8 @@ __all__ = [
     "ScanView",
     "GROWTH",
     "CANDIDATE_FACTOR",
+    "ROUNDS",
+    "KEY_LIMIT",
     "applies",
     "build_view",
     "mark_removed",
@@ -56,6 +63,13 @@ GROWTH = 4
 #: (spaCy's 9,112 vectors, d = 300, k = 64: the plain scan took 1.1 to 2.4 times exact search,
 #: fast scan 2.1 to 4.5 times, its per-query tables and candidates not paid back).
 MIN_VECTORS = 1 << 16
+#: Scans before a query is left to the plain scan (the first, then one with ``GROWTH`` times the
+#: candidates): each rescan reads every code again, and only exact ties beyond the candidates
+#: survive two (a plain scan then answers in bounded memory).
+ROUNDS = 2
+#: Largest key magnitude a search lets the kernels compute in float32 (``3.4e38`` overflows):
+#: queries whose keys could pass it (tiny queries under ``"l2"``, huge norms) take the plain scan.
+KEY_LIMIT = 1e37
 #: Relative margin the certificate demands (float32 rounding of keys and scores).
 SLACK = 1e-5
 
@@ -69,6 +83,7 @@ class ScanView:
     scale: np.ndarray  # float32 (n,)
     shift: np.ndarray | None  # float32 (n,): ||x||^2 for "l2"; 0 / -inf after removals
     scale_max: float
+    shift_max: float = 0.0  # largest finite |shift| (removed vectors' infinities aside)
 
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.blocks, self.scale, self.shift) if a is not None)
@@ -99,7 +114,11 @@ def build_view(quantizer, segment, metric: str) -> ScanView:
     elif segment.alive is not None:
         shift = np.where(segment.alive, 0.0, -np.inf).astype(np.float32)
     scale_max = float(np.max(np.abs(scale), initial=0.0))
-    return ScanView(fplan, fastscan.to_blocks(fplan, packed), scale, shift, scale_max)
+    shift_max = 0.0
+    if shift is not None:
+        finite = np.abs(shift[np.isfinite(shift)])
+        shift_max = float(np.max(finite, initial=0.0))
+    return ScanView(fplan, fastscan.to_blocks(fplan, packed), scale, shift, scale_max, shift_max)
 
 
 def mark_removed(view: ScanView, rows: np.ndarray, metric: str) -> None:
@@ -115,7 +134,10 @@ def scan(index, rows, c: int):
     """The ``c`` best vectors of each prepared query ``rows`` by the exact-from-codes values of
     :meth:`VectorIndex.scan <polarquant.search.VectorIndex.scan>` (same contract: values
     larger-first, positions over all segments, ties by position), found by fast scan and
-    certified (module docstring).  ``c`` is at most the live vectors."""
+    certified (module docstring): ``(values, positions, done)``.  ``c`` is at most the live
+    vectors.  Rows where ``done`` is False were not answered and need the plain scan: their
+    keys would leave float32's range (a query or a norm too small or too large for byte
+    tables), or :data:`ROUNDS` scans did not certify them (exact ties beyond the candidates)."""
     quantizer = index.quantizer
     plan, _, factor = quantizer._table_form()
     segments = index._segments
@@ -126,18 +148,27 @@ def scan(index, rows, c: int):
     tables = fastscan.nibble_tables(fplan, y, plan.centroids)
     tq, delta, offset = fastscan.quantize_tables(tables)
     l2 = index.metric == "l2"
-    unit = factor * delta * (2.0 if l2 else 1.0)  # value ~ unit * key
-    bias = offset / delta
-    weight = -1.0 / unit if l2 else np.ones_like(unit)
+    with np.errstate(divide="ignore", over="ignore"):
+        unit = factor * delta * (2.0 if l2 else 1.0)  # value ~ unit * key
+        # keys rank by the upper end of each vector's interval: half a step per nibble more
+        bias = offset / delta + fplan.nibbles / 2.0
+        weight = -1.0 / unit if l2 else np.ones_like(unit)
+        scale_max = max(v.scale_max for v in views)
+        shift_max = max(v.shift_max for v in views)
+        key_max = scale_max * (255.0 * fplan.nibbles + np.abs(bias)) + np.abs(weight) * shift_max
     nq = int(rows.shape[0])
     out_values = np.empty((nq, c), dtype=np.dtype(str(rows.dtype)))
     out_positions = np.empty((nq, c), dtype=np.int64)
+    done = np.zeros(nq, dtype=bool)
     live = len(index)
-    pending = np.arange(nq)
+    pending = np.flatnonzero(np.isfinite(key_max) & (key_max < KEY_LIMIT) & (unit > 0))
     want = min(live, max(CANDIDATE_FACTOR * c, c + MIN_CANDIDATES))
     ops = quantizer._ops()
-    while pending.size:
-        found_keys, found_pos, bound = [], [], np.full(pending.size, -np.inf)
+    for _ in range(ROUNDS):
+        if not pending.size:
+            break
+        found, bound = [], np.full(pending.size, -np.inf)
+        unsure = np.zeros(pending.size, dtype=bool)
         for view, seg, start in zip(views, segments, starts, strict=True):
             take = min(want, seg.n)
             keys, pos = ops.fastscan_topk(
@@ -151,22 +182,23 @@ def scan(index, rows, c: int):
                 view.shift,
                 None if view.shift is None else weight[pending],
             )
-            full = pos[:, -1] >= 0  # as many candidates as asked: some vectors were left out
-            edge = unit[pending] * (keys[:, -1] + view.scale_max * fplan.nibbles / 2.0)
-            bound = np.where(full & (take < seg.live()), np.maximum(bound, edge), bound)
-            found_keys.append(keys)
-            found_pos.append(np.where(pos >= 0, pos + start, -1))
-        positions = np.concatenate(found_pos, axis=1)
+            full = pos[:, -1] >= 0
+            left_out = take < seg.live()  # some live vectors were not candidates
+            bound = np.where(full & left_out, np.maximum(bound, unit[pending] * keys[:, -1]), bound)
+            unsure |= ~full & left_out  # fewer candidates than asked, yet some left out
+            found.append(np.where(pos >= 0, pos + start, -1))
+        positions = np.concatenate(found, axis=1)
         values = _exact_values(index, views, tables, factor, pending, positions)
         values, positions = _best(values, positions, c)
         last = values[:, -1].astype(np.float64)
-        certified = (last - bound > SLACK * (np.abs(last) + np.abs(bound))) | ~np.isfinite(bound)
-        certified |= want >= live
-        done = pending[certified]
-        out_values[done], out_positions[done] = values[certified], positions[certified]
+        certified = (last - bound > SLACK * (np.abs(last) + np.abs(bound))) | (bound == -np.inf)
+        certified = (certified & ~unsure) | (want >= live)
+        answered = pending[certified]
+        out_values[answered], out_positions[answered] = values[certified], positions[certified]
+        done[answered] = True
         pending = pending[~certified]
         want = min(live, want * GROWTH)
-    return out_values, out_positions
+    return out_values, out_positions, done
 
 
 def _exact_values(index, views, tables, factor, queries, positions):
