@@ -58,13 +58,12 @@
 #   arXiv 2404.00456; llama.cpp's `q4_0` blocks of 32).  It is the rotated baseline: the rotation
 #   spreads outlier channels over all coordinates, as in every method of this library.
 #
-# They implement the **token-codec** contract of `polarquant.kv.codec`: arrays are shaped
-# (streams, tokens, $d$); `encode` returns a dict of arrays, the *fields*, whose bytes
-# (`field_nbytes`) plus `state_nbytes` (the seed, if any) are what we charge; a key codec scores queries
-# from the codes, `score(prepare(q), fields)`, a value codec sums them with attention weights,
-# `weighted_sum(p, fields)`.  `KIVIValues` is a value codec: used on keys here, it is decoded and
-# the dot products are taken.  `KIVIKeys` compresses whole groups of 32 tokens, as a cache does
-# once a group is complete (the newest tokens wait in full precision; notebook 7a).
+# You do not need their interface to follow the comparison: the helper `run_baseline` below
+# compresses a set of vectors with a baseline, reconstructs them, estimates inner products with
+# the queries (from the codes where the baseline can, else from the reconstruction) and counts
+# every byte it holds, exactly as `encode(...).nbytes` does for the library's quantizers.
+# `KIVIKeys` compresses whole groups of 32 tokens, as a cache does once a group is complete (the
+# newest tokens wait in full precision; notebook 7a).
 
 # %%
 import os
@@ -122,7 +121,13 @@ def baselines(dim, bits, seed):
 def run_baseline(codec, x, queries):
     """Compress the rows of x (n, d) as one stream of n tokens with a baseline codec.
 
-    Returns (x_hat, estimated inner products of `queries` with the rows, bytes held).
+    Returns (x_hat, estimated inner products of `queries` with the rows, bytes held).  The
+    baselines follow the token-codec interface of `polarquant.kv.codec` (what `KVCache` calls):
+    arrays shaped (streams, tokens, d); `encode` returns a dict of arrays, the *fields*, whose
+    bytes (`field_nbytes`) plus `state_nbytes` (the seed, if any) are what a cache holds; a key
+    codec scores queries from the codes, `score(prepare(q), fields)`; a value codec (such as
+    `KIVIValues`) only sums with attention weights, so here it is decoded and the dot products
+    taken.
     """
     fields = codec.encode(x[None])  # token-codec arrays are (streams, tokens, d)
     x_hat = codec.decode(fields)[0]
