@@ -19,6 +19,14 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def unit_rows(rng, n: int, d: int) -> np.ndarray:
+    """``n`` standard-normal float32 vectors of dimension ``d``, normalised (the synthetic corpus
+    and queries of the search benchmarks)."""
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def machine() -> dict:
     info = {
         "python": platform.python_version(),

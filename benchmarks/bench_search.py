@@ -33,7 +33,7 @@ import time
 import tracemalloc
 
 import numpy as np
-from _common import best_of, machine, write_json
+from _common import best_of, machine, unit_rows, write_json
 
 import polarquant as pq
 from polarquant.search.topk import TopK
@@ -65,12 +65,6 @@ def exact_top_k(keys: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _normalised(rng, n: int, d: int) -> np.ndarray:
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -82,8 +76,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    keys = _normalised(rng, args.n, args.dim)
-    queries = _normalised(rng, args.queries, args.dim)
+    keys = unit_rows(rng, args.n, args.dim)
+    queries = unit_rows(rng, args.queries, args.dim)
     k = 10
     results = {"machine": machine(), "args": vars(args), "rows": []}
 

@@ -37,15 +37,9 @@ import os
 import time
 
 import numpy as np
-from _common import best_of, machine, write_json
+from _common import best_of, machine, unit_rows, write_json
 
 import polarquant as pq
-
-
-def _normalised(rng, n: int, d: int) -> np.ndarray:
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
 
 
 @contextlib.contextmanager
@@ -105,7 +99,7 @@ def main(argv=None) -> dict:
     print(f"machine: {info}", flush=True)
     corpus = _corpus(args.n, args.dim, args.block_rows)
     x = corpus.compute(scheduler="threads")  # the same rows, in this process, for the baseline
-    queries = _normalised(np.random.default_rng(1), args.queries, args.dim)
+    queries = unit_rows(np.random.default_rng(1), args.queries, args.dim)
     quantizer = pq.TurboQuantMSE(args.dim, args.bits, seed=0, backend=args.backend)
     print(
         f"{args.n} x {args.dim} float32 ({x.nbytes / 2**20:.0f} MiB), blocks of "

@@ -204,28 +204,22 @@ if MODE is not None:
     model.set_attn_implementation("polarquant")  # from here on: attention from the codes
 
 # %% [markdown]
-# Now the compressed caches.  `PolarquantCache(model.config, ...)` takes the arguments of
-# `KVCache` and builds one per layer; after the pass it reports the bytes it holds.
+# Now the compressed caches.  `PolarquantCache(model.config, key_method=..., key_bits=...,
+# value_method=..., value_bits=..., window=...)` takes the arguments of `KVCache` and builds one
+# per layer; `grid_cache` makes it for a configuration of `polarquant kv-eval`'s grid, exactly as
+# that command does.  After the pass it reports the bytes it holds.
 
 # %%
-from polarquant.kv.evaluation import default_grid  # noqa: E402  (NumPy only)
+from polarquant.kv.evaluation import default_grid, grid_cache  # noqa: E402  (NumPy only)
 
 GRID = default_grid(methods=("turboquant-mse", "qjl", "kivi"), bits=(3, 4))
 measured = {}
 if MODE is not None:
-    from polarquant.kv.hf import PolarquantCache
+    from polarquant.kv.hf import PolarquantCache  # the class itself: sections 5 and 6
 
     for c in GRID:
         label = f"{c['key_method']} {c['nominal_bits']:g}"
-        cache = PolarquantCache(
-            model.config,
-            key_method=c["key_method"],
-            key_bits=c["key_bits"],
-            value_method=c["value_method"],
-            value_bits=c["value_bits"],
-            window=WINDOW,
-            seed=0,
-        )
+        cache = grid_cache(model, c, window=WINDOW, seed=0)
         run = cache_pass(model, ids, cache)
         top1 = float(np.mean(run["argmax"] == ref["argmax"]))
         dppl = float(np.exp(np.mean(ref["logp"] - run["logp"])) - 1)

@@ -69,6 +69,7 @@ __all__ = [
     "demo_token_ids",
     "reference_pass",
     "cache_pass",
+    "grid_cache",
     "evaluate",
     "format_table",
     "eta_text",
@@ -387,7 +388,7 @@ def evaluate(
     ``check_reference=False`` skips the token-by-token DynamicCache pass that
     checks the one-pass reference (tests do, to save time).
     """
-    from .hf import ATTN_IMPLEMENTATION, PolarquantCache
+    from .hf import ATTN_IMPLEMENTATION
 
     say = progress or (lambda s: None)
     if model is None:
@@ -421,18 +422,7 @@ def evaluate(
         results = []
         t_configs = time.perf_counter()
         for i, c in enumerate(configs):
-            cache = PolarquantCache(
-                model.config,
-                key_method=c["key_method"],
-                key_bits=c["key_bits"],
-                value_method=c["value_method"],
-                value_bits=c["value_bits"],
-                window=window,
-                seed=seed,
-                backend=backend,
-                key_options=c.get("key_options"),
-                value_options=c.get("value_options"),
-            )
+            cache = grid_cache(model, c, window=window, seed=seed, backend=backend)
             # the first configuration reports within its pass: no estimate exists before it ends
             run = cache_pass(model, ids, cache, progress if i == 0 else None)
             ppl = _ppl(run["logp"])
@@ -457,6 +447,25 @@ def evaluate(
     finally:
         model.set_attn_implementation(impl)
     return {"meta": _meta(model, ids, window, backend, seed, ppl_ref, check), "results": results}
+
+
+def grid_cache(model, config: dict, *, window: int = 128, seed: int = 0, backend=None):
+    """The :class:`~polarquant.kv.hf.PolarquantCache` of one configuration of
+    :func:`default_grid` (methods, bits and options of keys and values) for ``model``."""
+    from .hf import PolarquantCache
+
+    return PolarquantCache(
+        model.config,
+        key_method=config["key_method"],
+        key_bits=config["key_bits"],
+        value_method=config["value_method"],
+        value_bits=config["value_bits"],
+        window=window,
+        seed=seed,
+        backend=backend,
+        key_options=config.get("key_options"),
+        value_options=config.get("value_options"),
+    )
 
 
 def cache_memory(cache) -> dict:

@@ -72,11 +72,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._array import to_host
+from .._array import namespace, to_host
 from .._version import __version__
 from ..quantizer import Quantizer
 from . import index as _index
 from .index import METRICS, REFINE_DTYPES, VectorIndex
+from .topk import best_order
 
 __all__ = ["DaskVectorIndex", "INSTALL_HINT", "MANIFEST", "MANIFEST_FORMAT"]
 
@@ -696,11 +697,7 @@ def _merge(a: tuple, b: tuple, c: int) -> tuple:
     values = np.concatenate([a[0], b[0]], axis=1)
     positions = np.concatenate([a[1], b[1]], axis=1)
     ids = np.concatenate([a[2], b[2]], axis=1)
-    order = np.argsort(positions, axis=1)  # positions are distinct: any sort is this one
-    values, positions, ids = (
-        np.take_along_axis(x, order, axis=1) for x in (values, positions, ids)
-    )
-    order = np.argsort(-values, axis=1, kind="stable")[:, :c]
+    order = best_order(namespace(values), values, positions, c)
     return tuple(np.take_along_axis(x, order, axis=1) for x in (values, positions, ids))
 
 

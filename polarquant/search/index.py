@@ -37,7 +37,7 @@ from .._array import as_vectors, check_finite, check_int, namespace, to_host
 from ..compressed import CompressedVectors, array_nbytes
 from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
 from . import scanner
-from .topk import TopK
+from .topk import TopK, best_order
 
 __all__ = [
     "VectorIndex",
@@ -441,8 +441,9 @@ class VectorIndex:
         nq = int(rows.shape[0])
         if not self._segments:  # nothing held: no candidates
             return xp.zeros((nq, 0), dtype=rows.dtype), xp.zeros((nq, 0), dtype=xp.int64)
-        if self._uses_fast_scan():
-            return self._fast_scan(np.asarray(rows), c, block_elements)
+        live = len(self)
+        if self._uses_fast_scan(live):
+            return self._fast_scan(np.asarray(rows), c, live, block_elements)
         return self._plain_scan(rows, c, block_elements)
 
     def _plain_scan(self, rows, c: int, block_elements: int | None):
@@ -466,19 +467,18 @@ class VectorIndex:
             start += seg.n
         return top.finish()
 
-    def _uses_fast_scan(self) -> bool:
+    def _uses_fast_scan(self, live: int) -> bool:
         return (
             self.fast_scan
-            and len(self) >= (scanner.MIN_VECTORS if self.fast_scan == "auto" else 1)
+            and live >= (scanner.MIN_VECTORS if self.fast_scan == "auto" else 1)
             and not any(s.mapped for s in self._segments)
             and scanner.applies(self.quantizer)
         )
 
-    def _fast_scan(self, rows, c: int, block_elements: int | None):
+    def _fast_scan(self, rows, c: int, live: int, block_elements: int | None):
         """:func:`scanner.scan` of at most the live vectors (the queries it leaves to the plain
         scan go there); asked for more, the removed ones fill the columns up to the vectors
         held, value ``-inf``, in position order (as the plain scan ranks them)."""
-        live = len(self)
         values, positions, done = scanner.scan(self, rows, min(c, live))
         if not done.all():
             rest = np.flatnonzero(~done)
@@ -625,9 +625,7 @@ def best_exact(exact, positions, k: int):
     order (the order of addition, as everywhere in a search): ``(values, order)``, ``order``
     indexing the candidates, to take their positions or ids along."""
     xp = namespace(exact)
-    by_position = xp.argsort(positions, axis=1)
-    ranked = xp.argsort(-xp.take_along_axis(exact, by_position, axis=1), axis=1, stable=True)
-    order = xp.take_along_axis(by_position, ranked[:, :k], axis=1)
+    order = best_order(xp, exact, positions, k)
     return xp.take_along_axis(exact, order, axis=1), order
 
 

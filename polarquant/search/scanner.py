@@ -138,6 +138,8 @@ def scan(index, rows, c: int):
     vectors.  Rows where ``done`` is False were not answered and need the plain scan: their
     keys would leave float32's range (a query or a norm too small or too large for byte
     tables), or :data:`ROUNDS` scans did not certify them (exact ties beyond the candidates)."""
+    from .index import best_exact  # the plain scan's ordering (index.py imports this module)
+
     quantizer = index.quantizer
     plan, _, factor = quantizer._table_form()
     segments = index._segments
@@ -160,7 +162,8 @@ def scan(index, rows, c: int):
     out_values = np.empty((nq, c), dtype=np.dtype(str(rows.dtype)))
     out_positions = np.empty((nq, c), dtype=np.int64)
     done = np.zeros(nq, dtype=bool)
-    live = len(index)
+    lives = [seg.live() for seg in segments]  # once: a count over the deletion marks each
+    live = sum(lives)
     pending = np.flatnonzero(np.isfinite(key_max) & (key_max < KEY_LIMIT) & (unit > 0))
     want = min(live, max(CANDIDATE_FACTOR * c, c + MIN_CANDIDATES))
     ops = quantizer._ops()
@@ -169,7 +172,7 @@ def scan(index, rows, c: int):
             break
         found, bound = [], np.full(pending.size, -np.inf)
         unsure = np.zeros(pending.size, dtype=bool)
-        for view, seg, start in zip(views, segments, starts, strict=True):
+        for view, seg, start, seg_live in zip(views, segments, starts, lives, strict=True):
             take = min(want, seg.n)
             keys, pos = ops.fastscan_topk(
                 fplan,
@@ -183,13 +186,14 @@ def scan(index, rows, c: int):
                 None if view.shift is None else weight[pending],
             )
             full = pos[:, -1] >= 0
-            left_out = take < seg.live()  # some live vectors were not candidates
+            left_out = take < seg_live  # some live vectors were not candidates
             bound = np.where(full & left_out, np.maximum(bound, unit[pending] * keys[:, -1]), bound)
             unsure |= ~full & left_out  # fewer candidates than asked, yet some left out
             found.append(np.where(pos >= 0, pos + start, -1))
         positions = np.concatenate(found, axis=1)
         values = _exact_values(index, views, tables, factor, pending, positions)
-        values, positions = _best(values, positions, c)
+        values, order = best_exact(values, positions, c)  # equal values by position
+        positions = np.take_along_axis(positions, order, axis=1)
         last = values[:, -1].astype(np.float64)
         certified = (last - bound > SLACK * (np.abs(last) + np.abs(bound))) | (bound == -np.inf)
         certified = (certified & ~unsure) | (want >= live)
@@ -228,10 +232,3 @@ def _exact_values(index, views, tables, factor, queries, positions):
             values = 2 * values - index._segments[s].sq_norms[local]
         out[rows, cols] = values
     return out
-
-
-def _best(values, positions, c: int):
-    """The ``c`` largest values per row (equal values by position; ``-1`` positions last)."""
-    key_pos = np.where(positions >= 0, positions, np.iinfo(np.int64).max)
-    order = np.lexsort((key_pos, -values), axis=1)[:, :c]
-    return np.take_along_axis(values, order, axis=1), np.take_along_axis(positions, order, axis=1)

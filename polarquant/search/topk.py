@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-__all__ = ["TopK"]
+__all__ = ["TopK", "best_order"]
 
 
 class TopK:
@@ -94,10 +94,15 @@ def _ragged(xp, scores, rows, cols, start: int):
     return out_scores, out_positions
 
 
+def best_order(xp, scores, positions, k: int):
+    """The columns of the ``k`` best of each row, sorted: by score, larger first, then by
+    position (the one order of every search: index, fast scan, shards, re-ranking)."""
+    by_position = xp.argsort(positions, axis=1)
+    ranked = xp.argsort(-xp.take_along_axis(scores, by_position, axis=1), axis=1, stable=True)
+    return xp.take_along_axis(by_position, ranked[:, :k], axis=1)
+
+
 def _sorted_best(xp, scores, positions, k: int):
     """The ``k`` best of each row, sorted: by score, larger first, then by position."""
-    order = xp.argsort(positions, axis=1)
-    scores = xp.take_along_axis(scores, order, axis=1)
-    positions = xp.take_along_axis(positions, order, axis=1)
-    order = xp.argsort(-scores, axis=1, stable=True)[:, :k]
+    order = best_order(xp, scores, positions, k)
     return xp.take_along_axis(scores, order, axis=1), xp.take_along_axis(positions, order, axis=1)
