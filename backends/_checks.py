@@ -102,12 +102,36 @@ def check_query_width(q, n: int, name: str = "queries"):
     return q
 
 
+def per_stream(op, plan, a, packed, name: str):
+    """``op`` on a *stack* of batches, one per stream, or ``None`` when ``packed`` is not one.
+
+    The score and weighted-sum operations take ``packed (rows, nbytes)`` with
+    ``a (..., width)``; a stack ``packed (S, rows, nbytes)`` with ``a (S, k,
+    width)`` (one batch of codes and its own queries or weights per stream: the
+    KV cache's batch x kv heads) gives ``op(plan, a[s], packed[s])`` stacked,
+    ``(S, k, ...)``: one call for all the streams, each still a 2-D operation.
+    """
+    if packed.ndim != 3:
+        return None
+    if a.ndim != 3 or a.shape[0] != packed.shape[0] or packed.shape[0] == 0:
+        raise ValueError(
+            f"stacked codes (streams, rows, nbytes) need {name} shaped (streams, k, ...) with "
+            f"the same number of streams, at least one; got {name} {tuple(a.shape)} and codes "
+            f"{tuple(packed.shape)}"
+        )
+    outs = [op(plan, a[i], packed[i]) for i in range(packed.shape[0])]
+    return namespace(outs[0]).stack(outs)
+
+
 def score_shape(q, codes) -> tuple:
     """Shape of ``q @ values.T``: ``q.shape[:-1] + (rows,)``, or ``q.shape[:-1]`` for one 1-D row."""
     if codes.ndim == 1:
         return tuple(q.shape[:-1])
     if codes.ndim != 2:
-        raise ValueError(f"scores need codes shaped (rows, nbytes), got {codes.ndim} dimensions")
+        raise ValueError(
+            f"scores need codes shaped (rows, nbytes) or (streams, rows, nbytes), got "
+            f"{codes.ndim} dimensions"
+        )
     return tuple(q.shape[:-1]) + (codes.shape[0],)
 
 
@@ -120,7 +144,8 @@ def check_weight_width(w, codes, name: str = "weights"):
     """
     if codes.ndim != 2:
         raise ValueError(
-            f"weighted sums need codes shaped (rows, nbytes), got {codes.ndim} dimensions"
+            f"weighted sums need codes shaped (rows, nbytes) or (streams, rows, nbytes), got "
+            f"{codes.ndim} dimensions"
         )
     rows = codes.shape[0]
     check_real(w, name)

@@ -68,6 +68,7 @@ from ._checks import (
     check_rows,
     check_values_dtype,
     check_weight_width,
+    per_stream,
     score_shape,
 )
 
@@ -97,16 +98,24 @@ def scalar_values(plan, packed, dtype):
 
 
 def scalar_score(plan, q, packed):
-    """``q (..., n) @ c[idx].T`` -> ``(..., rows)``."""
+    """``q (..., n) @ c[idx].T`` -> ``(..., rows)``; stacked ``(S, nq, n)`` with ``(S, rows,
+    nbytes)`` -> ``(S, nq, rows)`` (one batch per stream, ``_checks.per_stream``)."""
     check_codes(packed, plan.nbytes)
+    stack = per_stream(scalar_score, plan, q, packed, "queries")
+    if stack is not None:
+        return stack
     check_query_width(q, plan.n)
     score_shape(q, packed)
     return q @ _values_like(scalar_values, plan, packed, q).T
 
 
 def scalar_weighted_sum(plan, w, packed):
-    """``w (..., rows) @ c[idx]`` -> ``(..., n)``: the dual of ``scalar_score`` (attention values)."""
+    """``w (..., rows) @ c[idx]`` -> ``(..., n)``: the dual of ``scalar_score`` (attention values);
+    stacked ``(S, nw, rows)`` with ``(S, rows, nbytes)`` -> ``(S, nw, n)``."""
     check_codes(packed, plan.nbytes)
+    stack = per_stream(scalar_weighted_sum, plan, w, packed, "weights")
+    if stack is not None:
+        return stack
     check_weight_width(w, packed)
     return w @ _values_like(scalar_values, plan, packed, w)
 

@@ -70,6 +70,39 @@ def _bits_list(text: str) -> list[float]:
     return out
 
 
+def _list_of(kind, what: str, ok, rule: str, ordered: bool = True):
+    """A parser of comma-separated ``kind`` values (``int`` or ``float``), each passing ``ok``
+    (else ``rule`` names the bad one), at least one; sorted and unique, or with ``ordered=False``
+    in the order given (duplicates dropped)."""
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> list:
+        out = []
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            try:
+                value = kind(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{part!r} is not {noun}") from None
+            if not ok(value):
+                raise argparse.ArgumentTypeError(f"{rule}, got {part!r}")
+            out.append(value)
+        if not out:
+            raise argparse.ArgumentTypeError(f"no {what} in {text!r}")
+        return sorted(set(out)) if ordered else list(dict.fromkeys(out))
+
+    return parse
+
+
+#: ``"1024,2048"`` -> ``[1024, 2048]``: needle context lengths.
+_int_list = _list_of(
+    int, "length", lambda v: v >= 256, "lengths must be >= 256 tokens (instruction, needle, filler)"
+)
+#: ``"0,1,2"`` -> ``[0, 1, 2]``: seeds, in the order given.
+_seed_list = _list_of(int, "seed", lambda v: v >= 0, "seeds must be >= 0", ordered=False)
+#: ``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``: needle depths.
+_depth_list = _list_of(float, "depth", lambda v: 0.0 <= v <= 1.0, "depths are fractions in [0, 1]")
+
+
 def _method_list(text: str) -> list[str]:
     """``"qjl,polarquant"`` -> ``["qjl", "polarquant"]``, each a key method of the kv-eval grid."""
     from .kv.evaluation import GRID_KEY_METHODS
@@ -236,10 +269,41 @@ def _parser() -> argparse.ArgumentParser:
         f"Needs {INSTALL_HINT}.",
     )
     kv.add_argument(
+        "--task",
+        choices=("teacher-forced", "needle"),
+        default="teacher-forced",
+        help="teacher-forced: top-1 agreement and perplexity on the essay (default); needle: "
+        "pass-key retrieval by greedy generation at long contexts (see docs/kv-needle.md)",
+    )
+    kv.add_argument(
         "--tokens",
         type=_int_at_least(2),
         default=None,
-        help="first N tokens of the text (default: all 1164)",
+        help="teacher-forced: first N tokens of the text (default: all 1164)",
+    )
+    kv.add_argument(
+        "--lengths",
+        type=_int_list,
+        default=None,
+        help="needle: comma-separated context lengths in tokens (default 1024,2048,4096,8192)",
+    )
+    kv.add_argument(
+        "--depths",
+        type=_depth_list,
+        default=None,
+        help="needle: comma-separated needle depths in [0, 1] (default 0,0.25,0.5,0.75,1)",
+    )
+    kv.add_argument(
+        "--needles",
+        type=_int_at_least(1),
+        default=None,
+        help="needle: pass keys per (length, depth) cell (default 3)",
+    )
+    kv.add_argument(
+        "--figure",
+        default=None,
+        metavar="PATH",
+        help="needle: write the accuracy heatmaps (one per configuration) as an image",
     )
     kv.add_argument(
         "--window",
@@ -257,12 +321,25 @@ def _parser() -> argparse.ArgumentParser:
         "--bits",
         type=_bits_list,
         default=None,
-        help="comma-separated nominal bits (default 2.5,3,3.5,4)",
+        help="comma-separated nominal bits (default 2.5,3,3.5,4; needle: 3,4,8)",
     )
     kv.add_argument(
         "--backend", type=_backend_name, default=None, help="kernel backend of the codecs"
     )
-    kv.add_argument("--seed", type=_int_at_least(0), default=0, help=seed_help)
+    kv.add_argument("--seed", type=_int_at_least(0), default=None, help=seed_help)
+    kv.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="teacher-forced: comma-separated seeds; configurations that draw a rotation, "
+        "sketch or signs run once per seed, the others once (replaces --seed)",
+    )
+    kv.add_argument(
+        "--token-by-token",
+        action="store_true",
+        help="teacher-forced: run N-1 decode steps per configuration instead of one stepwise "
+        "pass (the same numbers, much slower; a check)",
+    )
     kv.add_argument(
         "--torch-threads",
         type=_int_at_least(0),

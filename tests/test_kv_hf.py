@@ -162,13 +162,231 @@ def test_tiny_compressed_attention_is_close_and_uses_the_codes(tiny):
 
     ids = torch.randint(0, 97, (1, 48), generator=torch.Generator().manual_seed(2))
     ref = _run(torch, model, ids)
-    cache = PolarquantCache(model.config, key_method="turboquant-mse", key_bits=4, window=4)
+    cache = PolarquantCache(
+        model.config, key_method="turboquant-mse", key_bits=4, window=4, prefill="cache", flush=1
+    )
     got = _run(torch, model, ids, cache, impl="polarquant")
     kv = cache.layers[0].kv
     assert kv.compressed_tokens == 44 and kv.key_codec.method == "turboquant-mse"
     err = (got - ref).abs().max().item()
     assert 0 < err < 0.5 * ref.abs().max().item()
     assert cache.fp16_ratio > 1.5  # the whole cache, window and state included
+
+
+def test_tiny_exact_prefill_is_exact_and_decoding_reads_the_codes(tiny):
+    """prefill="exact" (default): the prompt's logits are the model's own (float32 noise:
+    the same fused kernel, 1e-4 on O(1) logits); the prompt is compressed afterwards (flush
+    32: 36 tokens beyond the window of 4 -> 32 compressed), and decode steps read the codes:
+    their logits move, but boundedly."""
+    torch, model = tiny
+    from polarquant.kv.hf import PolarquantCache
+
+    ids = torch.randint(0, 97, (1, 48), generator=torch.Generator().manual_seed(2))
+    ref = _run(torch, model, ids)
+    cache = PolarquantCache(model.config, key_method="turboquant-mse", key_bits=4, window=4)
+    model.set_attn_implementation("polarquant")
+    try:
+        with torch.no_grad():
+            pre = model(input_ids=ids[:, :40], cache=cache, use_cache=True).logits
+            steps = [
+                model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits
+                for t in range(40, 48)
+            ]
+    finally:
+        model.set_attn_implementation("sdpa")
+    np.testing.assert_allclose(pre.numpy(), ref[:, :40].numpy(), atol=1e-4, rtol=0)
+    assert cache.layers[0].kv.compressed_tokens == 32 and len(cache.layers[1].kv) == 48
+    err = (torch.cat(steps, 1) - ref[:, 40:]).abs().max().item()
+    assert 0 < err < 0.5 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("method", ["none", "turboquant-mse"])
+def test_tiny_chunked_prefill_goes_through_the_cache(tiny, method):
+    """generate(prefill_chunk_size=8): each later chunk attends the held history through the
+    cache and itself exactly (KVCache.attention(new=...)).  With "none" (fp16 storage) that is
+    the model's own attention to fp16 rounding: the same greedy tokens as DynamicCache; with
+    4-bit codes the chunks' logits stay close to the one-shot prefill's."""
+    torch, model = tiny
+    from polarquant.kv.hf import PolarquantCache
+
+    ids = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(6))
+    kw = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0}
+    kw["attention_mask"] = torch.ones_like(ids)  # else ids equal to the pad id count as padding
+    ref = model.generate(ids, **kw)
+    opts = {"key_method": method, "value_method": method, "window": 4, "flush": 1}
+    if method != "none":
+        opts.update(key_bits=4, value_bits=4)
+    model.set_attn_implementation("polarquant")
+    try:
+        chunked = PolarquantCache(model.config, **opts)
+        out = model.generate(ids, cache=chunked, prefill_chunk_size=8, **kw)
+        with torch.no_grad():
+            c1, c2 = PolarquantCache(model.config, **opts), PolarquantCache(model.config, **opts)
+            one = model(input_ids=ids, cache=c1, use_cache=True).logits
+            parts = [
+                model(input_ids=ids[:, a : a + 8], cache=c2, use_cache=True).logits
+                for a in range(0, 30, 8)
+            ]
+    finally:
+        model.set_attn_implementation("sdpa")
+    assert chunked.get_seq_length() == 35 and c2.get_seq_length() == 30
+    got = torch.cat(parts, 1)
+    if method == "none":
+        assert torch.equal(out, ref)
+        np.testing.assert_allclose(got.numpy(), one.numpy(), atol=2e-3, rtol=0)
+    else:
+        assert c2.layers[0].kv.compressed_tokens > 0
+        assert (got - one).abs().max().item() < 0.5 * one.abs().max().item()
+
+
+def test_tiny_extend_from_stores_what_an_exact_prefill_stores(tiny):
+    """extend_from(DynamicCache) = the codes an exact prefill through the model stores; a bad
+    source (a NaN in the last layer) raises and leaves the cache empty."""
+    torch, model = tiny
+    from transformers import DynamicCache
+
+    from polarquant.kv.hf import PolarquantCache
+
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(7))
+    opts = {"key_method": "turboquant-mse", "key_bits": 3, "window": 4}
+    dyn = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, cache=dyn, use_cache=True)
+    copied = PolarquantCache(model.config, **opts)
+    copied.extend_from(dyn)
+    model.set_attn_implementation("polarquant")
+    try:
+        direct = PolarquantCache(model.config, **opts)
+        with torch.no_grad():
+            model(input_ids=ids, cache=direct, use_cache=True)
+    finally:
+        model.set_attn_implementation("sdpa")
+    for a, b in zip(copied.kv_caches, direct.kv_caches, strict=True):
+        assert a.compressed_tokens == b.compressed_tokens == 32
+        for name, field in a.key_fields().items():
+            np.testing.assert_array_equal(field, b.key_fields()[name])
+    with pytest.raises(ValueError, match="holds tokens"):
+        copied.extend_from(dyn)
+    dyn.layers[-1].keys[0, 0, 3, 0] = float("nan")
+    fresh = PolarquantCache(model.config, **opts)
+    with pytest.raises(ValueError, match="NaN"):
+        fresh.extend_from(dyn)
+    assert fresh.get_seq_length() == 0 and all(kv is None for kv in fresh.kv_caches)
+
+
+def test_torch_tensors_reach_the_cache_without_a_copy_and_threads_are_kept(tiny):
+    """A float32 CPU tensor crosses as a NumPy view of its memory (no per-token copy); other
+    dtypes are converted.  Numba's OpenMP pool must not change torch's thread count."""
+    torch, model = tiny
+    from polarquant.kv.hf import PolarquantCache, _to_numpy
+
+    t = torch.randn(1, 2, 5, 16)
+    view = _to_numpy(t)
+    assert view.ctypes.data == t.data_ptr() and view.dtype == np.float32
+    assert _to_numpy(t.to(torch.bfloat16)).dtype == np.float32
+    pytest.importorskip("numba")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cache = PolarquantCache(
+            model.config, key_method="turboquant-mse", key_bits=4, window=2, backend="numba"
+        )
+        ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(8))
+        _run(torch, model, ids, cache, impl="polarquant")
+        _run(torch, model, ids[:, :1], cache, impl="polarquant")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"key_method": "turboquant-mse", "key_bits": 4, "window": 4, "flush": 1},
+        {"key_method": "turboquant-mse", "key_bits": 3, "window": 8, "flush": 32},
+        {"key_method": "kivi", "key_bits": 3, "window": 4, "flush": 1},  # 32-token groups
+        {"key_method": "qjl", "key_bits": 2, "window": 4, "flush": 8},
+        {
+            "key_method": "polarquant",
+            "key_bits": (4, 2),
+            "key_options": {"levels": 2},
+            "value_method": "polarquant",
+            "value_bits": (4, 2),
+            "value_options": {"levels": 2},
+            "window": 0,
+            "flush": 1,
+        },
+    ],
+    ids=["tq4-w4", "tq3-flush32", "kivi-groups", "qjl-flush8", "polar-window0"],
+)
+def test_tiny_stepwise_pass_equals_token_by_token_decoding(tiny, opts):
+    """prefill="stepwise": one forward pass over 70 tokens gives the logits of 70 one-token
+    decode steps (teacher forcing), to float32 summation order: the scores are the same sums
+    in another order (<= 1e-5 on logits of size ~0.6 here, observed 2e-7 to 3e-6), while a
+    wrong compressed/window boundary c(i) moves them by 1e-3 or more."""
+    torch, model = tiny
+    from polarquant.kv.hf import PolarquantCache
+
+    ids = torch.randint(0, 97, (1, 70), generator=torch.Generator().manual_seed(3))
+    model.set_attn_implementation("polarquant")
+    try:
+        with torch.no_grad():
+            one_cache = PolarquantCache(model.config, prefill="stepwise", **opts)
+            one = model(input_ids=ids, cache=one_cache, use_cache=True).logits
+            cache = PolarquantCache(model.config, **opts)
+            steps = [
+                model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits
+                for t in range(70)
+            ]
+    finally:
+        model.set_attn_implementation("sdpa")
+    np.testing.assert_allclose(one.numpy(), torch.cat(steps, 1).numpy(), atol=1e-5, rtol=0)
+    assert one_cache.layers[0].kv.compressed_tokens == cache.layers[0].kv.compressed_tokens > 0
+    with pytest.raises(ValueError, match="empty"):  # stepwise evaluates from an empty cache
+        model.set_attn_implementation("polarquant")
+        try:
+            with torch.no_grad():
+                model(input_ids=ids[:, :5], cache=one_cache, use_cache=True)
+        finally:
+            model.set_attn_implementation("sdpa")
+
+
+def test_tiny_failed_forward_never_leaves_layers_silently_apart(tiny, monkeypatch):
+    """A forward that fails before any layer stored its tokens leaves nothing behind (the next
+    one runs); one that fails after some layers stored them is refused until reset(), naming
+    the cause, instead of attending from layers that hold different tokens."""
+    torch, model = tiny
+    from polarquant.kv.hf import PolarquantCache, PolarquantLayer
+
+    ids = torch.randint(1, 97, (1, 12), generator=torch.Generator().manual_seed(9))
+    cache = PolarquantCache(model.config, key_method="turboquant-mse", key_bits=4, window=4)
+    _run(torch, model, ids, cache, impl="polarquant")  # prefill: 12 tokens in every layer
+    layer1 = cache.layers[1].kv
+    real = type(layer1).append
+    calls = {"n": 0}
+
+    def fail_once(self, k, v):
+        if self is layer1 and calls["n"] == 0:
+            calls["n"] += 1
+            raise ValueError("injected")
+        return real(self, k, v)
+
+    monkeypatch.setattr(type(layer1), "append", fail_once)
+    with pytest.raises(ValueError, match="injected"):  # layer 0 stored the token, layer 1 not
+        _run(torch, model, ids[:, :1], cache, impl="polarquant")
+    with pytest.raises(RuntimeError, match=r"after 1 of 2 layers stored.*reset"):
+        _run(torch, model, ids[:, :1], cache, impl="polarquant")
+    cache.reset()
+    _run(torch, model, ids, cache, impl="polarquant")
+    assert [len(kv) for kv in cache.kv_caches] == [12, 12]
+    # a standalone layer refuses an update whose predecessor was never attended, once
+    layer = PolarquantLayer(0, window=4)
+    k = torch.randn(1, 2, 5, 16)
+    layer.update(k, k)
+    with pytest.raises(RuntimeError, match="never attended"):
+        layer.update(k[:, :, :1], k[:, :, :1])
+    layer.update(k[:, :, :1], k[:, :, :1])
+    assert layer.get_seq_length() == 1
 
 
 def test_tiny_refuses_padding_and_misconfiguration(tiny):
@@ -289,8 +507,48 @@ def test_smollm2_codes_are_never_requantized(smollm2):
                 model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
-    assert kv.compressed_tokens == 72
+    assert kv.compressed_tokens == 64  # 72 beyond the window, in blocks of 32 (flush)
     for name, a in first_k.items():
         np.testing.assert_array_equal(kv.key_fields()[name][:, :1], a)
     for name, a in first_v.items():
         np.testing.assert_array_equal(kv.value_fields()[name][:, :1], a)
+
+
+@pytest.mark.slow
+def test_smollm2_compressed_cache_finds_a_short_needle_like_full_precision(smollm2):
+    """A 512-token needle prompt (polarquant.kv.needle) at two depths: greedy generation
+    through PolarquantCache (4-bit TurboQuant_mse keys and values, 32-token window, so the
+    needle is compressed) gives the full-precision answer, the key, with the exact prefill
+    and with prefill="cache"; and needle.run (shared prefill, extend_from, generate) scores
+    it right."""
+    import torch
+
+    from polarquant.kv import needle
+    from polarquant.kv.hf import PolarquantCache
+
+    model, tok = smollm2
+    opts = {"key_method": "turboquant-mse", "key_bits": 4, "value_bits": 4, "window": 32}
+    for depth, key in ((0.25, "4821937"), (0.75, "7315064")):
+        prompt = needle.build_prompt(tok, 512, depth, key)
+        model.set_attn_implementation("sdpa")
+        ref = needle._generate(model, prompt, None, tok)
+        model.set_attn_implementation("polarquant")
+        try:
+            answers = [
+                needle._generate(model, prompt, PolarquantCache(model.config, **opts), tok),
+                needle._generate(
+                    model, prompt, PolarquantCache(model.config, prefill="cache", **opts), tok
+                ),
+            ]
+        finally:
+            model.set_attn_implementation("sdpa")
+        assert needle.is_correct(ref, key), ref
+        for answer in answers:
+            assert needle.is_correct(answer, key), (answer, ref)
+    grid = [c for c in needle.default_grid(["turboquant-mse"]) if c["nominal_bits"] == 4.0]
+    report = needle.run(
+        grid, lengths=(512,), depths=(0.5,), needles=1, window=32, model=model, tokenizer=tok
+    )
+    assert [r["correct"] for r in report["results"]] == [1, 1]
+    assert report["results"][0]["memory"]["512"]["compressed_tokens"] > 400
+    assert torch.get_num_threads() >= 1

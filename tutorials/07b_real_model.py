@@ -361,7 +361,7 @@ for window in (32, 128):
     print(f"window {window}: predicted fp16 ratio {4 * n / held:.2f}")
     if MODE is not None:
         cache = PolarquantCache(model.config, key_method="turboquant-mse", key_bits=3,
-                                value_bits=3, window=window)  # fmt: skip
+                                value_bits=3, window=window, flush=1)  # fmt: skip
         run = cache_pass(model, ids, cache)
         print(
             f"  measured: top-1 {np.mean(run['argmax'] == ref['argmax']):.3f}, "

@@ -23,6 +23,7 @@ from .._checks import (
     check_values_dtype,
     check_weight_width,
     compute_dtype,
+    per_stream,
     product_dtypes,
     score_shape,
     work_dtype,
@@ -83,10 +84,14 @@ def scalar_values(plan, packed, dtype):
 
 
 def scalar_score(plan, q, packed):
-    """``q (..., n) @ c[idx].T`` -> ``(..., rows)``, without writing the decoded rows."""
+    """``q (..., n) @ c[idx].T`` -> ``(..., rows)``, without writing the decoded rows; stacked
+    streams as the reference (one launch per stream)."""
     cp = _launch.get_cupy()
     check_cupy(cp, (packed, "packed codes"), (q, "queries"))
     check_codes(packed, plan.nbytes)
+    stack = per_stream(scalar_score, plan, q, packed, "queries")
+    if stack is not None:
+        return stack
     check_query_width(q, plan.n)
     shape = score_shape(q, packed)
     dev = device_of(packed, q)
@@ -114,10 +119,14 @@ def scalar_score(plan, q, packed):
 
 
 def scalar_weighted_sum(plan, w, packed):
-    """``w (..., rows) @ c[idx]`` -> ``(..., n)``: the dual of ``scalar_score`` (attention values)."""
+    """``w (..., rows) @ c[idx]`` -> ``(..., n)``: the dual of ``scalar_score`` (attention values);
+    stacked streams as the reference (one launch per stream)."""
     cp = _launch.get_cupy()
     check_cupy(cp, (packed, "packed codes"), (w, "weights"))
     check_codes(packed, plan.nbytes)
+    stack = per_stream(scalar_weighted_sum, plan, w, packed, "weights")
+    if stack is not None:
+        return stack
     check_weight_width(w, packed)
     dev = device_of(packed, w)
     values, result, work = product_dtypes(w.dtype)

@@ -8,10 +8,13 @@ Sec. 5, TurboQuant Sec. 4.3):
 * **appends**: a prefill of ``T`` tokens or one-token decode steps; the newest
   ``window`` tokens (default 128) stay in full precision (``window_dtype``,
   float16 by default, the cache we are compared with); tokens that leave the
-  window are compressed **once**, in aligned groups of the codecs' ``group``
-  (1 for per-token methods, 32 for QJL's outlier groups and KIVI's per-channel
-  keys), and never re-quantized (field-notes, defect 6).  The window therefore
-  holds between ``window`` and ``window + group - 1`` tokens;
+  window are compressed **once**, in aligned blocks of ``block`` tokens, and
+  never re-quantized (field-notes, defect 6).  ``block`` is the least common
+  multiple of ``flush`` (default 1; ``polarquant.kv.hf.PolarquantCache``
+  uses 32: one compression per 32 decode steps instead of one per step) and
+  the codecs' ``group`` (1 for per-token methods, 32 for QJL's outlier groups
+  and KIVI's per-channel keys).  The window therefore holds between ``window``
+  and ``window + block - 1`` tokens;
 * **attention from codes** (:meth:`KVCache.attention`): for the queries of the
   last ``nq`` appended tokens, scores of compressed keys come from their codes
   (each query rotated or projected once per stream), scores of the window are
@@ -116,7 +119,13 @@ class KVCache:
     key_bits, value_bits : int, float or tuple
         Bit width of each method's codes.
     window : int
-        Newest tokens kept in full precision (default 128; 0 compresses every token).
+        Newest tokens kept in full precision (default 128; 0 with ``flush=1``
+        compresses every token of a per-token method).
+    flush : int
+        Tokens leave the window in blocks of a multiple of ``flush`` (default 1:
+        as soon as the codecs' groups allow).  A decode loop is faster with a
+        larger block (each compression has a fixed cost), at the price of up to
+        ``flush - 1`` more full-precision tokens, which :attr:`nbytes` counts.
     window_dtype : {"float16", "float32"}
         Storage of the window (and of ``"none"``).
     seed : int
@@ -143,6 +152,7 @@ class KVCache:
         value_bits=4,
         *,
         window: int = 128,
+        flush: int = 1,
         window_dtype: str = "float16",
         seed: int = 0,
         backend: str | None = None,
@@ -151,6 +161,7 @@ class KVCache:
     ):
         self.head_dim = check_int(head_dim, "head_dim", low=2)
         self.window = check_int(window, "window", low=0)
+        self.flush = check_int(flush, "flush", low=1)
         if window_dtype not in ("float16", "float32"):
             raise ValueError(f"window_dtype must be 'float16' or 'float32', got {window_dtype!r}")
         self.window_dtype = window_dtype
@@ -171,6 +182,8 @@ class KVCache:
             value_method, value_bits, self.head_dim, role="value", options=value_options, **common
         )
         self.group = math.lcm(self.key_codec.group, self.value_codec.group)
+        #: Tokens leave the window in multiples of this many (``lcm(flush, group)``).
+        self.block = math.lcm(self.group, self.flush)
         self.batch: int | None = None
         self.kv_heads: int | None = None
         self._keys = {}  # field name -> _Growable (compressed keys)
@@ -191,6 +204,7 @@ class KVCache:
         return {
             "head_dim": self.head_dim,
             "window": self.window,
+            "flush": self.flush,
             "window_dtype": self.window_dtype,
             "keys": self.key_codec.config(),
             "values": self.value_codec.config(),
@@ -283,7 +297,7 @@ class KVCache:
         win_k = new_k if self._win_k is None else np.concatenate([self._win_k, new_k], axis=1)
         win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
         excess = win_k.shape[1] - self.window
-        flush = (excess // self.group) * self.group if excess > 0 else 0
+        flush = (excess // self.block) * self.block if excess > 0 else 0
         if flush:  # encode first: a failure leaves the cache (and its codecs) as they were
             key_state = dict(vars(self.key_codec))
             kf = self._encode(self.key_codec, win_k[:, :flush], "key")
@@ -329,49 +343,87 @@ class KVCache:
         return {k: _readonly(g.view()) for k, g in self._values.items()}
 
     # -- attention --------------------------------------------------------------------------------
-    def _check_queries(self, queries) -> int:
-        if self.batch is None:
-            raise ValueError("the cache is empty: append keys and values before attending")
-        return check_attention_inputs(queries, self.head_dim, self.batch, self.kv_heads, len(self))
+    def _check_queries(self, queries, new) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """``G`` and the stream-major float32 ``new`` keys and values (``None`` without ``new``)."""
+        if new is None:
+            if self.batch is None:
+                raise ValueError("the cache is empty: append keys and values before attending")
+            groups = check_attention_inputs(
+                queries, self.head_dim, self.batch, self.kv_heads, len(self)
+            )
+            return groups, None, None
+        if not isinstance(new, tuple | list) or len(new) != 2:
+            raise TypeError("new must be a pair (keys, values) of the queries' own tokens")
+        keys, values = (
+            self._check_block(a, name)
+            for a, name in zip(new, ("new keys", "new values"), strict=True)
+        )
+        if keys.shape != values.shape:
+            raise ValueError(
+                f"new keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same shape"
+            )
+        b, h, t, d = keys.shape
+        groups = check_attention_inputs(queries, d, b, h, t)
+        if queries.shape[2] != t:
+            raise ValueError(
+                f"{queries.shape[2]} queries but {t} new tokens: with new=(keys, values) the "
+                "queries are those tokens' own"
+            )
+        stream = (b * h, t, d)
+        return (
+            groups,
+            keys.astype(np.float32, copy=False).reshape(stream),
+            values.astype(np.float32, copy=False).reshape(stream),
+        )
 
-    def _block_scores(self, qs, kf, rows: slice, nq: int, groups: int, scale: float):
-        """Scaled, masked scores of query rows ``rows`` against every token: ``(B*H, r, N)``."""
-        n = len(self)
+    def _block_scores(self, qs, kf, rows: slice, nq: int, groups: int, scale: float, new_k):
+        """Scaled, masked scores of query rows ``rows`` against every token: ``(B*H, r, N)``.
+
+        Columns: the compressed tokens (from their codes), the window, then the
+        ``new_k`` tokens when given (exact; the queries are theirs).
+        """
         q = np.ascontiguousarray(qs[:, rows])
         parts = []
         if self.compressed_tokens:  # each query transformed once, then scored from the codes
             parts.append(self.key_codec.score(self.key_codec.prepare(q), kf))
-        parts.append(stream_matmul(q, self._win_k.astype(np.float32).transpose(0, 2, 1)))
+        if self.window_tokens:
+            parts.append(stream_matmul(q, self._win_k.astype(np.float32).transpose(0, 2, 1)))
+        if new_k is not None:
+            parts.append(stream_matmul(q, new_k.transpose(0, 2, 1)))
         s = (np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]) * np.float32(scale)
+        n = len(self) + (0 if new_k is None else new_k.shape[1])
         mask = causal_mask(n, nq, groups)
         if mask is not None:
             s = np.where(mask[None, rows], s, np.float32(-np.inf))
         return s
 
-    def _attend(self, queries, scale):
-        groups = self._check_queries(queries)
+    def _attend(self, queries, scale, new):
+        groups, new_k, new_v = self._check_queries(queries, new)
         nq = queries.shape[2]
         scale = check_scale(scale, self.head_dim)
-        qs = group_queries(queries, self.kv_heads)
+        qs = group_queries(queries, queries.shape[1] // groups)
         kf = self.key_fields()
-        step = max(1, SCORE_ELEMENTS // max(1, len(self) * qs.shape[0]))
+        n = len(self) + (0 if new_k is None else nq)
+        step = max(1, SCORE_ELEMENTS // max(1, n * qs.shape[0]))
         for start in range(0, qs.shape[1], step):
             rows = slice(start, min(start + step, qs.shape[1]))
-            yield rows, self._block_scores(qs, kf, rows, nq, groups, scale)
+            yield rows, self._block_scores(qs, kf, rows, nq, groups, scale, new_k), new_v
 
-    def scores(self, queries, scale: float | None = None) -> np.ndarray:
+    def scores(self, queries, scale: float | None = None, *, new=None) -> np.ndarray:
         """Scaled, causally masked attention logits ``(batch, q_heads, nq, tokens)`` (``-inf`` masked).
 
-        float32, or a torch tensor of the queries' dtype for torch queries.
+        float32, or a torch tensor of the queries' dtype for torch queries;
+        ``new``: as in :meth:`attention` (its tokens are the last columns).
         """
         q_in, queries = queries, check_float_array(queries, "queries")
-        blocks = [s for _, s in self._attend(queries, scale)]
+        blocks = [s for _, s, _ in self._attend(queries, scale, new)]
         s = np.concatenate(blocks, axis=1)
         b, hq, nq, _ = queries.shape
-        s = s.reshape(b, self.kv_heads, hq // self.kv_heads, nq, -1).reshape(b, hq, nq, -1)
+        h = s.shape[0] // b
+        s = s.reshape(b, h, hq // h, nq, -1).reshape(b, hq, nq, -1)
         return like_input(s, q_in)
 
-    def attention(self, queries, scale: float | None = None) -> np.ndarray:
+    def attention(self, queries, scale: float | None = None, *, new=None) -> np.ndarray:
         """Attention output ``(batch, q_heads, nq, head_dim)`` float32 for the last ``nq`` tokens.
 
         ``queries (batch, q_heads, nq, head_dim)``: ``q_heads`` a multiple of
@@ -383,23 +435,102 @@ class KVCache:
         their codes only.  The queries may be a NumPy array or a torch CPU
         tensor; the output is float32 NumPy, or a torch tensor of the queries'
         dtype.
+
+        ``new=(keys, values)``, each ``(batch, kv_heads, nq, head_dim)``: the
+        queries' own tokens, **not** appended (the cache may be empty): every
+        held token is visible to every query and the new tokens are attended
+        exactly, causally among themselves, in one softmax with the held ones.
+        This is the prefill of the papers' setting, where a prompt's attention
+        is exact and only later tokens read the compressed cache (QJL,
+        Sec. 4: "prefill attention is exact; compressed keys serve decoding");
+        append the new tokens afterwards.  Nothing is stored by this call.
         """
         q_in, queries = queries, check_float_array(queries, "queries")
         nc = self.compressed_tokens
+        nw = self.window_tokens
         vf = self.value_fields()
-        win_v = self._win_v.astype(np.float32) if self._win_v is not None else None
+        win_v = self._win_v.astype(np.float32) if nw else None
         outs = []
-        for _, s in self._attend(queries, scale):
+        for _, s, new_v in self._attend(queries, scale, new):
             p = softmax(s)
-            out = stream_matmul(p[:, :, nc:], win_v)
+            out = np.zeros(p.shape[:2] + (self.head_dim,), dtype=np.float32)
+            if nw:
+                out += stream_matmul(p[:, :, nc : nc + nw], win_v)
+            if new_v is not None:
+                out += stream_matmul(p[:, :, nc + nw :], new_v)
             if nc:
-                out = out + self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
+                out += self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
             outs.append(out)
         out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
-        out = ungroup_outputs(
-            out.astype(np.float32, copy=False), self.batch, self.kv_heads, queries.shape[2]
-        )
+        b, hq, nq, _ = queries.shape
+        out = ungroup_outputs(out, b, out.shape[0] // b, nq)
         return like_input(out, q_in)
+
+    def stepwise_attention(self, queries, keys, values, scale: float | None = None):
+        """Attention of every held token as a token-by-token decode would have computed it.
+
+        For teacher-forced evaluation in one pass: the cache must hold exactly
+        ``keys``, ``values (batch, kv_heads, N, head_dim)``, appended in one block
+        to an empty cache, and ``queries (batch, q_heads, N, head_dim)`` are
+        theirs.  Token ``i``'s query sees what the cache held after token ``i``
+        was appended alone: tokens ``t < c(i)`` from their codes, with
+        ``c(i) = max(0, floor((i + 1 - window) / block) * block)`` (the
+        compressed count of a token-by-token cache of ``i + 1`` tokens), and
+        tokens ``c(i) <= t <= i`` as the window stores them (``window_dtype``).
+        Codes do not depend on how tokens were appended (module docstring), so
+        this equals ``N`` decode steps up to float32 summation order (tested
+        through a model in ``tests/test_kv_hf.py``), for ``N`` times less model
+        work.  Rows are computed in blocks as in :meth:`attention`.
+        """
+        q_in, queries = queries, check_float_array(queries, "queries")
+        keys = self._check_block(keys, "keys")
+        values = self._check_block(values, "values")
+        n = keys.shape[2]
+        if keys.shape != values.shape or len(self) != n or self.compressed_tokens > n:
+            raise ValueError(
+                f"stepwise_attention needs the cache to hold exactly the {n} given tokens, "
+                f"appended in one block to an empty cache; it holds {len(self)}"
+            )
+        groups = check_attention_inputs(queries, self.head_dim, self.batch, self.kv_heads, n)
+        if queries.shape[2] != n:
+            raise ValueError(f"{queries.shape[2]} queries for {n} tokens: one query per token")
+        scale = np.float32(check_scale(scale, self.head_dim))
+        bh, d = self.batch * self.kv_heads, self.head_dim
+        k_win = store_tokens(keys.reshape(bh, n, d), self.window_dtype)
+        v_win = store_tokens(values.reshape(bh, n, d), self.window_dtype)
+        nc = self.compressed_tokens
+        if not (
+            np.array_equal(k_win[:, nc:], self._win_k)
+            and np.array_equal(v_win[:, nc:], self._win_v)
+        ):
+            raise ValueError("stepwise_attention: these are not the tokens the cache holds")
+        k_win, v_win = k_win.astype(np.float32), v_win.astype(np.float32)
+        qs = group_queries(queries, self.kv_heads)
+        pos = np.tile(np.arange(n), groups)  # query row -> its token
+        bound = np.maximum(0, (pos + 1 - self.window) // self.block * self.block)
+        cols = np.arange(n)
+        kf, vf = self.key_fields(), self.value_fields()
+        step = max(1, SCORE_ELEMENTS // max(1, 2 * n * bh))
+        outs = []
+        for start in range(0, qs.shape[1], step):
+            rows = slice(start, min(start + step, qs.shape[1]))
+            q = np.ascontiguousarray(qs[:, rows])
+            s = stream_matmul(q, k_win.transpose(0, 2, 1))
+            coded = cols[None, :nc] < bound[rows, None]  # (r, nc): read from the codes
+            if nc:
+                from_codes = self.key_codec.score(self.key_codec.prepare(q), kf)
+                s[:, :, :nc] = np.where(coded[None], from_codes, s[:, :, :nc])
+            s = np.where((cols[None, :] <= pos[rows, None])[None], s * scale, np.float32(-np.inf))
+            p = softmax(s)
+            out = np.zeros(p.shape[:2] + (d,), dtype=np.float32)
+            if nc:
+                p_codes = np.where(coded[None], p[:, :, :nc], np.float32(0))
+                out += self.value_codec.weighted_sum(np.ascontiguousarray(p_codes), vf)
+                p[:, :, :nc] -= p_codes
+            out += stream_matmul(p, v_win)
+            outs.append(out)
+        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        return like_input(ungroup_outputs(out, self.batch, self.kv_heads, n), q_in)
 
     def decoded(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys and values as attention sees them, ``(batch, kv_heads, tokens, head_dim)`` float32.

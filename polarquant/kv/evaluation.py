@@ -327,6 +327,38 @@ def cache_pass(model, ids: np.ndarray, cache=None, progress=None) -> dict:
     return {"argmax": argmax, "logp": logp, "seconds": seconds, "cache": cache}
 
 
+def stepwise_pass(model, ids: np.ndarray, cache) -> dict:
+    """The teacher-forced decode of :func:`cache_pass` in **one** forward pass.
+
+    ``cache`` is a :class:`~polarquant.kv.hf.PolarquantCache` built with
+    ``prefill="stepwise"``: every position gets the attention a token-by-token
+    decode computes there (:meth:`polarquant.KVCache.stepwise_attention`), so
+    the logits are those of :func:`cache_pass` up to float32 summation order
+    (tested), for one pass of the model instead of ``N``.
+    """
+    import torch
+
+    x = torch.as_tensor(ids[:-1])[None]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = model(input_ids=x, cache=cache, use_cache=True).logits[0]
+    seconds = time.perf_counter() - t0
+    argmax, logp = _stats(logits, ids)
+    return {"argmax": argmax, "logp": logp, "seconds": seconds, "cache": cache}
+
+
+#: kv-eval compresses each token as soon as it leaves the window (``flush=1``, the most
+#: compressed cache at every step), as the published table was measured.
+FLUSH = 1
+
+#: Methods that draw nothing at random (no rotation, sketch or signs): run once under ``--seeds``.
+SEEDLESS_METHODS = ("none", "kivi", "fp8")
+
+
+def _seeded(config: dict) -> bool:
+    return not {config["key_method"], config["value_method"]} <= set(SEEDLESS_METHODS)
+
+
 def _plural(n: int, noun: str = "configuration") -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -379,12 +411,19 @@ def evaluate(
     model=None,
     tokenizer=None,
     check_reference: bool = True,
+    seeds=None,
+    stepwise: bool = True,
 ) -> dict:
     """Run ``configs`` (default :func:`default_grid`) and return a JSON-able report.
 
     The report has ``meta`` (model, text, tokens, window, machine, versions,
     reference perplexity, the reference check and timings) and ``results``
-    (one dict per configuration; see the module docstring for the fields).
+    (one dict per configuration and seed; see the module docstring for the
+    fields).  ``seeds`` (default ``[seed]``): every configuration that draws a
+    rotation, sketch or signs is run once per seed, the others
+    (:data:`SEEDLESS_METHODS`) once.  ``stepwise`` (default): each
+    configuration is one forward pass (:func:`stepwise_pass`), else
+    ``N - 1`` decode steps (:func:`cache_pass`; the same numbers, slower).
     ``check_reference=False`` skips the token-by-token DynamicCache pass that
     checks the one-pass reference (tests do, to save time).
     """
@@ -397,6 +436,9 @@ def evaluate(
         say(f"model loaded in {time.perf_counter() - t0:.0f} s")
     ids = demo_token_ids(tokenizer, tokens)
     configs = default_grid(head_dim=model.config.head_dim) if configs is None else list(configs)
+    seeds = [seed] if seeds is None else [int(s_) for s_ in seeds]
+    runs = [(c, s_ if _seeded(c) else None) for s_ in seeds for c in configs]
+    runs = [r for i, r in enumerate(runs) if r[1] is not None or r not in runs[:i]]
 
     impl = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
@@ -415,19 +457,34 @@ def evaluate(
             say(
                 "reference check, token-by-token DynamicCache vs one pass: max |d log p| "
                 f"{check['max_abs_logp_diff']:.2e}, top-1 agreement {check['top1']:.4f} "
-                f"({step['seconds']:.1f} s; {_plural(len(configs))}, each slower than this "
-                f"pass, will take more than {_duration(len(configs) * step['seconds'])})"
+                f"({step['seconds']:.1f} s"
+                + (
+                    ")"
+                    if stepwise
+                    else f"; {_plural(len(runs), 'run')}, each slower than this pass, will take "
+                    f"more than {_duration(len(runs) * step['seconds'])})"
+                )
             )
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         results = []
         t_configs = time.perf_counter()
-        for i, c in enumerate(configs):
-            cache = grid_cache(model, c, window=window, seed=seed, backend=backend)
-            # the first configuration reports within its pass: no estimate exists before it ends
-            run = cache_pass(model, ids, cache, progress if i == 0 else None)
+        for i, (c, run_seed) in enumerate(runs):
+            cache = grid_cache(
+                model,
+                c,
+                window=window,
+                seed=seeds[0] if run_seed is None else run_seed,
+                backend=backend,
+                prefill="stepwise" if stepwise else "exact",
+            )
+            if stepwise:
+                run = stepwise_pass(model, ids, cache)
+            else:  # the first configuration reports within its pass: no estimate before it ends
+                run = cache_pass(model, ids, cache, progress if i == 0 else None)
             ppl = _ppl(run["logp"])
             row = {
                 **{k: c[k] for k in _CONFIG_KEYS},
+                "seed": run_seed,
                 "key_config": cache.layers[0].kv.key_codec.config(),
                 "value_config": cache.layers[0].kv.value_codec.config(),
                 **cache_memory(cache),
@@ -439,23 +496,40 @@ def evaluate(
             }
             results.append(row)
             say(
-                f"[{i + 1}/{len(configs)}] {_label(row)}: top-1 {row['top1']:.4f}, ppl {ppl:.3f} "
+                f"[{i + 1}/{len(runs)}] {_label(row)}"
+                + ("" if run_seed is None else f", seed {run_seed}")
+                + f": top-1 {row['top1']:.4f}, ppl {ppl:.3f} "
                 f"({100 * row['ppl_change']:+.2f}%), {row['bits_overall']:.2f} bits/coord overall, "
                 f"{run['seconds']:.0f} s; "
-                + eta_text(i + 1, len(configs), time.perf_counter() - t_configs)
+                + eta_text(i + 1, len(runs), time.perf_counter() - t_configs)
             )
     finally:
         model.set_attn_implementation(impl)
-    return {"meta": _meta(model, ids, window, backend, seed, ppl_ref, check), "results": results}
+    meta = _meta(model, ids, window, backend, seeds[0], ppl_ref, check)
+    meta.update(seeds=seeds, passes="stepwise (one pass)" if stepwise else "token by token")
+    return {"meta": meta, "results": results}
 
 
-def grid_cache(model, config: dict, *, window: int = 128, seed: int = 0, backend=None):
+def grid_cache(
+    model,
+    config: dict,
+    *,
+    window: int = 128,
+    seed: int = 0,
+    backend=None,
+    prefill: str = "exact",
+    flush: int | None = None,
+):
     """The :class:`~polarquant.kv.hf.PolarquantCache` of one configuration of
-    :func:`default_grid` (methods, bits and options of keys and values) for ``model``."""
+    :func:`default_grid` (methods, bits and options of keys and values) for ``model``;
+    ``flush`` defaults to kv-eval's :data:`FLUSH` (every token compressed as it leaves the
+    window)."""
     from .hf import PolarquantCache
 
     return PolarquantCache(
         model.config,
+        prefill=prefill,
+        flush=FLUSH if flush is None else flush,
         key_method=config["key_method"],
         key_bits=config["key_bits"],
         value_method=config["value_method"],
@@ -507,7 +581,8 @@ def _label(row: dict) -> str:
     return f"K {fmt(row['key_method'], row['key_bits'])} / V {fmt(row['value_method'], row['value_bits'])}"
 
 
-def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
+def _meta_common(model, window, backend, seed) -> dict:
+    """What every kv-eval task reports: the model, the cache settings, the machine, versions."""
     import torch
     import transformers
 
@@ -523,9 +598,6 @@ def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
         pass
     return {
         "model": f"{MODEL_NAME} ({GGUF_FILE} from PyPI {MODEL_PACKAGE_PIN}, dequantized to float32)",
-        "text": "polarquant/data/demo_text.txt, plain text, no template, no special tokens",
-        "tokens": int(ids.size),
-        "predictions": int(ids.size - 1),
         "window": window,
         "backend": backend,
         "seed": seed,
@@ -533,8 +605,6 @@ def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
         "kv_heads": model.config.num_key_value_heads,
         "q_heads": model.config.num_attention_heads,
         "head_dim": model.config.head_dim,
-        "ppl_reference": ppl_ref,
-        "reference_check": check,
         "machine": f"{cpu}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "versions": {
             "polarquant": __version__,
@@ -543,6 +613,17 @@ def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
+    }
+
+
+def _meta(model, ids, window, backend, seed, ppl_ref, check) -> dict:
+    return {
+        **_meta_common(model, window, backend, seed),
+        "text": "polarquant/data/demo_text.txt, plain text, no template, no special tokens",
+        "tokens": int(ids.size),
+        "predictions": int(ids.size - 1),
+        "ppl_reference": ppl_ref,
+        "reference_check": check,
     }
 
 
@@ -581,7 +662,10 @@ def format_table(report: dict) -> str:
         f"| {meta['ppl_reference']:.3f} | |\n"
     )
     rows = []
+    first = (meta.get("seeds") or [None])[0]
     for r in report["results"]:
+        if r.get("seed") not in (None, first):
+            continue  # other seeds: format_seed_table
         rows.append(
             f"| {r['key_method']} | {r['value_method']} | {r['nominal_bits']:g} "
             f"| {setting(r.get('key_config'), r['key_bits'])} "
@@ -594,8 +678,41 @@ def format_table(report: dict) -> str:
     return head + ref + "".join(rows)
 
 
+def format_seed_table(report: dict) -> str:
+    """Markdown: the configurations run with several seeds (``--seeds``), their top-1
+    agreement, mean absolute change of log p and perplexity change per seed ("a / b / c");
+    an empty string when one seed was run."""
+    seeds = report["meta"].get("seeds") or []
+    if len(seeds) < 2:
+        return ""
+    groups: dict = {}
+    for r in report["results"]:
+        if r.get("seed") is not None:
+            groups.setdefault(_label(r), []).append(r)
+    head = (
+        f"| keys / values | nominal bits | top-1 agreement (seeds {' / '.join(map(str, seeds))}) "
+        "| mean abs. change of log p | perplexity change |\n| --- | ---: | ---: | ---: | ---: |\n"
+    )
+    lines = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda r: seeds.index(r["seed"]))
+        r0 = rows[0]
+        lines.append(
+            f"| {r0['key_method']} / {r0['value_method']} | {r0['nominal_bits']:g} | "
+            + " / ".join(f"{r['top1']:.3f}" for r in rows)
+            + " | "
+            + " / ".join(f"{r['mean_abs_logp_diff']:.3f}" for r in rows)
+            + " | "
+            + " / ".join(f"{100 * r['ppl_change']:+.2f}%" for r in rows)
+            + " |\n"
+        )
+    return head + "".join(lines)
+
+
 #: The line after which ``docs/kv-eval.md`` includes the generated file.
 TABLE_MARKER = "<!-- kv-eval table -->"
+#: The line before the seed table in the generated file (``docs/kv-eval.md`` includes from it).
+SEED_MARKER = "<!-- kv-eval seeds -->"
 
 
 def markdown_page(report: dict) -> str:
@@ -619,17 +736,25 @@ def markdown_page(report: dict) -> str:
             f"{check['top1']:.4f}."
         )
     )
+    seeds = m.get("seeds") or [m["seed"]]
     caption = (
         f"{m['model']}; {m['text']}; {m['tokens']} tokens ({m['predictions']} predictions), "
-        f"window {m['window']}, seed {m['seed']}, backend {m['backend'] or 'default'}. "
+        f"window {m['window']}, seed {seeds[0]}, backend {m['backend'] or 'default'}, "
+        f"{m.get('passes', 'token by token')}. "
         f"Reference perplexity {m['ppl_reference']:.3f}.{check_line} Machine: {m['machine']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
         + "."
     )
+    seed_table = format_seed_table(report)
+    if seed_table:
+        seed_table = (
+            f"\n{SEED_MARKER}\n\nThe configurations that draw a rotation, sketch or signs, "
+            f"with seeds {', '.join(map(str, seeds))}:\n\n{seed_table}"
+        )
     return (
         "---\norphan: true\n---\n\n"
         "<!-- generated by `polarquant kv-eval --markdown`; do not edit -->\n"
-        f"{TABLE_MARKER}\n\n{format_table(report)}\n{caption}\n"
+        f"{TABLE_MARKER}\n\n{format_table(report)}\n{caption}\n{seed_table}"
     )
 
 
@@ -658,7 +783,30 @@ def main(args) -> int:
     User errors (a missing package, a bad option) raise ``ImportError`` /
     ``ValueError`` / ``FileNotFoundError``, which the command prints as one line.
     """
+    task = getattr(args, "task", "teacher-forced")
+    wrong = [
+        option
+        for option, needle_only in (
+            ("--tokens", False),
+            ("--seeds", False),
+            ("--lengths", True),
+            ("--depths", True),
+            ("--needles", True),
+            ("--figure", True),
+        )
+        if getattr(args, option[2:], None) is not None and needle_only != (task == "needle")
+    ]
+    if getattr(args, "token_by_token", False) and task == "needle":
+        wrong.append("--token-by-token")
+    if getattr(args, "seeds", None) is not None and args.seed is not None:
+        raise UsageError("give --seed or --seeds, not both")
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)} cannot be used with --task {task}")
     _require_hf(model=True)
+    if task == "needle":
+        from .needle import main as needle_main
+
+        return needle_main(args)
     json_path = _output_path(args.json, "--json")
     markdown_path = _output_path(args.markdown, "--markdown")
 
@@ -684,14 +832,32 @@ def main(args) -> int:
     if model.config.head_dim != 64:
         configs = default_grid(args.methods, args.bits, head_dim=model.config.head_dim)
     n = demo_token_ids(tok, args.tokens).size
-    say(
-        f"model loaded in {time.perf_counter() - t0:.0f} s; {n} tokens: {_plural(len(configs))} "
-        f"x {n - 1} decode steps, each through all "
-        f"{model.config.num_hidden_layers} layers"
+    how = (
+        f"{n - 1} decode steps each"
+        if getattr(args, "token_by_token", False)
+        else f"one stepwise pass each (= {n - 1} decode steps)"
     )
-    report = evaluate(configs, args.tokens, args.window, args.backend, args.seed, say, model, tok)
+    say(
+        f"model loaded in {time.perf_counter() - t0:.0f} s; {n} tokens: {_plural(len(configs))}"
+        + (f" x seeds {args.seeds}" if getattr(args, "seeds", None) else "")
+        + f", {how}, through all {model.config.num_hidden_layers} layers"
+    )
+    report = evaluate(
+        configs,
+        args.tokens,
+        args.window,
+        args.backend,
+        0 if args.seed is None else args.seed,
+        say,
+        model,
+        tok,
+        seeds=getattr(args, "seeds", None),
+        stepwise=not getattr(args, "token_by_token", False),
+    )
     table = format_table(report)
     print(table, end="")
+    if format_seed_table(report):
+        print("\n" + format_seed_table(report), end="")
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=1) + "\n")
     if markdown_path is not None:

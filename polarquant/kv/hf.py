@@ -14,16 +14,19 @@ Two pieces, wired together:
 :class:`PolarquantCache` (a ``transformers.cache_utils.Cache``)
     holds one :class:`polarquant.KVCache` per decoder layer, in
     :class:`PolarquantLayer` objects.  ``update(key_states, value_states, layer_idx)``,
-    which the model calls in every attention layer right after RoPE, converts
-    the **new** tokens to float32 NumPy and appends them; tokens that leave the
-    newest-``window`` full-precision window are compressed once and never
-    re-quantized (unlike ``transformers.QuantizedCache``, whose layers
-    re-quantize the whole history each time their residual fills).
+    which the model calls in every attention layer right after RoPE, takes the
+    **new** tokens as float32 NumPy: a decode step is appended at once, a
+    multi-token update (a prompt) is held until its attention has run (see
+    "Prefill") and appended then; tokens that leave the newest-``window``
+    full-precision window are compressed once and never re-quantized (unlike
+    ``transformers.QuantizedCache``, whose layers re-quantize the whole history
+    each time their residual fills).
 :func:`polarquant_attention` (registered as ``attn_implementation="polarquant"``)
     is called by the model right after ``update`` with the layer's queries.  It
     finds the layer's KVCache and returns ``KVCache.attention(queries)``:
-    scores from the key codes, softmax, the weighted sum from the value codes.
-    No dequantized history is ever materialized by this module.
+    scores from the key codes, softmax, the weighted sum from the value codes
+    (for a held prompt, that plus the prompt's own tokens, exactly).  No
+    dequantized history is ever materialized by this module.
 
 How the attention function finds the cache
 ------------------------------------------
@@ -56,12 +59,31 @@ zero) raises ``ValueError`` instead of giving a wrong answer, and so does any
 mask that is not plain causal (packed sequences, sliding windows, custom
 4-D masks).  A batch of equal-length sequences without padding is supported.
 
-Torch <-> NumPy
----------------
-Keys, values and queries cross the boundary as float32 (``.detach().float().cpu().numpy()``);
-the output goes back as the query's dtype and device.  On a GPU that is two
-host transfers per layer and step: this integration is for measuring quality,
-not for speed.
+Prefill
+-------
+By default (``prefill="exact"``, the papers' setting: QJL Sec. 4, "prefill
+attention is exact; compressed keys serve decoding") a prompt attends to
+itself exactly, through torch's fused ``scaled_dot_product_attention`` (no
+``T x T`` score matrix is held, whatever the prompt's length), and is
+compressed afterwards; only later tokens read its codes.  A prompt fed in
+chunks (``generate(..., prefill_chunk_size=N)``, bounded activation memory)
+attends to the earlier chunks through the cache and to itself exactly
+(:meth:`polarquant.KVCache.attention` with ``new=``, in blocks of query rows).
+``prefill="cache"`` appends a prompt first and attends to it through the cache
+like decode steps.  :meth:`PolarquantCache.extend_from` stores a prefilled
+``DynamicCache``'s tokens (what an exact prefill stores).
+
+Torch <-> NumPy, threads
+------------------------
+Keys, values and queries cross the boundary as float32 NumPy: a float32 CPU
+tensor is read in place (``tensor.numpy()`` shares its memory: no per-token
+copy), other dtypes are converted; the output goes back as a tensor of the
+query's dtype and device (``torch.from_numpy``, no copy for float32).  The
+kernels run on the host (NumPy or Numba); a CUDA tensor is copied to the host
+and back, two transfers per layer and step (a CuPy path is not wired in).
+Tokens leave each layer's window in blocks of 32 (``flush``), so a decode
+step compresses nothing 31 times out of 32.  The Numba kernels use torch's
+thread count, and leave it unchanged (see :class:`_TorchThreads`).
 
 Not supported (each raises with the reason): beam search and any other cache
 reordering or batch expansion (``reorder_cache``, ``batch_repeat_interleave``,
@@ -76,8 +98,11 @@ from a clone, with a CPU build of torch first, see :data:`polarquant.kv.evaluati
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
+from .._array import check_int
 from .cache import KVCache
 from .evaluation import INSTALL_HINT as _HINT
 
@@ -99,12 +124,16 @@ if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "PREFILL_MODES",
     "PolarquantCache",
     "PolarquantLayer",
     "polarquant_attention",
     "polarquant_mask",
     "register",
 ]
+
+#: How a multi-token update attends (:class:`PolarquantCache`'s ``prefill``).
+PREFILL_MODES = ("exact", "cache", "stepwise")
 
 #: The ``attn_implementation`` name under which :func:`polarquant_attention` is registered.
 ATTN_IMPLEMENTATION = "polarquant"
@@ -113,7 +142,55 @@ _TAG = "_polarquant_layer"
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` as float32 NumPy: a view of a float32 CPU tensor (no copy), else a converted copy."""
     return t.detach().to(torch.float32).cpu().numpy()
+
+
+class _TorchThreads:
+    """Kernels use torch's intra-op thread count, and leave it as they found it.
+
+    The integration runs inside a torch model, whose thread count
+    (``torch.set_num_threads``) says how many cores the user gives it: the
+    Numba kernels are run with as many threads (at most Numba's own limit)
+    rather than all cores, which on a small machine made decode steps slower,
+    each parallel kernel's threads competing with torch's.  And Numba's OpenMP
+    threading layer sets the OpenMP thread count, which torch shares, when its
+    pool starts: without the restore, ``torch.set_num_threads(1)`` would
+    silently become 2 after the first compressed attention.
+    """
+
+    def __enter__(self):
+        self.threads = torch.get_num_threads()
+        numba = sys.modules.get("numba")  # only if a kernel backend loaded it already
+        self.numba = None
+        if numba is not None:
+            self.numba = (numba, numba.get_num_threads())
+            numba.set_num_threads(max(1, min(self.threads, numba.config.NUMBA_NUM_THREADS)))
+
+    def __exit__(self, *exc):
+        if self.numba is not None:
+            numba, threads = self.numba
+            numba.set_num_threads(threads)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+
+
+def _exact_causal(query, keys, values, scaling):
+    """Exact causal attention of a prompt on itself (``keys``/``values`` ``(B, H, T, d)``),
+    grouped-query, as float32: torch's fused kernel, which never holds the ``T x T`` scores."""
+    groups = query.shape[1] // keys.shape[1]
+    if query.device.type == "cpu":  # the CPU's fused kernel takes float32 and grouped heads
+        q, k, v = (t.to(torch.float32) for t in (query, keys, values))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scaling, enable_gqa=groups > 1
+        )
+        return out.to(query.dtype)
+    # on a GPU the fused kernels want one dtype and as many kv heads as query heads (else
+    # torch falls back to the math kernel, which holds the T x T scores)
+    k, v = (t.to(query.dtype).repeat_interleave(groups, dim=1) for t in (keys, values))
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, k, v, is_causal=True, scale=scaling
+    )
 
 
 class PolarquantLayer(CacheLayerMixin):
@@ -135,6 +212,7 @@ class PolarquantLayer(CacheLayerMixin):
         self.owner = owner
         self.kvcache_kwargs = kvcache_kwargs
         self.kv: KVCache | None = None
+        self._held = None  # a prompt's (keys, values) waiting for their exact attention
 
     def __repr__(self) -> str:
         return f"PolarquantLayer(layer_idx={self.layer_idx}, kv={self.kv!r})"
@@ -146,10 +224,14 @@ class PolarquantLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Append the new tokens (compressing those that leave the window); return them, tagged.
+        """Take the new tokens; return them, tagged for :func:`polarquant_attention`.
 
-        The returned tensors are the inputs themselves (the new tokens only), with
-        this layer attached for :func:`polarquant_attention`; see the module docstring.
+        A decode step (one token), or any update with ``prefill="cache"``, is
+        appended now (compressing the tokens that leave the window), so that
+        the attention reads it from the cache.  A multi-token update with
+        ``prefill="exact"`` (the default) is held until its attention, which
+        reads it exactly, has run, and appended then.  The returned tensors are
+        the inputs themselves (the new tokens only); see the module docstring.
         """
         if key_states.ndim != 4 or key_states.shape != value_states.shape:
             raise ValueError(
@@ -158,21 +240,77 @@ class PolarquantLayer(CacheLayerMixin):
             )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if key_states.shape[-2] > 0:
-            self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
+        if self._held is not None:
+            self._held = None  # raised once: the next update starts clean
+            raise RuntimeError(
+                f"layer {self.layer_idx}: the previous update's tokens were never attended "
+                "(polarquant_attention stores a prompt after its attention), so they were not "
+                "stored; this update is refused too"
+            )
+        if key_states.shape[-2] > 1 and self.prefill == "exact":
+            self._held = (key_states, value_states)
+        elif key_states.shape[-2] > 1 and self.prefill == "stepwise":
+            if len(self.kv):
+                raise ValueError(
+                    'prefill="stepwise" evaluates one sequence in one forward pass from an empty '
+                    f"cache; layer {self.layer_idx} holds {len(self.kv)} tokens already"
+                )
+            with _TorchThreads():
+                self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
+            self._stored()
+            self._held = (key_states, value_states)
+        elif key_states.shape[-2] > 0:
+            with _TorchThreads():
+                self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
+            self._stored()
         setattr(key_states, _TAG, self)
         setattr(value_states, _TAG, self)
         return key_states, value_states
 
+    @property
+    def prefill(self) -> str:
+        return "exact" if self.owner is None else self.owner.prefill
+
     def attend(self, query: torch.Tensor, scaling: float | None) -> torch.Tensor:
-        """``KVCache.attention`` of ``query (batch, q_heads, nq, head_dim)``, as a tensor like ``query``."""
+        """Attention of ``query (batch, q_heads, nq, head_dim)``, a tensor like ``query``.
+
+        From the cache (:meth:`polarquant.KVCache.attention`); for held prompt
+        tokens (``prefill="exact"``), the cache's tokens plus the prompt's own,
+        exact: torch's ``scaled_dot_product_attention`` (causal, bounded memory)
+        when the cache is empty, else ``KVCache.attention(new=...)``; then the
+        prompt is appended.
+        """
         if self.owner is not None:
             self.owner._consumed(self.layer_idx)
-        out = self.kv.attention(_to_numpy(query), scale=scaling)
-        return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+        with _TorchThreads():
+            return self._attend(query, scaling)
+
+    def _attend(self, query, scaling):
+        held, self._held = self._held, None
+        if held is None:
+            out = self.kv.attention(_to_numpy(query), scale=scaling)
+            return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+        keys, values = (_to_numpy(t) for t in held)
+        if self.prefill == "stepwise":
+            out = self.kv.stepwise_attention(_to_numpy(query), keys, values, scale=scaling)
+            return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+        if len(self.kv):
+            out = torch.from_numpy(
+                self.kv.attention(_to_numpy(query), scale=scaling, new=(keys, values))
+            ).to(device=query.device, dtype=query.dtype)
+        else:
+            out = _exact_causal(query, *held, scaling)
+        self.kv.append(keys, values)  # checks the tokens (NaN, range) before storing any
+        self._stored()
+        return out
+
+    def _stored(self) -> None:
+        if self.owner is not None:
+            self.owner._layers_stored += 1
 
     def get_seq_length(self) -> int:
-        return 0 if self.kv is None else len(self.kv)
+        held = 0 if self._held is None or self.prefill != "exact" else self._held[0].shape[-2]
+        return (0 if self.kv is None else len(self.kv)) + int(held)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.get_seq_length() + query_length, 0
@@ -182,6 +320,7 @@ class PolarquantLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.kv = None
+        self._held = None
         self.is_initialized = False
 
     def offload(self):  # the codes are NumPy arrays in host memory already
@@ -218,6 +357,24 @@ class PolarquantCache(Cache):
         The model's config (``model.config``).  Only full-attention decoders are
         accepted.  The model must run with ``attn_implementation="polarquant"``
         (checked at every update).
+    prefill : {"exact", "cache", "stepwise"}
+        How a multi-token update (a prompt, or a chunk of one) attends.
+        ``"exact"`` (default, the papers' setting: QJL Sec. 4, and the
+        TurboQuant and PolarQuant long-context experiments built on it): the
+        prompt's tokens attend to each other exactly and to the tokens already
+        held through the cache; the prompt is compressed afterwards and only
+        later tokens read it from the codes.  ``"cache"``: the prompt is
+        appended first and attended from the cache like decode steps (its
+        tokens older than the window through their codes).  ``"stepwise"``
+        (evaluation): a sequence fed to an empty cache in one forward pass gets,
+        at every position, the attention a token-by-token decode would have
+        computed there (:meth:`polarquant.KVCache.stepwise_attention`):
+        teacher forcing in one pass.
+    flush : int
+        Tokens leave each layer's full-precision window in blocks of a multiple
+        of ``flush`` (default 32, see :class:`polarquant.KVCache`): one
+        compression per 32 decode steps; the window holds up to 31 more tokens,
+        counted in :attr:`nbytes`.
     **kvcache_kwargs
         Passed to every layer's ``polarquant.KVCache(head_dim, **kvcache_kwargs)``:
         ``key_method``, ``key_bits``, ``value_method``, ``value_bits``, ``window``,
@@ -231,7 +388,11 @@ class PolarquantCache(Cache):
         ``cache.layers[i].kv`` is layer ``i``'s KVCache.
     """
 
-    def __init__(self, config, **kvcache_kwargs):
+    def __init__(self, config, *, prefill: str = "exact", flush: int = 32, **kvcache_kwargs):
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {prefill!r}")
+        self.prefill = prefill
+        kvcache_kwargs["flush"] = check_int(flush, "flush", low=1)
         text_config = config.get_text_config(decoder=True)
         self.config = text_config
         layer_types = getattr(text_config, "layer_types", None) or ["full_attention"]
@@ -252,6 +413,7 @@ class PolarquantCache(Cache):
         ]
         super().__init__(layers=layers)
         self._pending: int | None = None
+        self._layers_stored = 0  # layers that stored the current forward's tokens
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         impl = getattr(self.config, "_attn_implementation", None)
@@ -263,6 +425,8 @@ class PolarquantCache(Cache):
                 f'attn_implementation="{ATTN_IMPLEMENTATION}" or call '
                 f'model.set_attn_implementation("{ATTN_IMPLEMENTATION}")'
             )
+        if layer_idx == 0:
+            self._begin_forward()
         if self._pending is not None:
             raise RuntimeError(
                 f"layer {self._pending}'s attention did not go through polarquant_attention "
@@ -273,12 +437,62 @@ class PolarquantCache(Cache):
         self._pending = layer_idx
         return out
 
+    def extend_from(self, cache) -> None:
+        """Store the tokens of another cache's layers (e.g. a prefilled ``DynamicCache``).
+
+        What an exact prefill stores (``prefill="exact"``): each layer's keys
+        and values, appended in one block (compressed as they leave the
+        window).  ``cache.layers[i].keys`` / ``.values`` are read, not changed.
+        This cache must be empty; if any layer refuses its tokens (shape, NaN,
+        range), every layer is emptied again and the error raised.
+        """
+        sources = getattr(cache, "layers", None)
+        if sources is None or len(sources) != len(self.layers):
+            raise ValueError(
+                f"extend_from needs a cache with {len(self.layers)} layers, "
+                f"got {type(cache).__name__} with {len(sources or ())}"
+            )
+        if self.get_seq_length():
+            raise ValueError("extend_from fills an empty PolarquantCache; this one holds tokens")
+        for i, src in enumerate(sources):
+            k, v = getattr(src, "keys", None), getattr(src, "values", None)
+            if not (torch.is_tensor(k) and torch.is_tensor(v)) or k.ndim != 4 or k.shape != v.shape:
+                raise ValueError(
+                    f"layer {i} of the source cache holds no (batch, kv_heads, tokens, head_dim) "
+                    "keys and values of one shape"
+                )
+        try:
+            with _TorchThreads():
+                for layer, src in zip(self.layers, sources, strict=True):
+                    layer.lazy_initialization(src.keys, src.values)
+                    layer.kv.append(_to_numpy(src.keys), _to_numpy(src.values))
+        except Exception:
+            self.reset()
+            raise
+
     def _consumed(self, layer_idx: int) -> None:
         self._pending = None
+
+    def _begin_forward(self) -> None:
+        """Layer 0's update: a new forward pass.  If the previous one failed after some but not
+        all layers stored its tokens, the layers disagree and the cache is refused until
+        :meth:`reset`; a pass that failed before any layer stored leaves nothing behind."""
+        stored, total = self._layers_stored, len(self.layers)
+        if 0 < stored < total:
+            raise RuntimeError(
+                f"a previous forward pass failed after {stored} of {total} layers stored its "
+                "tokens, so the layers now hold different tokens; call cache.reset() (or use a "
+                "new cache) before going on"
+            )
+        self._pending = None
+        self._layers_stored = 0
+        for layer in self.layers:
+            layer._held = None
 
     def reset(self):
         super().reset()
         self._pending = None
+        self._layers_stored = 0
 
     # -- memory, summed over layers ------------------------------------------------------------
     @property

@@ -85,6 +85,8 @@ class QuantizerCodec(KeyCodec, ValueCodec):
         super().__init__(quantizer.dim)
         self.quantizer = quantizer
         self.method = quantizer.method
+        # all streams in one call where the quantizer takes stacks (TurboQuantMSE), else a loop
+        self._stacked = getattr(quantizer, "stacks_streams", False)
 
     def config(self) -> dict:
         return self.quantizer.config()
@@ -133,11 +135,18 @@ class QuantizerCodec(KeyCodec, ValueCodec):
         return {k: v[h].reshape((n,) + tuple(layout[k][0])) for k, v in fields.items()}
 
     def prepare(self, q):
+        if self._stacked:
+            return self.quantizer._prepare_queries(q)
         return [self.quantizer._prepare_queries(q[h]) for h in range(q.shape[0])]
 
     def score(self, state, fields: dict):
         q = self.quantizer
         n = next(iter(fields.values())).shape[1]
+        if self._stacked:
+            out = np.empty(state.shape[:2] + (n,), dtype=np.float32)
+            for a, b in q._chunks(n):
+                out[:, :, a:b] = q._score_rows(state, {k: v[:, a:b] for k, v in fields.items()})
+            return out
         out = np.empty((len(state), _rows(state[0]), n), dtype=np.float32)
         for h, st in enumerate(state):
             f = self._per_stream(fields, h)
@@ -149,6 +158,12 @@ class QuantizerCodec(KeyCodec, ValueCodec):
         q = self.quantizer
         n = p.shape[2]
         out = np.zeros((p.shape[0], p.shape[1], self.head_dim), dtype=np.float32)
+        if self._stacked:
+            for a, b in q._chunks(n):
+                out += q._weighted_sum_rows(
+                    np.ascontiguousarray(p[:, :, a:b]), {k: v[:, a:b] for k, v in fields.items()}
+                )
+            return out
         for h in range(p.shape[0]):
             f = self._per_stream(fields, h)
             for a, b in q._chunks(n):
