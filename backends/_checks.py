@@ -114,10 +114,11 @@ def per_stream(op, plan, a, packed, name: str):
     if packed.ndim != 3:
         return None
     if a.ndim != 3 or a.shape[0] != packed.shape[0] or packed.shape[0] == 0:
+        what = "scores" if name == "queries" else "weighted sums"
         raise ValueError(
-            f"stacked codes (streams, rows, nbytes) need {name} shaped (streams, k, ...) with "
-            f"the same number of streams, at least one; got {name} {tuple(a.shape)} and codes "
-            f"{tuple(packed.shape)}"
+            f"{what} need codes shaped (rows, nbytes), or stacked (streams, rows, nbytes) with "
+            f"{name} shaped (streams, k, ...): the same number of streams, at least one; got "
+            f"{name} {tuple(a.shape)} and codes {tuple(packed.shape)}"
         )
     outs = [op(plan, a[i], packed[i]) for i in range(packed.shape[0])]
     return namespace(outs[0]).stack(outs)
