@@ -486,7 +486,7 @@ class KVCache:
         keys = self._check_block(keys, "keys")
         values = self._check_block(values, "values")
         n = keys.shape[2]
-        if keys.shape != values.shape or len(self) != n or self.compressed_tokens > n:
+        if keys.shape != values.shape or len(self) != n:
             raise ValueError(
                 f"stepwise_attention needs the cache to hold exactly the {n} given tokens, "
                 f"appended in one block to an empty cache; it holds {len(self)}"

@@ -437,8 +437,9 @@ def evaluate(
     ids = demo_token_ids(tokenizer, tokens)
     configs = default_grid(head_dim=model.config.head_dim) if configs is None else list(configs)
     seeds = [seed] if seeds is None else [int(s_) for s_ in seeds]
-    runs = [(c, s_ if _seeded(c) else None) for s_ in seeds for c in configs]
-    runs = [r for i, r in enumerate(runs) if r[1] is not None or r not in runs[:i]]
+    # every configuration once (seedless ones with no seed), then the seeded ones again per seed
+    runs = [(c, seeds[0] if _seeded(c) else None) for c in configs]
+    runs += [(c, s_) for s_ in seeds[1:] for c in configs if _seeded(c)]
 
     impl = model.config._attn_implementation
     model.set_attn_implementation("sdpa")

@@ -175,6 +175,11 @@ class _TorchThreads:
             torch.set_num_threads(self.threads)
 
 
+def _like(out: np.ndarray, query: torch.Tensor) -> torch.Tensor:
+    """A float32 NumPy result as a tensor of ``query``'s device and dtype."""
+    return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+
+
 def _exact_causal(query, keys, values, scaling):
     """Exact causal attention of a prompt on itself (``keys``/``values`` ``(B, H, T, d)``),
     grouped-query, as float32: torch's fused kernel, which never holds the ``T x T`` scores."""
@@ -255,14 +260,10 @@ class PolarquantLayer(CacheLayerMixin):
                     'prefill="stepwise" evaluates one sequence in one forward pass from an empty '
                     f"cache; layer {self.layer_idx} holds {len(self.kv)} tokens already"
                 )
-            with _TorchThreads():
-                self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
-            self._stored()
+            self._append(key_states, value_states)
             self._held = (key_states, value_states)
         elif key_states.shape[-2] > 0:
-            with _TorchThreads():
-                self.kv.append(_to_numpy(key_states), _to_numpy(value_states))
-            self._stored()
+            self._append(key_states, value_states)
         setattr(key_states, _TAG, self)
         setattr(value_states, _TAG, self)
         return key_states, value_states
@@ -288,21 +289,26 @@ class PolarquantLayer(CacheLayerMixin):
     def _attend(self, query, scaling):
         held, self._held = self._held, None
         if held is None:
-            out = self.kv.attention(_to_numpy(query), scale=scaling)
-            return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+            return _like(self.kv.attention(_to_numpy(query), scale=scaling), query)
         keys, values = (_to_numpy(t) for t in held)
         if self.prefill == "stepwise":
             out = self.kv.stepwise_attention(_to_numpy(query), keys, values, scale=scaling)
-            return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+            return _like(out, query)
         if len(self.kv):
-            out = torch.from_numpy(
-                self.kv.attention(_to_numpy(query), scale=scaling, new=(keys, values))
-            ).to(device=query.device, dtype=query.dtype)
+            out = _like(
+                self.kv.attention(_to_numpy(query), scale=scaling, new=(keys, values)), query
+            )
         else:
             out = _exact_causal(query, *held, scaling)
         self.kv.append(keys, values)  # checks the tokens (NaN, range) before storing any
         self._stored()
         return out
+
+    def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Append tensors to the layer's KVCache (kernels at torch's thread count); counted."""
+        with _TorchThreads():
+            self.kv.append(_to_numpy(keys), _to_numpy(values))
+        self._stored()
 
     def _stored(self) -> None:
         if self.owner is not None:
