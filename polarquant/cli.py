@@ -104,18 +104,20 @@ _depth_list = _list_of(float, "depth", lambda v: 0.0 <= v <= 1.0, "depths are fr
 
 
 def _method_list(text: str) -> list[str]:
-    """``"qjl,polarquant"`` -> ``["qjl", "polarquant"]``, each a key method of the kv-eval grid."""
+    """``"qjl,polarquant"`` -> ``["qjl", "polarquant"]``, each a key method of the kv-eval grid
+    (or, for the needle task, a backend of transformers' ``QuantizedCache``)."""
     from .kv.evaluation import GRID_KEY_METHODS
+    from .kv.quantized_cache import BACKENDS
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    valid = GRID_KEY_METHODS + ("none",)
+    valid = GRID_KEY_METHODS + ("none",) + tuple(BACKENDS)
     unknown = [m for m in methods if m not in valid]
     if unknown or not methods:
         raise argparse.ArgumentTypeError(
             f"unknown method(s) {', '.join(map(repr, unknown)) or repr(text)}; "
             f"valid: {', '.join(valid)}"
         )
-    return methods
+    return list(dict.fromkeys(methods))  # a method named twice runs once
 
 
 def _search_methods(text: str) -> list[str]:
@@ -315,7 +317,9 @@ def _parser() -> argparse.ArgumentParser:
         "--methods",
         type=_method_list,
         default=None,
-        help="comma-separated key methods (default: the whole grid, see polarquant.kv.evaluation)",
+        help="comma-separated key methods (default: the whole grid, see polarquant.kv.evaluation); "
+        "needle also takes quanto and hqq: transformers' QuantizedCache, needs the hf-quantized "
+        "extra",
     )
     kv.add_argument(
         "--bits",

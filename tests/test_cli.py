@@ -392,6 +392,7 @@ def test_warmup_numpy_backend_runs(capsys):
         (["kv-eval", "--lengths", "1024"], ["--lengths", "--task teacher-forced"]),
         (["kv-eval", "--figure", "x.png"], ["--figure", "--task teacher-forced"]),
         (["kv-eval", "--seed", "1", "--seeds", "0,1"], ["--seed or --seeds, not both"]),
+        (["kv-eval", "--methods", "kivi,hqq"], ["--methods hqq", "--task needle only"]),
     ],
 )
 def test_kv_eval_options_of_the_other_task_are_refused_before_loading(argv, names, capsys):
@@ -399,6 +400,24 @@ def test_kv_eval_options_of_the_other_task_are_refused_before_loading(argv, name
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("polarquant kv-eval: ") and all(n in line for n in names), line
+
+
+def test_kv_eval_needle_missing_quantized_cache_backend_names_its_extra(monkeypatch, capsys):
+    """``--methods hqq`` without hqq installed: one line naming the package and the extra's
+    install command, status 2, before the model loads (the hf packages are checked first)."""
+    from polarquant.kv.evaluation import MODEL_PACKAGE
+
+    for name in ("torch", "transformers", "gguf", "accelerate", MODEL_PACKAGE):
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed: kv-eval stops at it first")
+    from polarquant.kv import quantized_cache
+
+    # patched, not hidden from find_spec: transformers caches is_hqq_available
+    monkeypatch.setattr(quantized_cache, "available", lambda backend: backend != "hqq")
+    assert main(["kv-eval", "--task", "needle", "--methods", "hqq"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "hqq>=0.2.8, not installed" in line
+    assert 'python -m pip install -e ".[hf,hf-quantized]" "torch==2.13.0"' in line
 
 
 def test_kv_eval_missing_packages_name_the_install_commands(monkeypatch, capsys):
@@ -458,7 +477,7 @@ def test_kv_eval_announces_the_run_and_reports_progress_with_the_time_left(monke
     monkeypatch.setattr(ev, "load_smollm2", lambda: (model, _CharTokenizer()))
     threads = torch.get_num_threads()
     try:
-        argv = ["kv-eval", "--methods", "none,turboquant-mse", "--bits", "4"]
+        argv = ["kv-eval", "--methods", "none,turboquant-mse,turboquant-mse", "--bits", "4"]
         assert main([*argv, "--tokens", "12", "--window", "4"]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -520,10 +520,11 @@ def test_smollm2_compressed_cache_finds_a_short_needle_like_full_precision(smoll
     through PolarquantCache (4-bit TurboQuant_mse keys and values, 32-token window, so the
     needle is compressed) gives the full-precision answer, the key, with the exact prefill
     and with prefill="cache"; and needle.run (shared prefill, extend_from, generate) scores
-    it right."""
+    it right, and so do transformers' 4-bit QuantizedCache rows where quanto / HQQ are
+    installed (their prompt is stored quantized, every token of it)."""
     import torch
 
-    from polarquant.kv import needle
+    from polarquant.kv import needle, quantized_cache
     from polarquant.kv.hf import PolarquantCache
 
     model, tok = smollm2
@@ -545,10 +546,14 @@ def test_smollm2_compressed_cache_finds_a_short_needle_like_full_precision(smoll
         assert needle.is_correct(ref, key), ref
         for answer in answers:
             assert needle.is_correct(answer, key), (answer, ref)
-    grid = [c for c in needle.default_grid(["turboquant-mse"]) if c["nominal_bits"] == 4.0]
+    theirs = [b for b in quantized_cache.BACKENDS if quantized_cache.available(b)]
+    grid = [c for c in needle.default_grid(["turboquant-mse", *theirs]) if c["nominal_bits"] == 4.0]
     report = needle.run(
         grid, lengths=(512,), depths=(0.5,), needles=1, window=32, model=model, tokenizer=tok
     )
-    assert [r["correct"] for r in report["results"]] == [1, 1]
+    assert [r["correct"] for r in report["results"]] == [1] * (len(grid) + 1)
     assert report["results"][0]["memory"]["512"]["compressed_tokens"] > 400
+    for r in report["results"][1:-1]:  # QuantizedCache quantizes the whole prompt
+        memory = r["memory"]["512"]
+        assert 0 < memory["tokens"] - memory["compressed_tokens"] < needle.ANSWER_TOKENS, memory
     assert torch.get_num_threads() >= 1

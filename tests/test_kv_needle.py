@@ -162,3 +162,47 @@ def test_reports_of_two_runs_merge_into_one():
     other["meta"]["depths"] = [0.0]
     with pytest.raises(ValueError, match="differ"):
         needle.merge_reports([report(8192, [1], 1.0), other])
+
+
+def test_rows_run_later_merge_by_configuration_when_full_precision_agrees():
+    """Configurations added to a finished grid (same prompts): the rows join, one
+    full-precision row is kept; different full-precision answers (other prompts, model or
+    arithmetic) or a configuration in both reports are refused."""
+
+    def report(labels, full_answer=" 1234567"):
+        cell = {"length": 1024, "depth": 0.5, "key": "1234567"}
+        rows = [
+            needle._score(
+                {
+                    **{"key_method": lab, "value_method": lab, "key_bits": 4, "label": lab},
+                    **{"answers": [{**cell, "answer": " 1"}], "memory": {}},
+                }
+            )
+            for lab in labels
+        ]
+        full = {"key_method": needle.FULL, "label": needle.FULL, "memory": {}}
+        rows.append(needle._score({**full, "answers": [{**cell, "answer": full_answer}]}))
+        meta = {"lengths": [1024], "depths": [0.5], "needles_per_cell": 1, "window": 128}
+        meta.update(seed=0, key_seed=0, backend=None, seconds=2.0, runs=2, split="lengths")
+        meta["machine"] = "a test"
+        return {"meta": meta, "results": rows}
+
+    merged = needle.merge_reports([report(["a", "b"]), report(["hqq"])])
+    assert [r["label"] for r in merged["results"]] == ["a", "b", "hqq", needle.FULL]
+    assert merged["results"][-1]["correct"] == 1
+    assert merged["meta"]["runs"] == 4 and merged["meta"]["seconds"] == 4.0
+    assert merged["meta"]["split"] == "lengths and configurations"
+    assert "4 processes (lengths and configurations split" in needle.markdown_page(merged)
+    with pytest.raises(ValueError, match="full-precision answers differ"):
+        needle.merge_reports([report(["a"]), report(["hqq"], full_answer=" 7654321")])
+    with pytest.raises(ValueError, match=r"both hold \['a'\]"):
+        needle.merge_reports([report(["a", "b"]), report(["a"])])
+    older = report(["a"])  # a report written before the "split" key: split by lengths
+    del older["meta"]["split"]
+    assert needle.merge_reports([older, report(["hqq"])])["meta"]["split"] == (
+        "lengths and configurations"
+    )
+    later = report(["hqq"])
+    later["meta"]["lengths"] = [2048]
+    with pytest.raises(ValueError, match="disjoint configurations over the same lengths"):
+        needle.merge_reports([report(["a"]), later])

@@ -803,6 +803,14 @@ def main(args) -> int:
         raise UsageError("give --seed or --seeds, not both")
     if wrong:
         raise UsageError(f"{', '.join(wrong)} cannot be used with --task {task}")
+    from .quantized_cache import BACKENDS
+
+    theirs = [m for m in (getattr(args, "methods", None) or ()) if m in BACKENDS]
+    if theirs and task != "needle":
+        raise UsageError(
+            f"--methods {','.join(theirs)}: transformers' QuantizedCache runs in --task needle "
+            "only (the teacher-forced grid runs the codecs of polarquant.kv)"
+        )
     _require_hf(model=True)
     if task == "needle":
         from .needle import main as needle_main

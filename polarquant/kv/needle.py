@@ -208,12 +208,37 @@ GRID_BITS = (3.0, 4.0, 8.0)
 FULL = "full precision"
 
 
-def default_grid(methods=None, head_dim: int = 64) -> list[dict]:
-    """The needle grid: :func:`polarquant.kv.evaluation.default_grid` at :data:`GRID_BITS`
-    (``none``, every key method at nominal 3 and 4 bits, KIVI, Hadamard + RTN, fp8)."""
+def default_grid(methods=None, bits=GRID_BITS, head_dim: int = 64) -> list[dict]:
+    """The needle grid: :func:`polarquant.kv.evaluation.default_grid` at ``bits`` (``none``,
+    every key method at nominal 3 and 4 bits, KIVI, Hadamard + RTN, fp8), then transformers'
+    ``QuantizedCache`` (:func:`polarquant.kv.quantized_cache.grid`; methods ``quanto`` and
+    ``hqq``).
+
+    Without ``methods``, the ``QuantizedCache`` rows of a backend whose package is not
+    installed are left out (:func:`skipped_backends` names them); asked for by name, a
+    missing package raises ``ImportError`` with its install command.
+    """
+    from . import quantized_cache
     from .evaluation import default_grid as grid
 
-    return grid(methods, GRID_BITS, head_dim=head_dim)
+    if methods is None:
+        backends = [b for b in quantized_cache.BACKENDS if quantized_cache.available(b)]
+        ours = None
+    else:
+        methods = tuple(methods)
+        backends = [m for m in methods if m in quantized_cache.BACKENDS]
+        ours = tuple(m for m in methods if m not in quantized_cache.BACKENDS)
+        for b in backends:
+            quantized_cache.require(b)
+    rows = grid(ours, bits, head_dim=head_dim) if ours is None or ours else []
+    return rows + quantized_cache.grid(backends, bits)
+
+
+def skipped_backends() -> list[str]:
+    """The ``QuantizedCache`` backends the default grid leaves out (package not installed)."""
+    from . import quantized_cache
+
+    return [b for b in quantized_cache.BACKENDS if not quantized_cache.available(b)]
 
 
 def _generate(model, prompt: Prompt, cache, tokenizer) -> str:
@@ -258,6 +283,7 @@ def run(
     import torch
     from transformers import DynamicCache
 
+    from . import quantized_cache
     from .evaluation import (
         _label,
         _meta_common,
@@ -296,16 +322,23 @@ def run(
                             cache=exact,
                             use_cache=True,
                         )
-                    model.set_attn_implementation(ATTN_IMPLEMENTATION)
                     for c, row in zip(configs, rows, strict=True):
-                        cache = grid_cache(
-                            model, c, window=window, seed=seed, backend=backend, flush=FLUSH
-                        )
-                        cache.extend_from(exact)
+                        if c.get("cache") == "transformers":  # its own attention, dequantized
+                            model.set_attn_implementation("sdpa")
+                            cache = quantized_cache.make_cache(model.config, c)
+                            quantized_cache.fill(cache, exact)
+                            measure = quantized_cache.memory
+                        else:
+                            model.set_attn_implementation(ATTN_IMPLEMENTATION)
+                            cache = grid_cache(
+                                model, c, window=window, seed=seed, backend=backend, flush=FLUSH
+                            )
+                            cache.extend_from(exact)
+                            measure = cache_memory
                         answer = _generate(model, prompt, cache, tokenizer)
                         row["answers"].append({**cell, "answer": answer})
                         if length not in row["memory"]:
-                            row["memory"][length] = cache_memory(cache)
+                            row["memory"][length] = measure(cache)
                     model.set_attn_implementation("sdpa")
                     answer = _generate(model, prompt, exact, tokenizer)
                     full["answers"].append({**cell, "answer": answer})
@@ -332,10 +365,51 @@ def run(
 
 
 def merge_reports(reports) -> dict:
-    """One report from runs of the same grid over different lengths (e.g. two processes, one
-    per pair of lengths): answers joined and scored again, lengths and seconds combined."""
+    """One report from runs of one grid split between processes, either by **lengths** (the
+    same configurations over disjoint lengths, e.g. two processes side by side) or by
+    **configurations** (disjoint configurations over the same prompts, e.g. rows added to a
+    finished grid).  Split by configurations, the runs' full-precision answers must be the same
+    (a check that the prompts, the model and its arithmetic are), and one full-precision row is
+    kept.  Answers are scored again; seconds and runs add up."""
     reports = list(reports)
+    if not reports:
+        raise ValueError("no reports to merge")
     first = reports[0]
+    same = ("depths", "needles_per_cell", "window", "seed", "key_seed", "backend")
+    for rep in reports[1:]:
+        if any(rep["meta"].get(k) != first["meta"].get(k) for k in same):
+            raise ValueError(f"the reports differ in one of {same}")
+    labels = [[r["label"] for r in rep["results"]] for rep in reports]
+    if all(lab == labels[0] for lab in labels):
+        rows, split = _merge_lengths(reports), "lengths"
+    elif all(rep["meta"]["lengths"] == first["meta"]["lengths"] for rep in reports):
+        rows, split = _merge_configurations(reports), "configurations"
+    else:
+        raise ValueError(
+            "merge runs of the same configurations over disjoint lengths, or runs of disjoint "
+            "configurations over the same lengths"
+        )
+    # a report of several runs from before the "split" key was split by lengths
+    splits = [
+        s
+        for rep in reports
+        for s in rep["meta"]
+        .get("split", "lengths" if rep["meta"].get("runs", 1) > 1 else "")
+        .split(" and ")
+        if s
+    ]
+    splits = [s for s in ("lengths", "configurations") if s in splits + [split]]
+    meta = {
+        **first["meta"],
+        "lengths": sorted({n for rep in reports for n in rep["meta"]["lengths"]}),
+        "seconds": sum(rep["meta"]["seconds"] for rep in reports),
+        "runs": sum(rep["meta"].get("runs", 1) for rep in reports),
+        "split": " and ".join(splits),
+    }
+    return {"meta": meta, "results": rows}
+
+
+def _merge_lengths(reports) -> list[dict]:
     seen: set = set()
     for rep in reports:
         overlap = seen & set(rep["meta"]["lengths"])
@@ -344,28 +418,34 @@ def merge_reports(reports) -> dict:
                 f"the reports both hold lengths {sorted(overlap)}: merge disjoint runs"
             )
         seen |= set(rep["meta"]["lengths"])
-    labels = [r["label"] for r in first["results"]]
-    for rep in reports[1:]:
-        if [r["label"] for r in rep["results"]] != labels:
-            raise ValueError("the reports do not hold the same configurations")
-        same = ("depths", "needles_per_cell", "window", "seed", "key_seed", "backend")
-        if any(rep["meta"].get(k) != first["meta"].get(k) for k in same):
-            raise ValueError(f"the reports differ in one of {same}")
     rows = []
-    for i in range(len(labels)):
+    for i in range(len(reports[0]["results"])):
         parts = [rep["results"][i] for rep in reports]
         keep = {k: v for k, v in parts[0].items() if k not in _SCORED}
         keep["answers"] = [a for p in parts for a in p["answers"]]
         keep["memory"] = {k: v for p in parts for k, v in p["memory"].items()}
         rows.append(_score(keep))
-    lengths = sorted({n for rep in reports for n in rep["meta"]["lengths"]})
-    meta = {
-        **first["meta"],
-        "lengths": lengths,
-        "seconds": sum(rep["meta"]["seconds"] for rep in reports),
-        "runs": len(reports),
-    }
-    return {"meta": meta, "results": rows}
+    return rows
+
+
+def _merge_configurations(reports) -> list[dict]:
+    def answers(row):
+        return [(a["length"], a["depth"], a["key"], a["answer"]) for a in row["answers"]]
+
+    fulls = [r for rep in reports for r in rep["results"] if r["key_method"] == FULL]
+    if len(fulls) != len(reports):
+        raise ValueError("every report must hold one full-precision row")
+    if any(answers(f) != answers(fulls[0]) for f in fulls[1:]):
+        raise ValueError(
+            "the full-precision answers differ between the reports: not the same prompts, "
+            "model or arithmetic (torch threads, versions)"
+        )
+    rows = [r for rep in reports for r in rep["results"] if r["key_method"] != FULL]
+    labels = [r["label"] for r in rows]
+    twice = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if twice:
+        raise ValueError(f"the reports both hold {twice}: merge disjoint configurations")
+    return [_score(r) for r in rows] + [fulls[0]]
 
 
 _SCORED = ("cells", "by_length", "correct", "n", "accuracy", "wilson95")
@@ -431,8 +511,12 @@ def format_table(report: dict) -> str:
         if r["key_method"] == FULL:
             label, config, bits, ratio = f"**{FULL}** (DynamicCache, float32)", "", "32 / 32", "0.5"
         else:
-            label = f"{r['key_method']} / {r['value_method']}"
-            config = setting(r.get("key_config"), r["key_bits"])
+            label = (
+                f"transformers QuantizedCache ({r['key_method']})"
+                if r.get("cache") == "transformers"
+                else f"{r['key_method']} / {r['value_method']}"
+            )
+            config = r.get("setting") or setting(r.get("key_config"), r["key_bits"])
             bits = f"{mem['bits_keys']:.2f} / {mem['bits_values']:.2f}" if mem else ""
             ratio = f"{mem['fp16_ratio']:.2f}" if mem else ""
         per = [_rate(r["by_length"][n]["correct"], r["by_length"][n]["n"]) for n in lengths]
@@ -492,6 +576,8 @@ def _short_label(r: dict) -> str:
     """``"turboquant-mse @4, K 4.25 b"``: the key method, its nominal and stored key bits."""
     mem = next(iter(r["memory"].values()), None)
     bits = f", K {mem['bits_keys']:.2f} b" if mem else ""
+    if r.get("cache") == "transformers":
+        return f"QuantizedCache {r['key_method']} int{r['key_bits']}{bits}"
     return f"{r['key_method']} @{r['nominal_bits']:g}{bits}"
 
 
@@ -507,8 +593,8 @@ def markdown_page(report: dict) -> str:
         + (
             f"Run: {_duration(m['seconds'])} on {m['machine']}.\n"
             if m.get("runs", 1) == 1
-            else f"Run as {m['runs']} processes side by side (lengths split between them, merged "
-            f"with `polarquant.kv.needle.merge_reports`): {_duration(m['seconds'])} of process "
+            else f"Run as {m['runs']} processes ({m.get('split', 'lengths')} split between them, "
+            f"merged with `polarquant.kv.needle.merge_reports`): {_duration(m['seconds'])} of process "
             f"time on {m['machine']}.\n"
         )
     )
@@ -532,11 +618,10 @@ def main(args) -> int:
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    bits = GRID_BITS if args.bits is None else args.bits
     from .evaluation import UsageError
-    from .evaluation import default_grid as grid
 
-    configs = grid(args.methods, bits, head_dim=64)
+    bits = GRID_BITS if args.bits is None else args.bits
+    configs = default_grid(args.methods, bits, head_dim=64)
     lengths = args.lengths or LENGTHS
     depths = args.depths or DEPTHS
     needles = args.needles or 3
@@ -544,6 +629,13 @@ def main(args) -> int:
         raise UsageError(f"--lengths: SmolLM2-135M reads at most {MAX_LENGTH} tokens")
     if not configs:
         raise UsageError("no configuration matches --methods and --bits")
+    from . import quantized_cache
+
+    if args.methods is None and quantized_cache.grid(skipped_backends(), bits):
+        say(
+            f"transformers' QuantizedCache rows left out ({', '.join(skipped_backends())} "
+            f"not installed): {quantized_cache.INSTALL}"
+        )
     say(
         f"polarquant kv-eval --task needle: {_plural(len(configs))} + full precision, "
         f"{len(lengths)} lengths x {len(depths)} depths x {needles} pass keys = "
