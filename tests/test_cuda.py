@@ -412,7 +412,12 @@ def test_scalar_weighted_sum(fake_cupy, rng, dtype, bits, rows, n, nw):
     packed = pack_codes(rng.integers(0, 1 << bits, (rows, n)).astype(np.uint8), bits)
     w = rng.standard_normal((nw, rows)).astype(dtype)
     got = cb.scalar_weighted_sum(plan, dev(w), dev(packed))
-    want = ref.scalar_weighted_sum(plan, w, packed)
+    # OpenBLAS's kernel for the one-column product (n = 1) has, once in a full CI run, raised the
+    # "invalid" flag on finite inputs (a RuntimeWarning, an error under pytest) without a wrong
+    # value; the values are checked below, finite included
+    with np.errstate(invalid="ignore"):
+        want = ref.scalar_weighted_sum(plan, w, packed)
+    assert np.all(np.isfinite(want))
     _assert_weighted(got, want, w, ref.scalar_values(plan, packed, dtype), WS_RTOL[dtype])
     (launch,) = fake_cupy.launches
     assert launch.kernel == f"scalar_weighted_sum_{_suffix(dtype)}"
