@@ -444,7 +444,7 @@ def _merge_configurations(reports) -> list[dict]:
     labels = [r["label"] for r in rows]
     twice = sorted({lab for lab in labels if labels.count(lab) > 1})
     if twice:
-        raise ValueError(f"the reports both hold {twice}: merge disjoint configurations")
+        raise ValueError(f"{twice} appear more than once: merge disjoint configurations")
     return [_score(r) for r in rows] + [fulls[0]]
 
 
