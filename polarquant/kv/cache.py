@@ -296,8 +296,7 @@ class KVCache:
         self._check_storable(new_v, h, "values", "value", self.value_codec)
         win_k = new_k if self._win_k is None else np.concatenate([self._win_k, new_k], axis=1)
         win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
-        excess = win_k.shape[1] - self.window
-        flush = (excess // self.block) * self.block if excess > 0 else 0
+        flush = int(self._leaving(win_k.shape[1]))
         if flush:  # encode first: a failure leaves the cache (and its codecs) as they were
             key_state = dict(vars(self.key_codec))
             kf = self._encode(self.key_codec, win_k[:, :flush], "key")
@@ -341,6 +340,11 @@ class KVCache:
     def value_fields(self) -> dict:
         """The compressed values' fields, ``(B*H, items, ...)`` each (read-only views)."""
         return {k: _readonly(g.view()) for k, g in self._values.items()}
+
+    def _leaving(self, held):
+        """Tokens that leave a window holding ``held`` (an int or an array of them): whole
+        ``block``s beyond ``window``, oldest first (the rest stay)."""
+        return np.maximum(0, held - self.window) // self.block * self.block
 
     # -- attention --------------------------------------------------------------------------------
     def _check_queries(self, queries, new) -> tuple[int, np.ndarray | None, np.ndarray | None]:
@@ -507,7 +511,7 @@ class KVCache:
         k_win, v_win = k_win.astype(np.float32), v_win.astype(np.float32)
         qs = group_queries(queries, self.kv_heads)
         pos = np.tile(np.arange(n), groups)  # query row -> its token
-        bound = np.maximum(0, (pos + 1 - self.window) // self.block * self.block)
+        bound = self._leaving(pos + 1)  # compressed after token pos, appended alone
         cols = np.arange(n)
         kf, vf = self.key_fields(), self.value_fields()
         step = max(1, SCORE_ELEMENTS // max(1, 2 * n * bh))

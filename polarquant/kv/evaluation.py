@@ -759,6 +759,23 @@ def markdown_page(report: dict) -> str:
     )
 
 
+def _say(msg: str) -> None:
+    """A progress line of the kv-eval command, on stderr (stdout gets the table alone)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load_for_cli(torch_threads: int) -> tuple:
+    """``(model, tokenizer, seconds to load)`` for the kv-eval command, torch set to
+    ``torch_threads`` intra-op threads first (0 keeps torch's default)."""
+    import torch
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    t0 = time.perf_counter()
+    model, tok = load_smollm2()
+    return model, tok, time.perf_counter() - t0
+
+
 def _output_path(path: str | None, option: str) -> Path | None:
     """The file ``path`` will write (``~`` expanded), refused now rather than after a long run.
 
@@ -819,9 +836,7 @@ def main(args) -> int:
     json_path = _output_path(args.json, "--json")
     markdown_path = _output_path(args.markdown, "--markdown")
 
-    def say(msg):
-        print(msg, file=sys.stderr, flush=True)
-
+    say = _say
     # SmolLM2-135M has head_dim 64: the grid (QJL's sketch size) is known before loading it
     configs = default_grid(args.methods, args.bits, head_dim=64)
     if not configs:
@@ -832,12 +847,7 @@ def main(args) -> int:
         f"polarquant kv-eval: {_plural(len(configs))}, after a full-precision reference; "
         "loading SmolLM2-135M-Instruct"
     )
-    import torch
-
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    t0 = time.perf_counter()
-    model, tok = load_smollm2()
+    model, tok, seconds = _load_for_cli(args.torch_threads)
     if model.config.head_dim != 64:
         configs = default_grid(args.methods, args.bits, head_dim=model.config.head_dim)
     n = demo_token_ids(tok, args.tokens).size
@@ -847,7 +857,7 @@ def main(args) -> int:
         else f"one stepwise pass each (= {n - 1} decode steps)"
     )
     say(
-        f"model loaded in {time.perf_counter() - t0:.0f} s; {n} tokens: {_plural(len(configs))}"
+        f"model loaded in {seconds:.0f} s; {n} tokens: {_plural(len(configs))}"
         + (f" x seeds {args.seeds}" if getattr(args, "seeds", None) else "")
         + f", {how}, through all {model.config.num_hidden_layers} layers"
     )

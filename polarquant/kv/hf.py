@@ -468,10 +468,9 @@ class PolarquantCache(Cache):
                     "keys and values of one shape"
                 )
         try:
-            with _TorchThreads():
-                for layer, src in zip(self.layers, sources, strict=True):
-                    layer.lazy_initialization(src.keys, src.values)
-                    layer.kv.append(_to_numpy(src.keys), _to_numpy(src.values))
+            for layer, src in zip(self.layers, sources, strict=True):
+                layer.lazy_initialization(src.keys, src.values)
+                layer._append(src.keys, src.values)
         except Exception:
             self.reset()
             raise

@@ -608,18 +608,12 @@ def markdown_page(report: dict) -> str:
 def main(args) -> int:
     """``polarquant kv-eval --task needle`` (``args`` from :mod:`polarquant.cli`)."""
     import json
-    import sys
-    import time
 
-    from .evaluation import _output_path, _plural, load_smollm2
+    from . import quantized_cache
+    from .evaluation import UsageError, _load_for_cli, _output_path, _plural
+    from .evaluation import _say as say
 
     paths = {o: _output_path(getattr(args, o), f"--{o}") for o in ("json", "markdown", "figure")}
-
-    def say(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    from .evaluation import UsageError
-
     bits = GRID_BITS if args.bits is None else args.bits
     configs = default_grid(args.methods, bits, head_dim=64)
     lengths = args.lengths or LENGTHS
@@ -629,8 +623,6 @@ def main(args) -> int:
         raise UsageError(f"--lengths: SmolLM2-135M reads at most {MAX_LENGTH} tokens")
     if not configs:
         raise UsageError("no configuration matches --methods and --bits")
-    from . import quantized_cache
-
     if args.methods is None and quantized_cache.grid(skipped_backends(), bits):
         say(
             f"transformers' QuantizedCache rows left out ({', '.join(skipped_backends())} "
@@ -641,13 +633,8 @@ def main(args) -> int:
         f"{len(lengths)} lengths x {len(depths)} depths x {needles} pass keys = "
         f"{len(lengths) * len(depths) * needles} prompts; loading SmolLM2-135M-Instruct"
     )
-    import torch
-
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    t0 = time.perf_counter()
-    model, tok = load_smollm2()
-    say(f"model loaded in {time.perf_counter() - t0:.0f} s")
+    model, tok, seconds = _load_for_cli(args.torch_threads)
+    say(f"model loaded in {seconds:.0f} s")
     report = run(
         configs,
         lengths,

@@ -200,9 +200,10 @@ def memory(cache) -> dict:
         for layer in layers:
             q, residual = getattr(layer, f"_quantized_{name}"), getattr(layer, name)
             b, h, t, d = _shape(q)
-            nbytes += _tensor_nbytes(q)
+            q_bytes = _tensor_nbytes(q)
+            nbytes += q_bytes
             quantized += b * h * t * d
-            total += _tensor_nbytes(q) + _tensor_nbytes(residual)
+            total += q_bytes + _tensor_nbytes(residual)
             coords += b * h * (t + (residual.shape[-2] if residual.dim() == 4 else 0)) * d
         out[f"bits_{name}"] = 8.0 * nbytes / quantized if quantized else float("nan")
     out["bits_overall"] = 8.0 * total / coords if coords else float("nan")
