@@ -120,7 +120,7 @@ def per_stream(op, plan, a, packed, name: str):
             f"{name} shaped (streams, k, ...): the same number of streams, at least one; got "
             f"{name} {tuple(a.shape)} and codes {tuple(packed.shape)}"
         )
-    outs = [op(plan, a[i], packed[i]) for i in range(packed.shape[0])]
+    outs = [op(plan, a[i, ...], packed[i, ...]) for i in range(packed.shape[0])]
     return namespace(outs[0]).stack(outs)
 
 

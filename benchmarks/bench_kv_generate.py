@@ -5,8 +5,17 @@ Usage::
     python benchmarks/bench_kv_generate.py                       # 4k and 8k tokens of context
     python benchmarks/bench_kv_generate.py --lengths 2048 --steps 16
     python benchmarks/bench_kv_generate.py --json out.json
+    python benchmarks/bench_kv_generate.py --device cuda --backend cupy --random-weights
 
-Needs the ``hf`` extra and the model (``docs/kv-eval.md``, "Reproduce").  For each
+Needs the ``hf`` extra and the model (``docs/kv-eval.md``, "Reproduce"); with
+``--random-weights``, only the ``hf`` extra: a seeded random model of SmolLM2's
+architecture (:data:`SMOLLM2_ARCH`) fed seeded random token ids, for machines
+without the model files (a GPU machine with no network).  Speed and memory do
+not depend on the weights or the tokens (same shapes, same work), but the
+generated tokens are meaningless there.  ``--device cuda`` runs the model on
+the GPU; with ``--backend cupy`` the compressed cache stays there too (codes
+in GPU memory, the cupy backend's kernels, tensors shared through DLPack), and
+each timing ends with ``torch.cuda.synchronize()``.  For each
 context length, a needle prompt of that many tokens (:mod:`polarquant.kv.needle`,
 magic number at half depth) is run through the model twice per repeat, in
 alternating order: with the model's own ``DynamicCache`` (``sdpa`` attention,
@@ -37,21 +46,53 @@ import time
 import numpy as np
 from _common import machine, write_json
 
+#: SmolLM2-135M-Instruct's architecture (its config as transformers loads it), for
+#: ``--random-weights``.
+SMOLLM2_ARCH = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+    rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+)
+
+
+def _random_model(device: str):
+    """A seeded random Llama of :data:`SMOLLM2_ARCH` in float32, eval mode, on ``device``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import polarquant.kv.hf  # noqa: F401  (registers attn_implementation="polarquant")
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_ARCH)).eval().to(device)
+
 
 def _run(model, ids, cache, steps: int) -> dict:
     import torch
 
+    def now():
+        if ids.device.type == "cuda":
+            torch.cuda.synchronize(ids.device)
+        return time.perf_counter()
+
     with torch.no_grad():
-        t0 = time.perf_counter()
+        t0 = now()
         out = model(input_ids=ids, cache=cache, use_cache=True)
-        prefill = time.perf_counter() - t0
         nxt = out.logits[:, -1:].argmax(-1)
+        prefill = now() - t0
         times = []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t0 = now()
             out = model(input_ids=nxt, cache=cache, use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
     return {
         "prefill_s": prefill,
         "decode_tokens_per_s": steps / sum(times),
@@ -69,6 +110,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--window", type=int, default=128)
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the model runs: cpu or cuda")
+    ap.add_argument("--random-weights", action="store_true", help="no model files needed")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
 
@@ -76,11 +119,27 @@ def main(argv=None) -> dict:
     from transformers import DynamicCache
 
     from polarquant.kv import needle
-    from polarquant.kv.evaluation import load_smollm2
     from polarquant.kv.hf import PolarquantCache
 
     torch.set_num_threads(args.torch_threads)
-    model, tok = load_smollm2()
+    if args.random_weights:
+        model = _random_model(args.device)
+        rng = np.random.default_rng(0)
+
+        def prompt(length):
+            ids = rng.integers(0, SMOLLM2_ARCH["vocab_size"], length)
+            return torch.as_tensor(ids)[None].to(args.device)
+
+    else:
+        from polarquant.kv.evaluation import load_smollm2
+
+        model, tok = load_smollm2()
+        model = model.to(args.device)
+
+        def prompt(length):
+            ids = needle.build_prompt(tok, length, 0.5, "4821937").ids
+            return torch.as_tensor(ids)[None].to(args.device)
+
     bits = int(args.bits) if args.bits % 1 == 0 else args.bits
     kw = dict(
         key_method=args.key_method,
@@ -99,12 +158,11 @@ def main(argv=None) -> dict:
 
     # warm-up: compile or load the kernels, outside every timing
     model.set_attn_implementation("polarquant")
-    warm = needle.build_prompt(tok, 512, 0.5, "1234567").ids
-    _run(model, __import__("torch").as_tensor(warm)[None], compressed(), 4)
+    _run(model, prompt(512), compressed(), 4)
 
     rows = []
     for length in (int(n) for n in args.lengths.split(",")):
-        ids = torch.as_tensor(needle.build_prompt(tok, length, 0.5, "4821937").ids)[None]
+        ids = prompt(length)
         best = {}
         for rep in range(args.repeats):
             order = ("dynamic", "polarquant") if rep % 2 == 0 else ("polarquant", "dynamic")
@@ -138,15 +196,26 @@ def main(argv=None) -> dict:
     model.set_attn_implementation("sdpa")
 
     info = machine()
-    import numba
-
     info.update(
         torch=torch.__version__,
         torch_threads=torch.get_num_threads(),
-        numba=numba.__version__,
-        numba_threads=numba.get_num_threads(),
-        NUMBA_NUM_THREADS=os.environ.get("NUMBA_NUM_THREADS", "unset"),
+        device=args.device,
+        weights="random (SmolLM2 architecture)" if args.random_weights else "SmolLM2-135M",
     )
+    if args.backend == "numba":
+        import numba
+
+        info.update(
+            numba=numba.__version__,
+            numba_threads=numba.get_num_threads(),
+            NUMBA_NUM_THREADS=os.environ.get("NUMBA_NUM_THREADS", "unset"),
+        )
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
+        if args.backend == "cupy":
+            import cupy
+
+            info["cupy"] = cupy.__version__
     print(f"machine: {info}")
     print(f"PolarquantCache: {kw}, exact prefill; baseline DynamicCache (sdpa, float32)")
     print(

@@ -41,6 +41,9 @@ __all__ = [
     "compute_dtype",
     "host_to_like",
     "to_host",
+    "zeros_on",
+    "contiguous",
+    "empty_on",
     "ConstantCache",
     "detached",
     "compact",
@@ -223,6 +226,24 @@ class ConstantCache:
         if key not in self._store:
             self._store[key] = host_to_like(host, like, dtype)
         return self._store[key]
+
+
+def zeros_on(like, shape, dtype=None):
+    """Zeros of ``shape`` in ``like``'s namespace and on its device (float32 by default)."""
+    xp = namespace(like)
+    return xp.zeros(shape, dtype=xp.float32 if dtype is None else dtype, device=array_device(like))
+
+
+def empty_on(like, shape, dtype=None):
+    """An uninitialised array of ``shape`` in ``like``'s namespace and on its device (float32)."""
+    xp = namespace(like)
+    return xp.empty(shape, dtype=xp.float32 if dtype is None else dtype, device=array_device(like))
+
+
+def contiguous(a):
+    """``a`` C-contiguous when it is a NumPy array (the host kernels read rows in order);
+    arrays of other namespaces as they are (the device backends copy what they need)."""
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
 
 
 def to_host(x) -> np.ndarray:

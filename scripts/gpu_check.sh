@@ -3,12 +3,16 @@
 #
 # Run from the repository root; results go under $OUT (default ./gpu_out):
 #   $OUT/env.txt           python, cupy, nvidia-smi, install log
-#   $OUT/gpu_tests.txt     pytest -m gpu on tests/test_cuda.py and tests/test_backends.py
+#   $OUT/gpu_tests.txt     pytest -m gpu on tests/test_cuda.py, tests/test_backends.py and
+#                          tests/test_kv_namespace.py (the KV cache on CuPy arrays)
 #   $OUT/gpu_tests.xml     the same as JUnit XML
 #   $OUT/gpu_bench.json    score-from-codes vs fp16 cuBLAS, bandwidth, encode throughput
 #   $OUT/gpu_bench.txt     the same as a table
-# Every phase has its own time limit (install 75+40 s, tests 230 s, benchmark 110 s):
-# the whole script stays under 8 minutes even when every phase runs out.
+#   $OUT/kv_generate.json  generation with the KV cache on the GPU (cupy backend) against
+#   $OUT/kv_generate.txt   DynamicCache, a random SmolLM2-shaped model (needs torch+CUDA)
+# Every phase has its own time limit (install 75+40 s, tests 200 s, kernel benchmark
+# 100 s, KV generation 110 s): the whole script stays under 9 minutes even when every
+# phase runs out.
 # The exit status is the tests' (the benchmark never fails the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -52,17 +56,17 @@ tail -n 4 "$OUT/env.txt"
 
 phase "GPU tests"
 TESTS=()
-for f in tests/test_cuda.py tests/test_backends.py; do
+for f in tests/test_cuda.py tests/test_backends.py tests/test_kv_namespace.py; do
     [ -f "$f" ] && TESTS+=("$f")
 done
-timeout 230 python -m pytest -m gpu -q -rs -p no:cacheprovider \
+timeout 200 python -m pytest -m gpu -q -rs -p no:cacheprovider \
     --junitxml="$OUT/gpu_tests.xml" "${TESTS[@]}" > "$OUT/gpu_tests.txt" 2>&1
 TEST_RC=$?
 tail -n 25 "$OUT/gpu_tests.txt"
 echo "pytest exit status: $TEST_RC"
 
 phase "benchmark"
-timeout 110 python - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
+timeout 100 python - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
 """Score from codes vs fp16 cuBLAS, bandwidth and encode throughput (dim 128, 1M vectors)."""
 import json
 import os
@@ -257,6 +261,18 @@ for r in report["encode"]:
 for e in report["errors"]:
     print("ERROR", e)
 EOF
+
+phase "KV cache generation on the GPU (cupy backend) vs DynamicCache"
+if python -c "import torch, transformers, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        > /dev/null 2>&1; then
+    timeout 110 python benchmarks/bench_kv_generate.py --device cuda --backend cupy \
+        --random-weights --lengths 4096,8192 --steps 16 --repeats 1 \
+        --json "$OUT/kv_generate.json" > "$OUT/kv_generate.txt" 2>&1
+    echo "exit status $?" >> "$OUT/kv_generate.txt"
+    tail -n 6 "$OUT/kv_generate.txt"
+else
+    echo "skipped: torch with CUDA and transformers are not installed here" | tee "$OUT/kv_generate.txt"
+fi
 
 phase "done"
 exit $TEST_RC

@@ -278,12 +278,13 @@ def test_torch_tensors_reach_the_cache_without_a_copy_and_threads_are_kept(tiny)
     """A float32 CPU tensor crosses as a NumPy view of its memory (no per-token copy); other
     dtypes are converted.  Numba's OpenMP pool must not change torch's thread count."""
     torch, model = tiny
-    from polarquant.kv.hf import PolarquantCache, _to_numpy
+    from polarquant.kv.hf import PolarquantCache, _as_array
 
     t = torch.randn(1, 2, 5, 16)
-    view = _to_numpy(t)
+    view = _as_array(t, on_gpu=False)
     assert view.ctypes.data == t.data_ptr() and view.dtype == np.float32
-    assert _to_numpy(t.to(torch.bfloat16)).dtype == np.float32
+    assert _as_array(t.to(torch.bfloat16), on_gpu=False).dtype == np.float32
+    assert _as_array(t, on_gpu=True).ctypes.data == t.data_ptr()  # a CPU tensor stays on the host
     pytest.importorskip("numba")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -36,7 +36,8 @@ Conventions shared by every codec here
   (``field_layout``): codes, scales, minima, counting per-group fields
   once per group, ``8 * field bytes / (tokens * head_dim)``.
 * ``backend`` is validated and accepted for a uniform constructor, but these
-  baselines have only this NumPy reference path.
+  baselines have only this NumPy reference path (``host_only``: other arrays,
+  CuPy's included, are refused with the reason).
 
 Symbols: ``H`` streams (batch x kv heads), ``T`` tokens, ``d`` head_dim, ``b``
 bits, ``L = 2**b - 1`` the largest code, ``G`` groups, ``gs`` group size,
@@ -49,8 +50,9 @@ import math
 import numbers
 
 import numpy as np
+from array_api_compat import is_array_api_obj
 
-from .._array import check_bits, check_int
+from .._array import check_bits, check_int, namespace
 from .._seeding import check_seed
 from ..codebooks import cell_index
 from ..packing import pack_codes, packed_nbytes, unpack_codes
@@ -156,9 +158,9 @@ class BaseCodec(TokenCodec):
         return f"{type(self).__name__}({args})"
 
     # -- input validation ----------------------------------------------------------------------
-    def check_tokens(self, x) -> np.ndarray:
+    def check_tokens(self, x):
         """Validate ``x (H, T, d)``: floating, finite, ``T`` a multiple of :attr:`group`; float32."""
-        x = _float_array(x, "x")
+        x = self._float_array(x, "x")
         if x.ndim != 3 or x.shape[2] != self.head_dim:
             raise ValueError(
                 f"x must have shape (streams, tokens, {self.head_dim}), got {tuple(x.shape)}"
@@ -168,34 +170,41 @@ class BaseCodec(TokenCodec):
                 f"{self.method} compresses tokens in aligned groups of {self.group}; "
                 f"got {x.shape[1]} tokens, not a multiple of {self.group}"
             )
-        if not bool(np.all(np.isfinite(x))):
+        xp = namespace(x)
+        if not bool(xp.all(xp.isfinite(x))):
             raise ValueError("x contains NaN or Inf values; the codecs need finite input")
-        return x.astype(np.float32, copy=False)
+        return xp.astype(x, xp.float32, copy=False)
 
-    def check_queries(self, q) -> np.ndarray:
-        q = _float_array(q, "q")
+    def check_queries(self, q):
+        q = self._float_array(q, "q")
         if q.ndim != 3 or q.shape[2] != self.head_dim:
             raise ValueError(
                 f"q must have shape (streams, nq, {self.head_dim}), got {tuple(q.shape)}"
             )
-        return q.astype(np.float32, copy=False)
+        return namespace(q).astype(q, namespace(q).float32, copy=False)
 
-    def check_weights(self, p, fields: dict) -> np.ndarray:
+    def check_weights(self, p, fields: dict):
         h, t = stream_tokens(fields, self.field_layout())
-        p = _float_array(p, "p")
+        p = self._float_array(p, "p")
         if p.ndim != 3 or p.shape[0] != h or p.shape[2] != t:
             raise ValueError(
                 f"p must have shape ({h}, nq, {t}) for these fields, got {tuple(p.shape)}"
             )
-        return p.astype(np.float32, copy=False)
+        return namespace(p).astype(p, namespace(p).float32, copy=False)
 
-
-def _float_array(a, name: str) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
-    if a.dtype.kind != "f":
-        raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
-    return a
+    def _float_array(self, a, name: str):
+        """``a`` if it is a floating array this codec computes on (any namespace, or NumPy
+        only for the :attr:`~polarquant.kv.codec.TokenCodec.host_only` baselines)."""
+        if self.host_only and not isinstance(a, np.ndarray):
+            raise TypeError(
+                f"{name} must be a NumPy array: the {self.method!r} baseline has only a NumPy "
+                f"path, got {type(a).__module__}.{type(a).__qualname__}"
+            )
+        if not is_array_api_obj(a):
+            raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+        if not namespace(a).isdtype(a.dtype, "real floating"):
+            raise TypeError(f"{name} must be a floating array, got dtype {a.dtype}")
+        return a
 
 
 def stream_tokens(fields: dict, layout: dict) -> tuple[int, int]:
@@ -274,6 +283,7 @@ class KIVIKeys(BaseCodec, KeyCodec):
     """
 
     method = "kivi"
+    host_only = True
 
     def __init__(self, head_dim, bits, *, seed=0, backend=None, group_size: int = 32):
         super().__init__(head_dim, check_bits(bits), seed, backend)
@@ -385,6 +395,7 @@ class KIVIValues(BaseCodec, ValueCodec):
     """
 
     method = "kivi"
+    host_only = True
 
     def __init__(self, head_dim, bits, *, seed=0, backend=None, group_size: int = 32):
         super().__init__(head_dim, check_bits(bits), seed, backend)
@@ -512,6 +523,7 @@ class HadamardRTN(BaseCodec, KeyCodec, ValueCodec):
     """
 
     method = "hadamard-rtn"
+    host_only = True
 
     def __init__(self, head_dim, bits, *, seed=0, backend=None, group_size: int = 32):
         super().__init__(head_dim, check_bits(bits, low=2), seed, backend)
@@ -680,6 +692,7 @@ class FP8(BaseCodec, KeyCodec, ValueCodec):
     """
 
     method = "fp8"
+    host_only = True
 
     def __init__(self, head_dim, bits=8, *, seed=0, backend=None, scaling: str = "none"):
         if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or bits != 8:

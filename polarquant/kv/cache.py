@@ -52,8 +52,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from array_api_compat import device as array_device
 
-from .._array import check_int
+from .._array import check_int, compact, contiguous, empty_on, namespace, zeros_on
 from ..quantizer import safe_norms
 from .attention import (
     causal_mask,
@@ -62,10 +63,14 @@ from .attention import (
     check_scale,
     group_queries,
     like_input,
+    same_place,
+    scalar_like,
     softmax,
     stream_matmul,
+    transposed,
     ungroup_outputs,
 )
+from .codec import array_nbytes
 from .methods import make_codec, store_tokens
 
 __all__ = ["KVCache"]
@@ -76,31 +81,32 @@ SCORE_ELEMENTS = 1 << 22
 
 
 class _Growable:
-    """An array that grows along axis 1 with amortised O(1) appends (capacity doubling)."""
+    """An array that grows along axis 1 with amortised O(1) appends (capacity doubling),
+    in the namespace and on the device of the first array appended."""
 
     def __init__(self):
         self._data = None
         self.size = 0
 
-    def extend(self, a: np.ndarray) -> None:
+    def extend(self, a) -> None:
         if self._data is None:
-            self._data = np.empty(a.shape[:1] + (max(16, a.shape[1]),) + a.shape[2:], a.dtype)
+            self._data = empty_on(a, a.shape[:1] + (max(16, a.shape[1]),) + a.shape[2:], a.dtype)
         need = self.size + a.shape[1]
         if need > self._data.shape[1]:
             cap = max(need, 2 * self._data.shape[1])
-            grown = np.empty(a.shape[:1] + (cap,) + a.shape[2:], a.dtype)
-            grown[:, : self.size] = self._data[:, : self.size]
+            grown = empty_on(a, a.shape[:1] + (cap,) + a.shape[2:], a.dtype)
+            grown[:, : self.size, ...] = self._data[:, : self.size, ...]
             self._data = grown
-        self._data[:, self.size : need] = a
+        self._data[:, self.size : need, ...] = a
         self.size = need
 
-    def view(self) -> np.ndarray:
-        return self._data[:, : self.size]
+    def view(self):
+        return self._data[:, : self.size, ...]
 
     @property
     def nbytes(self) -> int:
         """Bytes of the stored items (the spare capacity is allocator slack, not cache content)."""
-        return 0 if self._data is None else self.view().nbytes
+        return 0 if self._data is None else array_nbytes(self.view())
 
 
 class KVCache:
@@ -166,13 +172,9 @@ class KVCache:
             raise ValueError(f"window_dtype must be 'float16' or 'float32', got {window_dtype!r}")
         self.window_dtype = window_dtype
         self.seed = check_int(seed, "seed", low=0)
-        from ..backends import current_backend
+        from ..backends import check_backend_name
 
-        if current_backend(backend) == "cupy":
-            raise ValueError(
-                "KVCache computes on the host with NumPy arrays and torch CPU tensors; the cupy "
-                "backend runs on CuPy arrays only: use backend='numpy' or 'numba'"
-            )
+        self.backend = None if backend is None else check_backend_name(backend)
         common = {"seed": self.seed, "backend": backend, "window_dtype": window_dtype}
         self.key_codec = make_codec(
             key_method, key_bits, self.head_dim, role="key", options=key_options, **common
@@ -219,8 +221,41 @@ class KVCache:
         return 0 if self._win_k is None else self._win_k.shape[1]
 
     # -- appending --------------------------------------------------------------------------------
-    def _check_block(self, a, name: str) -> np.ndarray:
+    def _check_place(self, a, name: str) -> None:
+        """``a`` must live where the cache's tokens do; before the first append, where the
+        backend and both codecs compute (see :meth:`append`)."""
+        if self._win_k is not None:
+            same_place(a, self._win_k, name, "the tokens this cache holds")
+            return
+        from ..backends import current_backend
+
+        backend = current_backend(self.backend)
+        kind = f"{type(a).__module__}.{type(a).__qualname__}"
+        if backend == "cupy":
+            from ..backends.cupy_backend._launch import get_cupy
+
+            if not isinstance(a, get_cupy().ndarray):
+                raise TypeError(
+                    f"{name} is a {kind}, but the cupy backend computes on CuPy arrays (GPU "
+                    "memory): pass CuPy arrays or CUDA torch tensors, or use backend='numpy' "
+                    "or 'numba' on the host"
+                )
+        elif not isinstance(a, np.ndarray) and backend != "numpy":
+            raise TypeError(
+                f"{name} is a {kind}, but the {backend} backend computes on NumPy arrays (the "
+                "host): pass NumPy arrays or torch CPU tensors, or use backend='cupy' for CuPy "
+                "arrays (GPU) or 'numpy' for other array-API namespaces"
+            )
+        for role, codec in (("key", self.key_codec), ("value", self.value_codec)):
+            if codec.host_only and not isinstance(a, np.ndarray):
+                raise TypeError(
+                    f"{name} is a {kind}, but the {role} method {codec.method!r} is a baseline "
+                    "with a NumPy path only: use it on NumPy arrays or torch CPU tensors"
+                )
+
+    def _check_block(self, a, name: str):
         a = check_float_array(a, name)
+        self._check_place(a, name)
         if a.ndim != 4:
             raise ValueError(
                 f"{name} must have shape (batch, kv_heads, tokens, head_dim), got {tuple(a.shape)}"
@@ -235,7 +270,8 @@ class KVCache:
                 f"{name} have batch {b} and {h} kv heads, the cache holds batch {self.batch} "
                 f"and {self.kv_heads} kv heads"
             )
-        if not np.all(np.isfinite(a)):
+        xp = namespace(a)
+        if not bool(xp.all(xp.isfinite(a))):
             raise ValueError(f"{name} contain NaN or Inf")
         return a
 
@@ -250,18 +286,20 @@ class KVCache:
         here, on the stored copy, before anything changes.
         """
         lim = codec.storable_limits()
-        bad = np.zeros(stored.shape[:2], dtype=bool)
+        xp = namespace(stored)
+        bad = None
         if math.isfinite(lim.max_abs):
-            size = np.max(np.abs(stored), axis=2).astype(np.float32)
+            size = xp.astype(xp.max(xp.abs(stored), axis=2), xp.float32)
             what, limit = "largest coordinate", lim.max_abs
             bad = size > limit
-        if math.isfinite(lim.max_norm) and not bad.any():
-            size = safe_norms(stored.reshape(-1, self.head_dim).astype(np.float32))[0]
-            size = size.reshape(stored.shape[:2])
+        if math.isfinite(lim.max_norm) and (bad is None or not bool(xp.any(bad))):
+            rows = xp.astype(xp.reshape(stored, (-1, self.head_dim)), xp.float32)
+            size = xp.reshape(safe_norms(rows)[0], stored.shape[:2])
             what, limit = "norm", lim.max_norm
             bad = size > limit
-        if bad.any():
-            s, t = (int(i) for i in np.argwhere(bad)[0])
+        if bad is not None and bool(xp.any(bad)):
+            first = int(xp.argmax(xp.astype(xp.reshape(bad, (-1,)), xp.int8)))
+            s, t = divmod(first, stored.shape[1])
             b, h = divmod(s, heads)
             fix = f"pass {role}_options={lim.fix!r}" if lim.fix else "rescale the input"
             raise ValueError(
@@ -289,19 +327,21 @@ class KVCache:
             raise ValueError(
                 f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same shape"
             )
+        same_place(values, keys, "values", "keys")
+        xp = namespace(keys)
         b, h, t, d = keys.shape
-        new_k = store_tokens(keys.reshape(b * h, t, d), self.window_dtype)
-        new_v = store_tokens(values.reshape(b * h, t, d), self.window_dtype)
+        new_k = store_tokens(xp.reshape(keys, (b * h, t, d)), self.window_dtype)
+        new_v = store_tokens(xp.reshape(values, (b * h, t, d)), self.window_dtype)
         self._check_storable(new_k, h, "keys", "key", self.key_codec)
         self._check_storable(new_v, h, "values", "value", self.value_codec)
-        win_k = new_k if self._win_k is None else np.concatenate([self._win_k, new_k], axis=1)
-        win_v = new_v if self._win_v is None else np.concatenate([self._win_v, new_v], axis=1)
+        win_k = new_k if self._win_k is None else xp.concat([self._win_k, new_k], axis=1)
+        win_v = new_v if self._win_v is None else xp.concat([self._win_v, new_v], axis=1)
         flush = int(self._leaving(win_k.shape[1]))
         if flush:  # encode first: a failure leaves the cache (and its codecs) as they were
             key_state = dict(vars(self.key_codec))
-            kf = self._encode(self.key_codec, win_k[:, :flush], "key")
+            kf = self._encode(self.key_codec, win_k[:, :flush, ...], "key")
             try:
-                vf = self._encode(self.value_codec, win_v[:, :flush], "value")
+                vf = self._encode(self.value_codec, win_v[:, :flush, ...], "value")
             except Exception:
                 _restore(self.key_codec, key_state)
                 raise
@@ -312,8 +352,8 @@ class KVCache:
                 for name, a in fields.items():
                     store.setdefault(name, _Growable()).extend(a)
             self.compressed_tokens += flush
-            win_k, win_v = win_k[:, flush:], win_v[:, flush:]
-        self._win_k, self._win_v = np.ascontiguousarray(win_k), np.ascontiguousarray(win_v)
+            win_k, win_v = win_k[:, flush:, ...], win_v[:, flush:, ...]
+        self._win_k, self._win_v = compact(win_k), compact(win_v)  # own bytes: nbytes is honest
 
     def _encode(self, codec, block, role: str) -> dict:
         """``codec.encode`` of a block, restoring the codec's attributes if it fails.
@@ -323,7 +363,7 @@ class KVCache:
         """
         saved = dict(vars(codec))
         try:
-            return codec.encode(block.astype(np.float32))
+            return codec.encode(namespace(block).astype(block, namespace(block).float32))
         except ValueError as exc:
             _restore(codec, saved)
             raise ValueError(
@@ -334,24 +374,26 @@ class KVCache:
             raise
 
     def key_fields(self) -> dict:
-        """The compressed keys' fields, ``(B*H, items, ...)`` each (read-only views)."""
+        """The compressed keys' fields, ``(B*H, items, ...)`` each (views; read-only on NumPy,
+        CuPy has no read-only arrays: do not write into them)."""
         return {k: _readonly(g.view()) for k, g in self._keys.items()}
 
     def value_fields(self) -> dict:
-        """The compressed values' fields, ``(B*H, items, ...)`` each (read-only views)."""
+        """The compressed values' fields, ``(B*H, items, ...)`` each (views, as :meth:`key_fields`)."""
         return {k: _readonly(g.view()) for k, g in self._values.items()}
 
     def _leaving(self, held):
-        """Tokens that leave a window holding ``held`` (an int or an array of them): whole
+        """Tokens that leave a window holding ``held`` (an int or a NumPy array of them): whole
         ``block``s beyond ``window``, oldest first (the rest stay)."""
         return np.maximum(0, held - self.window) // self.block * self.block
 
     # -- attention --------------------------------------------------------------------------------
-    def _check_queries(self, queries, new) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    def _check_queries(self, queries, new):
         """``G`` and the stream-major float32 ``new`` keys and values (``None`` without ``new``)."""
         if new is None:
             if self.batch is None:
                 raise ValueError("the cache is empty: append keys and values before attending")
+            same_place(queries, self._win_k, "queries", "the tokens this cache holds")
             groups = check_attention_inputs(
                 queries, self.head_dim, self.batch, self.kv_heads, len(self)
             )
@@ -366,6 +408,8 @@ class KVCache:
             raise ValueError(
                 f"new keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same shape"
             )
+        same_place(values, keys, "new values", "new keys")
+        same_place(queries, keys, "queries", "new keys")
         b, h, t, d = keys.shape
         groups = check_attention_inputs(queries, d, b, h, t)
         if queries.shape[2] != t:
@@ -373,11 +417,12 @@ class KVCache:
                 f"{queries.shape[2]} queries but {t} new tokens: with new=(keys, values) the "
                 "queries are those tokens' own"
             )
+        xp = namespace(keys)
         stream = (b * h, t, d)
         return (
             groups,
-            keys.astype(np.float32, copy=False).reshape(stream),
-            values.astype(np.float32, copy=False).reshape(stream),
+            xp.reshape(xp.astype(keys, xp.float32, copy=False), stream),
+            xp.reshape(xp.astype(values, xp.float32, copy=False), stream),
         )
 
     def _block_scores(self, qs, kf, rows: slice, nq: int, groups: int, scale: float, new_k):
@@ -386,19 +431,20 @@ class KVCache:
         Columns: the compressed tokens (from their codes), the window, then the
         ``new_k`` tokens when given (exact; the queries are theirs).
         """
-        q = np.ascontiguousarray(qs[:, rows])
+        xp = namespace(qs)
+        q = contiguous(qs[:, rows, ...])
         parts = []
         if self.compressed_tokens:  # each query transformed once, then scored from the codes
             parts.append(self.key_codec.score(self.key_codec.prepare(q), kf))
         if self.window_tokens:
-            parts.append(stream_matmul(q, self._win_k.astype(np.float32).transpose(0, 2, 1)))
+            parts.append(stream_matmul(q, transposed(xp.astype(self._win_k, xp.float32))))
         if new_k is not None:
-            parts.append(stream_matmul(q, new_k.transpose(0, 2, 1)))
-        s = (np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]) * np.float32(scale)
+            parts.append(stream_matmul(q, transposed(new_k)))
+        s = (xp.concat(parts, axis=2) if len(parts) > 1 else parts[0]) * scale
         n = len(self) + (0 if new_k is None else new_k.shape[1])
-        mask = causal_mask(n, nq, groups)
+        mask = causal_mask(n, nq, groups, like=s)
         if mask is not None:
-            s = np.where(mask[None, rows], s, np.float32(-np.inf))
+            s = xp.where(mask[None, rows, ...], s, scalar_like(-math.inf, s))
         return s
 
     def _attend(self, queries, scale, new):
@@ -413,21 +459,23 @@ class KVCache:
             rows = slice(start, min(start + step, qs.shape[1]))
             yield rows, self._block_scores(qs, kf, rows, nq, groups, scale, new_k), new_v
 
-    def scores(self, queries, scale: float | None = None, *, new=None) -> np.ndarray:
+    def scores(self, queries, scale: float | None = None, *, new=None):
         """Scaled, causally masked attention logits ``(batch, q_heads, nq, tokens)`` (``-inf`` masked).
 
-        float32, or a torch tensor of the queries' dtype for torch queries;
-        ``new``: as in :meth:`attention` (its tokens are the last columns).
+        float32 in the cache's namespace, or a torch tensor of the queries'
+        dtype for torch queries; ``new``: as in :meth:`attention` (its tokens
+        are the last columns).
         """
         q_in, queries = queries, check_float_array(queries, "queries")
         blocks = [s for _, s, _ in self._attend(queries, scale, new)]
-        s = np.concatenate(blocks, axis=1)
+        xp = namespace(blocks[0])
+        s = xp.concat(blocks, axis=1) if len(blocks) > 1 else blocks[0]
         b, hq, nq, _ = queries.shape
         h = s.shape[0] // b
-        s = s.reshape(b, h, hq // h, nq, -1).reshape(b, hq, nq, -1)
+        s = xp.reshape(xp.reshape(s, (b, h, hq // h, nq, -1)), (b, hq, nq, -1))
         return like_input(s, q_in)
 
-    def attention(self, queries, scale: float | None = None, *, new=None) -> np.ndarray:
+    def attention(self, queries, scale: float | None = None, *, new=None):
         """Attention output ``(batch, q_heads, nq, head_dim)`` float32 for the last ``nq`` tokens.
 
         ``queries (batch, q_heads, nq, head_dim)``: ``q_heads`` a multiple of
@@ -436,9 +484,10 @@ class KVCache:
         are causally masked among themselves; ``scale`` defaults to
         ``1/sqrt(head_dim)`` (NaN, infinite, zero or negative scales are
         refused).  Keys and values older than the window are used through
-        their codes only.  The queries may be a NumPy array or a torch CPU
-        tensor; the output is float32 NumPy, or a torch tensor of the queries'
-        dtype.
+        their codes only.  The queries are an array of the cache's namespace
+        and device (NumPy or a torch CPU tensor for a cache on the host, CuPy
+        or a CUDA torch tensor for one on a GPU); the output is float32 in that
+        namespace, or a torch tensor of the queries' dtype and device.
 
         ``new=(keys, values)``, each ``(batch, kv_heads, nq, head_dim)``: the
         queries' own tokens, **not** appended (the cache may be empty): every
@@ -453,19 +502,22 @@ class KVCache:
         nc = self.compressed_tokens
         nw = self.window_tokens
         vf = self.value_fields()
-        win_v = self._win_v.astype(np.float32) if nw else None
+        win_v = None
         outs = []
         for _, s, new_v in self._attend(queries, scale, new):
+            xp = namespace(s)
+            if nw and win_v is None:
+                win_v = xp.astype(self._win_v, xp.float32)
             p = softmax(s)
-            out = np.zeros(p.shape[:2] + (self.head_dim,), dtype=np.float32)
+            out = zeros_on(p, p.shape[:2] + (self.head_dim,))
             if nw:
                 out += stream_matmul(p[:, :, nc : nc + nw], win_v)
             if new_v is not None:
                 out += stream_matmul(p[:, :, nc + nw :], new_v)
             if nc:
-                out += self.value_codec.weighted_sum(np.ascontiguousarray(p[:, :, :nc]), vf)
+                out += self.value_codec.weighted_sum(contiguous(p[:, :, :nc]), vf)
             outs.append(out)
-        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        out = xp.concat(outs, axis=1) if len(outs) > 1 else outs[0]
         b, hq, nq, _ = queries.shape
         out = ungroup_outputs(out, b, out.shape[0] // b, nq)
         return like_input(out, q_in)
@@ -498,60 +550,66 @@ class KVCache:
         groups = check_attention_inputs(queries, self.head_dim, self.batch, self.kv_heads, n)
         if queries.shape[2] != n:
             raise ValueError(f"{queries.shape[2]} queries for {n} tokens: one query per token")
-        scale = np.float32(check_scale(scale, self.head_dim))
+        scale = check_scale(scale, self.head_dim)
+        same_place(queries, keys, "queries", "keys")
+        xp = namespace(keys)
         bh, d = self.batch * self.kv_heads, self.head_dim
-        k_win = store_tokens(keys.reshape(bh, n, d), self.window_dtype)
-        v_win = store_tokens(values.reshape(bh, n, d), self.window_dtype)
+        k_win = store_tokens(xp.reshape(keys, (bh, n, d)), self.window_dtype)
+        v_win = store_tokens(xp.reshape(values, (bh, n, d)), self.window_dtype)
         nc = self.compressed_tokens
         if not (
-            np.array_equal(k_win[:, nc:], self._win_k)
-            and np.array_equal(v_win[:, nc:], self._win_v)
+            bool(xp.all(k_win[:, nc:, ...] == self._win_k))
+            and bool(xp.all(v_win[:, nc:, ...] == self._win_v))
         ):
             raise ValueError("stepwise_attention: these are not the tokens the cache holds")
-        k_win, v_win = k_win.astype(np.float32), v_win.astype(np.float32)
+        k_win, v_win = xp.astype(k_win, xp.float32), xp.astype(v_win, xp.float32)
         qs = group_queries(queries, self.kv_heads)
-        pos = np.tile(np.arange(n), groups)  # query row -> its token
-        bound = self._leaving(pos + 1)  # compressed after token pos, appended alone
-        cols = np.arange(n)
+        host_pos = np.tile(np.arange(n), groups)  # query row -> its token
+        bound = xp.asarray(self._leaving(host_pos + 1), device=array_device(keys))
+        pos = xp.asarray(host_pos, device=array_device(keys))  # (compressed after token pos,
+        cols = xp.asarray(np.arange(n), device=array_device(keys))  # appended alone: bound)
         kf, vf = self.key_fields(), self.value_fields()
         step = max(1, SCORE_ELEMENTS // max(1, 2 * n * bh))
         outs = []
         for start in range(0, qs.shape[1], step):
             rows = slice(start, min(start + step, qs.shape[1]))
-            q = np.ascontiguousarray(qs[:, rows])
-            s = stream_matmul(q, k_win.transpose(0, 2, 1))
+            q = contiguous(qs[:, rows, ...])
+            s = stream_matmul(q, transposed(k_win))
             coded = cols[None, :nc] < bound[rows, None]  # (r, nc): read from the codes
             if nc:
                 from_codes = self.key_codec.score(self.key_codec.prepare(q), kf)
-                s[:, :, :nc] = np.where(coded[None], from_codes, s[:, :, :nc])
-            s = np.where((cols[None, :] <= pos[rows, None])[None], s * scale, np.float32(-np.inf))
+                s[:, :, :nc] = xp.where(coded[None, ...], from_codes, s[:, :, :nc])
+            visible = (cols[None, :] <= pos[rows, None])[None, ...]
+            s = xp.where(visible, s * scale, scalar_like(-math.inf, s))
             p = softmax(s)
-            out = np.zeros(p.shape[:2] + (d,), dtype=np.float32)
+            out = zeros_on(p, p.shape[:2] + (d,))
             if nc:
-                p_codes = np.where(coded[None], p[:, :, :nc], np.float32(0))
-                out += self.value_codec.weighted_sum(np.ascontiguousarray(p_codes), vf)
+                p_codes = xp.where(coded[None, ...], p[:, :, :nc], scalar_like(0.0, p))
+                out += self.value_codec.weighted_sum(contiguous(p_codes), vf)
                 p[:, :, :nc] -= p_codes
             out += stream_matmul(p, v_win)
             outs.append(out)
-        out = np.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+        out = xp.concat(outs, axis=1) if len(outs) > 1 else outs[0]
         return like_input(ungroup_outputs(out, self.batch, self.kv_heads, n), q_in)
 
-    def decoded(self) -> tuple[np.ndarray, np.ndarray]:
+    def decoded(self):
         """Keys and values as attention sees them, ``(batch, kv_heads, tokens, head_dim)`` float32.
 
         Decodes the compressed part (for tests, fidelity studies and the
         decode-then-attend baseline); :meth:`attention` never calls it.
+        In the cache's namespace, on its device.
         """
         if self.batch is None:
             raise ValueError("the cache is empty")
+        xp = namespace(self._win_k)
         ks, vs = [], []
         if self.compressed_tokens:
-            ks.append(self.key_codec.decode(self.key_fields()).astype(np.float32))
-            vs.append(self.value_codec.decode(self.value_fields()).astype(np.float32))
-        ks.append(self._win_k.astype(np.float32))
-        vs.append(self._win_v.astype(np.float32))
+            ks.append(xp.astype(self.key_codec.decode(self.key_fields()), xp.float32))
+            vs.append(xp.astype(self.value_codec.decode(self.value_fields()), xp.float32))
+        ks.append(xp.astype(self._win_k, xp.float32))
+        vs.append(xp.astype(self._win_v, xp.float32))
         shape = (self.batch, self.kv_heads, len(self), self.head_dim)
-        return np.concatenate(ks, axis=1).reshape(shape), np.concatenate(vs, axis=1).reshape(shape)
+        return tuple(xp.reshape(xp.concat(parts, axis=1), shape) for parts in (ks, vs))
 
     # -- accounting -------------------------------------------------------------------------------
     def memory(self) -> dict:
@@ -560,7 +618,9 @@ class KVCache:
         parts = {
             "key_codes": sum(g.nbytes for g in self._keys.values()),
             "value_codes": sum(g.nbytes for g in self._values.values()),
-            "window": 0 if self._win_k is None else self._win_k.nbytes + self._win_v.nbytes,
+            "window": 0
+            if self._win_k is None
+            else array_nbytes(self._win_k) + array_nbytes(self._win_v),
             "state": self.key_codec.state_nbytes(streams) + self.value_codec.state_nbytes(streams),
         }
         parts["total"] = sum(parts.values())
@@ -605,7 +665,10 @@ def _restore(codec, saved: dict) -> None:
     vars(codec).update(saved)
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
+def _readonly(a):
+    """A read-only view of a NumPy array; arrays of other namespaces as they are."""
+    if not isinstance(a, np.ndarray):
+        return a
     v = a.view()
     v.flags.writeable = False
     return v

@@ -8,7 +8,8 @@ compresses a block of tokens **once** (tokens are never re-quantized) into a
 dict of arrays, the *fields*; the cache appends each field along axis 1 and
 later passes the whole accumulated fields back for scoring or summing.
 
-Array conventions (all NumPy / array-API arrays of one namespace):
+Array conventions (arrays of one namespace and device: NumPy, CuPy, or any
+array-API library; a codec with :attr:`TokenCodec.host_only` takes NumPy only):
 
 * ``x``: ``(H, T, d)`` float32, finite, ``T`` a multiple of :attr:`TokenCodec.group`;
 * every field is shaped ``(H, items, ...)``: ``items = T`` for per-token fields
@@ -33,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._array import namespace
 from ..quantizer import _STORAGE_RANGE, store_scalars
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "KeyCodec",
     "ValueCodec",
     "field_nbytes",
+    "array_nbytes",
     "norm_limit",
     "Limits",
     "store_norms",
@@ -87,13 +90,27 @@ def store_norms(values, dtype: str, what: str) -> np.ndarray:
     beyond the range is refused (it would be ``inf``), a tiny one is kept (see
     :func:`polarquant.kv.methods.encode_storable` for why a cache must).
     """
-    v = np.asarray(values, dtype=np.float32)
-    return store_scalars(v, dtype, what, keep_subnormal=True)
+    xp = namespace(values)
+    return store_scalars(xp.astype(values, xp.float32), dtype, what, keep_subnormal=True)
+
+
+def array_nbytes(a) -> int:
+    """Bytes of ``a``'s elements, in any namespace (``array_api_strict`` arrays have no ``nbytes``)."""
+    itemsize = getattr(a.dtype, "itemsize", None)
+    if itemsize is None:
+        xp = namespace(a)
+        if a.dtype == xp.bool:
+            itemsize = 1
+        elif xp.isdtype(a.dtype, "integral"):
+            itemsize = xp.iinfo(a.dtype).bits // 8
+        else:
+            itemsize = xp.finfo(a.dtype).bits // 8
+    return math.prod(a.shape) * int(itemsize)
 
 
 def field_nbytes(fields: dict) -> int:
     """Bytes held by a dict of arrays."""
-    return int(sum(a.size * a.dtype.itemsize for a in fields.values()))
+    return int(sum(array_nbytes(a) for a in fields.values()))
 
 
 class TokenCodec(abc.ABC):
@@ -104,6 +121,11 @@ class TokenCodec(abc.ABC):
 
     #: Short name used in tables (e.g. ``"turboquant-mse"``, ``"kivi"``).
     method: str = ""
+
+    #: True when the codec computes with NumPy only (the baselines): it takes NumPy
+    #: arrays, and a cache on another namespace (CuPy on a GPU) refuses it.  Otherwise
+    #: it computes in the namespace, and on the device, of its input.
+    host_only: bool = False
 
     def __init__(self, head_dim: int):
         self.head_dim = head_dim

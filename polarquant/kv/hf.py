@@ -73,17 +73,22 @@ attends to the earlier chunks through the cache and to itself exactly
 like decode steps.  :meth:`PolarquantCache.extend_from` stores a prefilled
 ``DynamicCache``'s tokens (what an exact prefill stores).
 
-Torch <-> NumPy, threads
-------------------------
-Keys, values and queries cross the boundary as float32 NumPy: a float32 CPU
-tensor is read in place (``tensor.numpy()`` shares its memory: no per-token
-copy), other dtypes are converted; the output goes back as a tensor of the
-query's dtype and device (``torch.from_numpy``, no copy for float32).  The
-kernels run on the host (NumPy or Numba); a CUDA tensor is copied to the host
-and back, two transfers per layer and step (a CuPy path is not wired in).
-Tokens leave each layer's window in blocks of 32 (``flush``), so a decode
-step compresses nothing 31 times out of 32.  The Numba kernels use torch's
-thread count, and leave it unchanged (see :class:`_TorchThreads`).
+Torch <-> NumPy or CuPy, threads
+--------------------------------
+Keys, values and queries cross the boundary as float32 arrays without a copy
+where one exists.  On the host (backends ``numpy`` and ``numba``), a float32
+CPU tensor is read in place (``tensor.numpy()`` shares its memory), and the
+output goes back as a tensor of the query's dtype and device
+(``torch.from_numpy``, no copy for float32).  On a GPU (``backend="cupy"``, a
+model on a CUDA device), a float32 CUDA tensor is shared with CuPy through
+DLPack (``cupy.from_dlpack``), the layer's codes and window stay in GPU memory,
+the kernels are the cupy backend's, and the output comes back through
+``torch.from_dlpack``: nothing crosses to the host.  Other dtypes (bfloat16,
+float16) are converted to float32 first.  A CUDA tensor with a host backend is
+copied to the host and back, two transfers per layer and step.  Tokens leave
+each layer's window in blocks of 32 (``flush``), so a decode step compresses
+nothing 31 times out of 32.  The Numba kernels use torch's thread count, and
+leave it unchanged (see :class:`_TorchThreads`).
 
 Not supported (each raises with the reason): beam search and any other cache
 reordering or batch expansion (``reorder_cache``, ``batch_repeat_interleave``,
@@ -98,11 +103,14 @@ from a clone, with a CPU build of torch first, see :data:`polarquant.kv.evaluati
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
 
 from .._array import check_int
+from ..backends import current_backend
+from .attention import check_float_array
 from .cache import KVCache
 from .evaluation import INSTALL_HINT as _HINT
 
@@ -141,9 +149,18 @@ ATTN_IMPLEMENTATION = "polarquant"
 _TAG = "_polarquant_layer"
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    """``t`` as float32 NumPy: a view of a float32 CPU tensor (no copy), else a converted copy."""
-    return t.detach().to(torch.float32).cpu().numpy()
+def _as_array(t: torch.Tensor, on_gpu: bool):
+    """``t`` as a float32 array for the layer's KVCache, without a copy where one exists.
+
+    A float32 CPU tensor is read in place as NumPy (``.numpy()``); on a GPU layer
+    (``on_gpu``: the cupy backend) a float32 CUDA tensor is shared with CuPy through
+    DLPack (:func:`polarquant.kv.attention.check_float_array`); other dtypes are
+    converted first, and a CUDA tensor feeding a host backend is copied to the host.
+    """
+    t = t.detach().to(torch.float32)
+    if t.device.type == "cpu" or not on_gpu:
+        return t.cpu().numpy()
+    return check_float_array(t, "tensor")
 
 
 class _TorchThreads:
@@ -175,9 +192,11 @@ class _TorchThreads:
             torch.set_num_threads(self.threads)
 
 
-def _like(out: np.ndarray, query: torch.Tensor) -> torch.Tensor:
-    """A float32 NumPy result as a tensor of ``query``'s device and dtype."""
-    return torch.from_numpy(out).to(device=query.device, dtype=query.dtype)
+def _like(out, query: torch.Tensor) -> torch.Tensor:
+    """A float32 result (NumPy, or CuPy on a GPU layer) as a tensor of ``query``'s device and
+    dtype: ``torch.from_numpy`` / ``torch.from_dlpack``, no copy before the cast."""
+    t = torch.from_numpy(out) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
+    return t.to(device=query.device, dtype=query.dtype)
 
 
 def _exact_causal(query, keys, values, scaling):
@@ -226,7 +245,21 @@ class PolarquantLayer(CacheLayerMixin):
         self.device = key_states.device
         self.dtype = key_states.dtype
         self.kv = KVCache(int(key_states.shape[-1]), **self.kvcache_kwargs)
+        #: the cupy backend keeps the layer on the GPU: CUDA tensors are shared with CuPy
+        self.on_gpu = current_backend(self.kv.backend) == "cupy"
         self.is_initialized = True
+
+    def _array(self, t: torch.Tensor):
+        return _as_array(t, self.on_gpu)
+
+    def _device(self, t: torch.Tensor):
+        """On a GPU layer, the tensor's CUDA device as CuPy's current device (where CuPy
+        allocates and launches: a model spread over several GPUs keeps each layer on its own)."""
+        if not self.on_gpu or t.device.type != "cuda":
+            return contextlib.nullcontext()
+        from ..backends.cupy_backend._launch import get_cupy
+
+        return get_cupy().cuda.Device(t.device.index)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """Take the new tokens; return them, tagged for :func:`polarquant_attention`.
@@ -283,20 +316,20 @@ class PolarquantLayer(CacheLayerMixin):
         """
         if self.owner is not None:
             self.owner._consumed(self.layer_idx)
-        with _TorchThreads():
+        with _TorchThreads(), self._device(query):
             return self._attend(query, scaling)
 
     def _attend(self, query, scaling):
         held, self._held = self._held, None
         if held is None:
-            return _like(self.kv.attention(_to_numpy(query), scale=scaling), query)
-        keys, values = (_to_numpy(t) for t in held)
+            return _like(self.kv.attention(self._array(query), scale=scaling), query)
+        keys, values = (self._array(t) for t in held)
         if self.prefill == "stepwise":
-            out = self.kv.stepwise_attention(_to_numpy(query), keys, values, scale=scaling)
+            out = self.kv.stepwise_attention(self._array(query), keys, values, scale=scaling)
             return _like(out, query)
         if len(self.kv):
             out = _like(
-                self.kv.attention(_to_numpy(query), scale=scaling, new=(keys, values)), query
+                self.kv.attention(self._array(query), scale=scaling, new=(keys, values)), query
             )
         else:
             out = _exact_causal(query, *held, scaling)
@@ -306,8 +339,8 @@ class PolarquantLayer(CacheLayerMixin):
 
     def _append(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Append tensors to the layer's KVCache (kernels at torch's thread count); counted."""
-        with _TorchThreads():
-            self.kv.append(_to_numpy(keys), _to_numpy(values))
+        with _TorchThreads(), self._device(keys):
+            self.kv.append(self._array(keys), self._array(values))
         self._stored()
 
     def _stored(self) -> None:
@@ -329,7 +362,7 @@ class PolarquantLayer(CacheLayerMixin):
         self._held = None
         self.is_initialized = False
 
-    def offload(self):  # the codes are NumPy arrays in host memory already
+    def offload(self):  # codes stay where the backend computes (host, or GPU for cupy)
         pass
 
     def prefetch(self):

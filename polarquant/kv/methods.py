@@ -38,13 +38,13 @@ import numbers
 
 import numpy as np
 
-from .._array import check_bits
+from .._array import check_bits, contiguous, empty_on, namespace, zeros_on
 from ..composition import PolarQuantQJL
 from ..compressed import CompressedVectors
 from ..polar_quant import PolarQuant
 from ..qjl import QJL
 from ..turboquant import TurboQuantMSE, TurboQuantProd
-from .attention import stream_matmul
+from .attention import stream_matmul, transposed
 from .codec import FP16_MAX, SEED_NBYTES, KeyCodec, Limits, ValueCodec, norm_limit
 
 __all__ = [
@@ -132,50 +132,63 @@ class QuantizerCodec(KeyCodec, ValueCodec):
     def _per_stream(self, fields: dict, h: int) -> dict:
         n = next(iter(fields.values())).shape[1]
         layout = self.quantizer.field_layout()
-        return {k: v[h].reshape((n,) + tuple(layout[k][0])) for k, v in fields.items()}
+        return {
+            k: namespace(v).reshape(v[h, ...], (n,) + tuple(layout[k][0]))
+            for k, v in fields.items()
+        }
 
     def prepare(self, q):
         if self._stacked:
             return self.quantizer._prepare_queries(q)
-        return [self.quantizer._prepare_queries(q[h]) for h in range(q.shape[0])]
+        return [self.quantizer._prepare_queries(q[h, ...]) for h in range(q.shape[0])]
 
     def score(self, state, fields: dict):
         q = self.quantizer
         n = next(iter(fields.values())).shape[1]
         if self._stacked:
-            out = np.empty(state.shape[:2] + (n,), dtype=np.float32)
+            out = empty_on(state, state.shape[:2] + (n,))
             for a, b in q._chunks(n):
-                out[:, :, a:b] = q._score_rows(state, {k: v[:, a:b] for k, v in fields.items()})
+                out[:, :, a:b] = q._score_rows(
+                    state, {k: v[:, a:b, ...] for k, v in fields.items()}
+                )
             return out
-        out = np.empty((len(state), _rows(state[0]), n), dtype=np.float32)
+        out = empty_on(_any_array(state[0]), (len(state), _rows(state[0]), n))
         for h, st in enumerate(state):
             f = self._per_stream(fields, h)
             for a, b in q._chunks(n):
-                out[h, :, a:b] = q._score_rows(st, {k: v[a:b] for k, v in f.items()})
+                out[h, :, a:b] = q._score_rows(st, {k: v[a:b, ...] for k, v in f.items()})
         return out
 
     def weighted_sum(self, p, fields: dict):
         q = self.quantizer
         n = p.shape[2]
-        out = np.zeros((p.shape[0], p.shape[1], self.head_dim), dtype=np.float32)
+        out = zeros_on(p, (p.shape[0], p.shape[1], self.head_dim))
         if self._stacked:
             for a, b in q._chunks(n):
                 out += q._weighted_sum_rows(
-                    np.ascontiguousarray(p[:, :, a:b]), {k: v[:, a:b] for k, v in fields.items()}
+                    contiguous(p[:, :, a:b]), {k: v[:, a:b, ...] for k, v in fields.items()}
                 )
             return out
         for h in range(p.shape[0]):
             f = self._per_stream(fields, h)
             for a, b in q._chunks(n):
-                out[h] += q._weighted_sum_rows(p[h, :, a:b], {k: v[a:b] for k, v in f.items()})
+                out[h, ...] += q._weighted_sum_rows(
+                    p[h, :, a:b], {k: v[a:b, ...] for k, v in f.items()}
+                )
         return out
+
+
+def _any_array(state):
+    """An array of a prepared query state (an array, or a tuple of arrays and ``None``s:
+    TurboQuant_prod at 1 bit prepares ``(None, S q)``)."""
+    if isinstance(state, tuple):
+        return next(s for s in state if s is not None)
+    return state
 
 
 def _rows(state) -> int:
     """Number of query rows in a prepared query state (an array or a tuple of arrays)."""
-    if isinstance(state, tuple):
-        return next(s.shape[0] for s in state if s is not None)
-    return state.shape[0]
+    return _any_array(state).shape[0]
 
 
 class FullPrecision(KeyCodec, ValueCodec):
@@ -208,16 +221,17 @@ class FullPrecision(KeyCodec, ValueCodec):
         return {"x": store_tokens(x, self.dtype)}
 
     def decode(self, fields: dict):
-        return fields["x"].astype(np.float32)
+        x = fields["x"]
+        return namespace(x).astype(x, namespace(x).float32)
 
     def prepare(self, q):
         return q
 
     def score(self, state, fields: dict):
-        return stream_matmul(state, fields["x"].astype(np.float32).transpose(0, 2, 1))
+        return stream_matmul(state, transposed(self.decode(fields)))
 
     def weighted_sum(self, p, fields: dict):
-        return stream_matmul(p, fields["x"].astype(np.float32))
+        return stream_matmul(p, self.decode(fields))
 
 
 # -- scalars below float16's normal range ----------------------------------------------------------
@@ -271,34 +285,55 @@ def encode_storable(quantizer, x) -> dict:
         )
         wide = dict(twin.encode(x).fields)
         scalars = [k for k, (_, dt) in quantizer.field_layout().items() if dt == "float16"]
+        xp = namespace(x)
         batch = tuple(x.shape[:-1])
-        tiny = np.zeros(batch, dtype=bool)
+        tiny = zeros_on(x, batch, xp.bool)
         for k in scalars:
-            v = np.asarray(wide[k]).reshape(batch + (-1,))
-            if not np.all(v <= FP16_MAX):  # beyond float16: the quantizer's error stands
+            v = xp.reshape(wide[k], batch + (-1,))
+            if not bool(xp.all(v <= FP16_MAX)):  # beyond float16: the quantizer's error stands
                 raise
-            tiny |= np.any((v > 0) & (v < np.finfo(np.float16).smallest_normal), axis=-1)
-        if not tiny.any():  # refused for another reason
+            small = (v > 0) & (v < float(np.finfo(np.float16).smallest_normal))
+            tiny = tiny | xp.any(small, axis=-1)
+        if not bool(xp.any(tiny)):  # refused for another reason
             raise
-    fields = {k: (v.astype(np.float16) if k in scalars else v) for k, v in wide.items()}
-    ok = ~tiny
-    if ok.any():  # rows with normal scalars: the quantizer's own bytes
-        exact = quantizer.encode(x[ok]).fields
+    fields = {k: (xp.astype(v, xp.float16) if k in scalars else v) for k, v in wide.items()}
+    ok = xp.logical_not(tiny)
+    if bool(xp.any(ok)):  # rows with normal scalars: the quantizer's own bytes
+        # encoding is row by row, so every tiny row is replaced by a normal one and the
+        # whole block encoded: the normal rows get exactly the bytes the quantizer gives them
+        first = int(xp.argmax(xp.astype(ok, xp.int8)))
+        normal = xp.where(ok[..., None], x, _row(x, first))
+        exact = quantizer.encode(normal).fields
         for k in fields:
-            fields[k][ok] = exact[k]
+            keep = xp.reshape(ok, batch + (1,) * (fields[k].ndim - len(batch)))
+            fields[k] = xp.where(keep, exact[k], fields[k])
     return fields
 
 
-def store_tokens(x, dtype: str) -> np.ndarray:
-    """``x`` cast to ``dtype`` for storage, refusing values float16 would turn into ``inf``."""
-    if dtype == "float16" and x.size:
-        big = float(np.max(np.abs(x)))
+def _row(x, flat: int):
+    """Row ``flat`` of ``x (..., d)`` counted over the batch dimensions (C order)."""
+    xp = namespace(x)
+    return xp.reshape(x, (-1, x.shape[-1]))[flat, ...]
+
+
+def store_tokens(x, dtype: str):
+    """``x`` copied as ``dtype`` for storage, refusing values float16 would turn into ``inf``."""
+    xp = namespace(x)
+    if dtype == "float16" and math.prod(x.shape):
+        big = float(xp.max(xp.abs(x)))
         if big > FP16_MAX:
             raise ValueError(
                 f"values up to {big:.4g} exceed the float16 range ({FP16_MAX:g}); "
                 "build the cache with window_dtype='float32'"
             )
-    return np.asarray(x).astype(dtype)
+    target = getattr(xp, dtype, None)
+    if target is None:  # array_api_strict has no float16
+        raise TypeError(
+            f"the array namespace {xp.__name__} has no {dtype}: build the cache with "
+            "window_dtype='float32' (and float32 norms: key_options/value_options "
+            "norm_dtype='float32' or radius_dtype='float32')"
+        )
+    return xp.astype(x, target, copy=True)
 
 
 # -- PolarQuant presets --------------------------------------------------------------------------

@@ -42,15 +42,17 @@ import math
 import numbers
 
 import numpy as np
+from array_api_compat import device as array_device
 
-from .._array import check_int
+from .._array import check_int, empty_on, namespace, zeros_on
 from ..packing import unpack_signs
 from ..qjl import QJL_SCALE, SignSketch
 from ..quantizer import check_norm_dtype, safe_norms
 from ..turboquant import TurboQuantMSE, TurboQuantProd
+from .attention import scalar_like, transposed
 from .baselines import BaseCodec, spans, stream_tokens
 from .codec import SEED_NBYTES, KeyCodec, Limits, ValueCodec, norm_limit, store_norms
-from .methods import encode_storable
+from .methods import _any_array, encode_storable
 
 __all__ = ["QJLOutlierKeys", "ChannelSplitTurboQuant", "QUERY_MODES", "VARIANTS"]
 
@@ -213,7 +215,6 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
         # one projection serves both sketches: the outlier sketch is the first m_out rows of S
         rows = max(self.proj_dim, self.outlier_proj_dim)
         self._projector = SignSketch(rows, d, self.seed, "qjl-sketch", self.backend)
-        self._columns = None  # S^T (d, rows) float32, for the split query
 
     def options(self) -> dict:
         return {
@@ -251,39 +252,43 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
         return layout
 
     # -- encoding ------------------------------------------------------------------------------
-    def outlier_mask(self, idx) -> np.ndarray:
+    def outlier_mask(self, idx):
         """Boolean ``(H, G, d)`` mask of the outlier channels ``idx (H, G, o)``."""
-        mask = np.zeros(idx.shape[:2] + (self.head_dim,), dtype=bool)
-        np.put_along_axis(mask, idx.astype(np.intp), True, axis=2)
-        return mask
+        xp = namespace(idx)
+        channels = xp.arange(self.head_dim, dtype=xp.int64, device=array_device(idx))
+        return xp.any(xp.astype(idx, xp.int64)[..., None] == channels, axis=-2)
 
     def encode(self, x) -> dict:
         x = self.check_tokens(x)
+        xp = namespace(x)
         h, t, d = x.shape
-        rows = x.reshape(h * t, d)
+        rows = xp.reshape(x, (h * t, d))
         if not self.outliers:
             norms, _ = safe_norms(rows)
             return {
-                "signs": self.sketch.encode(rows).reshape(h, t, self.sketch.nbytes),
-                "norms": store_norms(norms, self.norm_dtype, "norms").reshape(h, t),
+                "signs": xp.reshape(self.sketch.encode(rows), (h, t, self.sketch.nbytes)),
+                "norms": xp.reshape(store_norms(norms, self.norm_dtype, "norms"), (h, t)),
             }
-        xg = x.reshape(h, t // self.group_size, self.group_size, d)
-        channel_norms = np.sqrt(np.sum(xg * xg, axis=2))  # (H, G, d): L2 over the group
-        idx = np.argsort(-channel_norms, axis=2, kind="stable")[:, :, : self.outliers]
-        idx = np.sort(idx, axis=2)
+        xg = xp.reshape(x, (h, t // self.group_size, self.group_size, d))
+        channel_norms = xp.sqrt(xp.sum(xg * xg, axis=2))  # (H, G, d): L2 over the group
+        idx = xp.argsort(-channel_norms, axis=2, stable=True)[:, :, : self.outliers]
+        idx = xp.sort(idx, axis=2)
         mask = self.outlier_mask(idx)[:, :, None, :]
-        k_out = np.where(mask, xg, np.float32(0)).reshape(h * t, d)
-        k_in = np.where(mask, np.float32(0), xg).reshape(h * t, d)
+        zero = scalar_like(0.0, xg)
+        k_out = xp.reshape(xp.where(mask, xg, zero), (h * t, d))
+        k_in = xp.reshape(xp.where(mask, zero, xg), (h * t, d))
         n_in, _ = safe_norms(k_in)
         n_out, _ = safe_norms(k_out)
         return {
-            "signs": self.sketch.encode(k_in).reshape(h, t, self.sketch.nbytes),
-            "norms": store_norms(n_in, self.norm_dtype, "inlier norms").reshape(h, t),
-            "outlier_signs": self.outlier_sketch.encode(k_out).reshape(
-                h, t, self.outlier_sketch.nbytes
+            "signs": xp.reshape(self.sketch.encode(k_in), (h, t, self.sketch.nbytes)),
+            "norms": xp.reshape(store_norms(n_in, self.norm_dtype, "inlier norms"), (h, t)),
+            "outlier_signs": xp.reshape(
+                self.outlier_sketch.encode(k_out), (h, t, self.outlier_sketch.nbytes)
             ),
-            "outlier_norms": store_norms(n_out, self.norm_dtype, "outlier norms").reshape(h, t),
-            "outlier_idx": idx.astype(_index_dtype(d)),
+            "outlier_norms": xp.reshape(
+                store_norms(n_out, self.norm_dtype, "outlier norms"), (h, t)
+            ),
+            "outlier_idx": xp.astype(idx, getattr(xp, _index_dtype(d))),
         }
 
     def decode(self, fields: dict):
@@ -296,69 +301,74 @@ class QJLOutlierKeys(BaseCodec, KeyCodec):
         """
         h, t = stream_tokens(fields, self.field_layout())
         d = self.head_dim
-        norms = fields["norms"].reshape(-1).astype(np.float32)
-        k = self.sketch.reconstruct(fields["signs"].reshape(h * t, self.sketch.nbytes), norms)
+        xp = namespace(fields["norms"])
+        norms = xp.astype(xp.reshape(fields["norms"], (-1,)), xp.float32)
+        signs = xp.reshape(fields["signs"], (h * t, self.sketch.nbytes))
+        k = self.sketch.reconstruct(signs, norms)
         if not self.outliers:
-            return k.reshape(h, t, d)
-        n_out = fields["outlier_norms"].reshape(-1).astype(np.float32)
+            return xp.reshape(k, (h, t, d))
+        n_out = xp.astype(xp.reshape(fields["outlier_norms"], (-1,)), xp.float32)
         k_out = self.outlier_sketch.reconstruct(
-            fields["outlier_signs"].reshape(h * t, self.outlier_sketch.nbytes), n_out
+            xp.reshape(fields["outlier_signs"], (h * t, self.outlier_sketch.nbytes)), n_out
         )
         if self.query == "full":
-            return (k + k_out).reshape(h, t, d)
+            return xp.reshape(k + k_out, (h, t, d))
         gs = self.group_size
         mask = self.outlier_mask(fields["outlier_idx"])[:, :, None, :]
-        k = k.reshape(h, t // gs, gs, d)
-        k_out = k_out.reshape(h, t // gs, gs, d)
-        return np.where(mask, k_out, k).reshape(h, t, d)
+        k = xp.reshape(k, (h, t // gs, gs, d))
+        k_out = xp.reshape(k_out, (h, t // gs, gs, d))
+        return xp.reshape(xp.where(mask, k_out, k), (h, t, d))
 
     # -- scoring ---------------------------------------------------------------------------------
     def prepare(self, q):
         """``(q, S q)``: the queries and their projection on all ``max(m, m_out)`` rows, once."""
         q = self.check_queries(q)
+        xp = namespace(q)
         h, nq, d = q.shape
-        sq = self._projector.project(q.reshape(h * nq, d)).reshape(h, nq, -1)
+        sq = xp.reshape(self._projector.project(xp.reshape(q, (h * nq, d))), (h, nq, -1))
         return q, sq
 
     def _sign_dots(self, sq, signs, m: int, norms, scale_rows: int):
         """``sqrt(pi/2)/m_rows * norms * <sq, sign>`` with the signs unpacked for a chunk only."""
         pm = unpack_signs(signs, m)  # (..., n, m) float32 +-1 of this chunk
-        return (QJL_SCALE / scale_rows) * (sq @ np.swapaxes(pm, -1, -2)) * norms
+        return (QJL_SCALE / scale_rows) * (sq @ transposed(pm)) * norms
 
     def score(self, state, fields: dict):
         q, sq = state
+        xp = namespace(q)
         h, nq, d = q.shape
         t = stream_tokens(fields, self.field_layout())[1]
         m, mo, gs = self.proj_dim, self.outlier_proj_dim, self.group_size
-        out = np.empty((h, nq, t), dtype=np.float32)
+        out = empty_on(q, (h, nq, t))
+        f32 = xp.float32
         if not self.outliers or self.query == "full":
             for a, b in spans(t, h * (m + mo + 2 * nq)):
-                n_in = fields["norms"][:, None, a:b].astype(np.float32)
-                s = self._sign_dots(sq[..., :m], fields["signs"][:, a:b], m, n_in, m)
+                n_in = xp.astype(fields["norms"][:, None, a:b], f32)
+                s = self._sign_dots(sq[..., :m], fields["signs"][:, a:b, ...], m, n_in, m)
                 if self.outliers:
-                    n_out = fields["outlier_norms"][:, None, a:b].astype(np.float32)
+                    n_out = xp.astype(fields["outlier_norms"][:, None, a:b], f32)
                     s = s + self._sign_dots(
-                        sq[..., :mo], fields["outlier_signs"][:, a:b], mo, n_out, mo
+                        sq[..., :mo], fields["outlier_signs"][:, a:b, ...], mo, n_out, mo
                     )
                 out[:, :, a:b] = s
             return out
-        if self._columns is None:
-            self._columns = np.ascontiguousarray(self._projector.matrix.T, dtype=np.float32)
+        columns = self._projector._const("ST", q)  # S^T (d, rows), q's namespace and device
         rows = sq.shape[-1]
         per_group = h * (gs * (m + mo) + self.outliers * rows + nq * (2 * rows + 2 * gs))
         for g0, g1 in spans(t // gs, per_group):
             a, b, ng = g0 * gs, g1 * gs, g1 - g0
-            idx = fields["outlier_idx"][:, g0:g1].astype(np.intp)  # (H, Gc, o)
-            q_sel = np.take_along_axis(q[:, None, :, :], idx[:, :, None, :], axis=3)  # (H,Gc,nq,o)
-            sq_out = q_sel @ self._columns[idx]  # (H, Gc, nq, rows): S q_out per group
+            idx = xp.astype(fields["outlier_idx"][:, g0:g1, ...], xp.int64)  # (H, Gc, o)
+            q_sel = xp.take_along_axis(q[:, None, :, :], idx[:, :, None, :], axis=3)  # (H,Gc,nq,o)
+            picked = xp.take(columns, xp.reshape(idx, (-1,)), axis=0)
+            sq_out = q_sel @ xp.reshape(picked, idx.shape + (rows,))  # (H, Gc, nq, rows): S q_out
             sq_in = sq[:, None, :, :m] - sq_out[..., :m]  # S q_in = S q - S q_out
-            n_in = fields["norms"][:, a:b].astype(np.float32).reshape(h, ng, 1, gs)
-            n_out = fields["outlier_norms"][:, a:b].astype(np.float32).reshape(h, ng, 1, gs)
-            signs = fields["signs"][:, a:b].reshape(h, ng, gs, -1)
-            o_signs = fields["outlier_signs"][:, a:b].reshape(h, ng, gs, -1)
+            n_in = xp.reshape(xp.astype(fields["norms"][:, a:b], f32), (h, ng, 1, gs))
+            n_out = xp.reshape(xp.astype(fields["outlier_norms"][:, a:b], f32), (h, ng, 1, gs))
+            signs = xp.reshape(fields["signs"][:, a:b, ...], (h, ng, gs, -1))
+            o_signs = xp.reshape(fields["outlier_signs"][:, a:b, ...], (h, ng, gs, -1))
             s = self._sign_dots(sq_in, signs, m, n_in, m)
             s = s + self._sign_dots(sq_out[..., :mo], o_signs, mo, n_out, mo)  # (H, Gc, nq, gs)
-            out[:, :, a:b] = s.transpose(0, 2, 1, 3).reshape(h, nq, b - a)
+            out[:, :, a:b] = xp.reshape(xp.permute_dims(s, (0, 2, 1, 3)), (h, nq, b - a))
         return out
 
 
@@ -531,12 +541,15 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
     # -- channel choice ------------------------------------------------------------------------
     def choose_channels(self, x) -> None:
         """Fix the outlier channels of every stream from the block ``x (H, T, d)`` (largest RMS)."""
-        rms = np.sqrt(np.mean(np.square(x, dtype=np.float32), axis=1))  # (H, d)
-        order = np.argsort(-rms, axis=1, kind="stable")
-        self.channels = np.sort(order[:, : self.outlier_channels], axis=1).astype(
-            _index_dtype(self.head_dim)
+        xp = namespace(x)
+        x = xp.astype(x, xp.float32, copy=False)
+        rms = xp.sqrt(xp.mean(x * x, axis=1))  # (H, d)
+        order = xp.argsort(-rms, axis=1, stable=True)
+        self.channels = xp.astype(
+            xp.sort(order[:, : self.outlier_channels], axis=1),
+            getattr(xp, _index_dtype(self.head_dim)),
         )
-        self.regular_channels = np.sort(order[:, self.outlier_channels :], axis=1)
+        self.regular_channels = xp.sort(order[:, self.outlier_channels :], axis=1)
 
     def _check_streams(self, h: int) -> None:
         if self.channels is None:
@@ -549,32 +562,39 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
 
     def _split(self, a):
         """The outlier and regular sub-vectors of ``a (H, n, d)``, per stream."""
-        ch = self.channels.astype(np.intp)[:, None, :]
+        xp = namespace(a)
+        ch = xp.astype(self.channels, xp.int64)[:, None, :]
         return (
-            np.take_along_axis(a, ch, axis=2),
-            np.take_along_axis(a, self.regular_channels[:, None, :], axis=2),
+            xp.take_along_axis(a, ch, axis=2),
+            xp.take_along_axis(a, self.regular_channels[:, None, :], axis=2),
         )
 
-    def _merge(self, parts, shape) -> np.ndarray:
-        out = np.empty(shape, dtype=np.float32)
-        ch = self.channels.astype(np.intp)[:, None, :]
-        np.put_along_axis(out, ch, parts[0], axis=2)
-        np.put_along_axis(out, self.regular_channels[:, None, :], parts[1], axis=2)
-        return out
+    def _merge(self, parts, shape):
+        """The sub-vectors ``parts`` (outlier, regular) put back on their channels: ``shape``.
+
+        The two channel lists of a stream are a permutation of ``0..d-1``; the
+        inverse permutation gathers each channel from the concatenated parts.
+        """
+        xp = namespace(parts[0])
+        order = xp.concat([xp.astype(self.channels, xp.int64), self.regular_channels], axis=1)
+        inverse = xp.argsort(order, axis=1)[:, None, :]
+        both = xp.astype(xp.concat(parts, axis=2), xp.float32, copy=False)
+        return xp.reshape(xp.take_along_axis(both, inverse, axis=2), shape)
 
     def _stream_fields(self, fields, prefix: str, quant, h: int) -> dict:
-        return {name: fields[prefix + name][h] for name in quant.field_layout()}
+        return {name: fields[prefix + name][h, ...] for name in quant.field_layout()}
 
     # -- the codec ---------------------------------------------------------------------------------
     def encode(self, x) -> dict:
         x = self.check_tokens(x)
+        xp = namespace(x)
         if x.shape[1] == 0:  # nothing to store, and nothing to choose channels from
             return {
-                name: np.zeros((x.shape[0], 0, *shape), dtype=dtype)
+                name: zeros_on(x, (x.shape[0], 0, *shape), getattr(xp, dtype))
                 for name, (shape, dtype, _) in self.field_layout().items()
             }
         if self.channels is None:
-            self.choose_channels(x[:, : self.group])
+            self.choose_channels(x[:, : self.group, ...])
         self._check_streams(x.shape[0])
         fields = {}
         for (prefix, quant), part in zip(self._parts(), self._split(x), strict=True):
@@ -583,20 +603,21 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
 
     def decode(self, fields: dict):
         h, t = stream_tokens(fields, self.field_layout())
+        xp = namespace(*fields.values())
         if t == 0:
-            return np.zeros((h, 0, self.head_dim), dtype=np.float32)
+            return zeros_on(next(iter(fields.values())), (h, 0, self.head_dim))
         self._check_streams(h)
         parts = []
         for prefix, quant in self._parts():
             flat = {
-                name: fields[prefix + name].reshape((h * t,) + tuple(shape))
+                name: xp.reshape(fields[prefix + name], (h * t,) + tuple(shape))
                 for name, (shape, _) in quant.field_layout().items()
             }
             rows = [
-                quant._decode_rows({k: v[a:b] for k, v in flat.items()}, np.float32)
+                quant._decode_rows({k: v[a:b, ...] for k, v in flat.items()}, xp.float32)
                 for a, b in quant._chunks(h * t)
-            ] or [np.zeros((0, quant.dim), np.float32)]
-            parts.append(np.concatenate(rows).reshape(h, t, quant.dim))
+            ]
+            parts.append(xp.reshape(xp.concat(rows, axis=0), (h, t, quant.dim)))
         return self._merge(parts, (h, t, self.head_dim))
 
     def prepare(self, q):
@@ -612,49 +633,43 @@ class ChannelSplitTurboQuant(BaseCodec, KeyCodec, ValueCodec):
         q_out, q_reg = self._split(q)
         return [
             (
-                self.outlier_quantizer._prepare_queries(q_out[h]),
-                self.regular_quantizer._prepare_queries(q_reg[h]),
+                self.outlier_quantizer._prepare_queries(q_out[h, ...]),
+                self.regular_quantizer._prepare_queries(q_reg[h, ...]),
             )
             for h in range(q.shape[0])
         ]
 
     def score(self, state, fields: dict):
         h, t = stream_tokens(fields, self.field_layout())
-        if isinstance(state, np.ndarray):  # prepared before any channel was chosen
+        if not isinstance(state, list):  # the queries, prepared before any channel was chosen
             if t == 0:
-                return np.zeros((h, state.shape[1], 0), dtype=np.float32)
+                return zeros_on(state, (h, state.shape[1], 0))
             self._check_streams(h)
             state = self.prepare(state)
         self._check_streams(h)
-        nq = self._rows(state[0][0])
-        out = np.zeros((h, nq, t), dtype=np.float32)
+        first = _any_array(state[0][0])
+        out = zeros_on(first, (h, first.shape[0], t))
         for s in range(h):
             for (prefix, quant), st in zip(self._parts(), state[s], strict=True):
                 f = self._stream_fields(fields, prefix, quant, s)
                 for a, b in quant._chunks(t):
-                    out[s, :, a:b] += quant._score_rows(st, {k: v[a:b] for k, v in f.items()})
+                    out[s, :, a:b] += quant._score_rows(st, {k: v[a:b, ...] for k, v in f.items()})
         return out
-
-    @staticmethod
-    def _rows(st) -> int:
-        if isinstance(st, tuple):
-            return next(x.shape[0] for x in st if x is not None)
-        return st.shape[0]
 
     def weighted_sum(self, p, fields: dict):
         p = self.check_weights(p, fields)
         h, nq, t = p.shape
         if t == 0:
-            return np.zeros((h, nq, self.head_dim), dtype=np.float32)
+            return zeros_on(p, (h, nq, self.head_dim))
         self._check_streams(h)
         sums = []
         for prefix, quant in self._parts():
-            acc = np.zeros((h, nq, quant.dim), dtype=np.float32)
+            acc = zeros_on(p, (h, nq, quant.dim))
             for s in range(h):
                 f = self._stream_fields(fields, prefix, quant, s)
                 for a, b in quant._chunks(t):
-                    acc[s] += quant._weighted_sum_rows(
-                        p[s, :, a:b], {k: v[a:b] for k, v in f.items()}
+                    acc[s, ...] += quant._weighted_sum_rows(
+                        p[s, :, a:b], {k: v[a:b, ...] for k, v in f.items()}
                     )
             sums.append(acc)
         return self._merge(sums, (h, nq, self.head_dim))
