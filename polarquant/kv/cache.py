@@ -4,7 +4,11 @@ What it does (the three papers' KV-cache setting: QJL Sec. 4, PolarQuant
 Sec. 5, TurboQuant Sec. 4.3):
 
 * holds keys and values shaped ``(batch, kv_heads, tokens, head_dim)``, any
-  ``head_dim`` the chosen methods support (64, 80, 96, 128, 256...);
+  ``head_dim`` the chosen methods support (64, 80, 96, 128, 256...), in the
+  array namespace and on the device of the first append: NumPy on the host
+  (backends ``numpy``, ``numba``), CuPy on a GPU (backend ``cupy``; CUDA
+  torch tensors are shared through DLPack), or any array-API namespace with
+  the ``numpy`` reference; the NumPy-only baselines need NumPy;
 * **appends**: a prefill of ``T`` tokens or one-token decode steps; the newest
   ``window`` tokens (default 128) stay in full precision (``window_dtype``,
   float16 by default, the cache we are compared with); tokens that leave the
@@ -311,8 +315,11 @@ class KVCache:
     def append(self, keys, values) -> None:
         """Append ``keys, values (batch, kv_heads, T, head_dim)``: a prefill or a decode step.
 
-        NumPy arrays or torch CPU tensors (float16, bfloat16, float32, float64;
-        see :func:`~polarquant.kv.attention.check_float_array`).  Tokens older
+        NumPy arrays or torch CPU tensors, CuPy arrays or CUDA torch tensors, or
+        arrays of another array-API namespace (float16, bfloat16, float32,
+        float64; see :func:`~polarquant.kv.attention.check_float_array`); the
+        first append fixes where the cache computes (the module docstring of
+        :mod:`polarquant.kv.cache` and ``docs/kv-cache.md``).  Tokens older
         than the newest ``window`` are compressed once, in aligned groups.
         Raises ``TypeError`` / ``ValueError`` (mismatched shapes, wrong dtype,
         NaN/Inf, values outside what the window or the codecs store) before
