@@ -26,6 +26,8 @@ import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj, is_torch_array
 from array_api_compat import device as array_device
 
+from .._array import host_to_like
+
 __all__ = [
     "exact_attention",
     "check_float_array",
@@ -109,14 +111,16 @@ def _torch_numpy_floats():
 
 def like_input(out, like):
     """``out`` (float32) in the caller's array type: for a torch ``like``, a tensor of its
-    dtype (``torch.from_numpy`` for NumPy, no copy for float32; ``torch.from_dlpack`` for
-    a device array, on its device); else ``out`` itself."""
+    dtype on its device (``torch.from_numpy`` for NumPy, ``torch.from_dlpack`` for a
+    device array: no copy before the cast or move); else ``out`` itself."""
     if is_torch_array(like):
         import torch
 
         if isinstance(out, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(out)).to(like.dtype)
-        return torch.from_dlpack(out).to(like.dtype)
+            t = torch.from_numpy(np.ascontiguousarray(out))
+        else:
+            t = torch.from_dlpack(out)
+        return t.to(device=like.device, dtype=like.dtype)
     return out
 
 
@@ -141,8 +145,7 @@ def _where(xp, dev) -> str:
 
 def scalar_like(value: float, like):
     """A 0-d array of ``value`` in ``like``'s namespace, dtype and device (for ``where``)."""
-    xp = array_namespace(like)
-    return xp.asarray(value, dtype=like.dtype, device=array_device(like))
+    return host_to_like(np.asarray(value), like, like.dtype)
 
 
 def check_scale(scale, head_dim: int) -> float:

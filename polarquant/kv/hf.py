@@ -106,11 +106,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
-import numpy as np
-
 from .._array import check_int
 from ..backends import current_backend
-from .attention import check_float_array
+from .attention import check_float_array, like_input
 from .cache import KVCache
 from .evaluation import INSTALL_HINT as _HINT
 
@@ -190,13 +188,6 @@ class _TorchThreads:
             numba.set_num_threads(threads)
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-
-
-def _like(out, query: torch.Tensor) -> torch.Tensor:
-    """A float32 result (NumPy, or CuPy on a GPU layer) as a tensor of ``query``'s device and
-    dtype: ``torch.from_numpy`` / ``torch.from_dlpack``, no copy before the cast."""
-    t = torch.from_numpy(out) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
-    return t.to(device=query.device, dtype=query.dtype)
 
 
 def _exact_causal(query, keys, values, scaling):
@@ -322,13 +313,13 @@ class PolarquantLayer(CacheLayerMixin):
     def _attend(self, query, scaling):
         held, self._held = self._held, None
         if held is None:
-            return _like(self.kv.attention(self._array(query), scale=scaling), query)
+            return like_input(self.kv.attention(self._array(query), scale=scaling), query)
         keys, values = (self._array(t) for t in held)
         if self.prefill == "stepwise":
             out = self.kv.stepwise_attention(self._array(query), keys, values, scale=scaling)
-            return _like(out, query)
+            return like_input(out, query)
         if len(self.kv):
-            out = _like(
+            out = like_input(
                 self.kv.attention(self._array(query), scale=scaling, new=(keys, values)), query
             )
         else:

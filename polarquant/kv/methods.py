@@ -152,7 +152,8 @@ class QuantizerCodec(KeyCodec, ValueCodec):
                     state, {k: v[:, a:b, ...] for k, v in fields.items()}
                 )
             return out
-        out = empty_on(_any_array(state[0]), (len(state), _rows(state[0]), n))
+        first = _any_array(state[0])
+        out = empty_on(first, (len(state), first.shape[0], n))
         for h, st in enumerate(state):
             f = self._per_stream(fields, h)
             for a, b in q._chunks(n):
@@ -184,11 +185,6 @@ def _any_array(state):
     if isinstance(state, tuple):
         return next(s for s in state if s is not None)
     return state
-
-
-def _rows(state) -> int:
-    """Number of query rows in a prepared query state (an array or a tuple of arrays)."""
-    return _any_array(state).shape[0]
 
 
 class FullPrecision(KeyCodec, ValueCodec):
