@@ -23,6 +23,8 @@ CuPy, torch or ``array_api_strict`` arrays.
 
 from __future__ import annotations
 
+import functools
+
 from ._array import check_bits, check_int, namespace
 
 __all__ = ["packed_nbytes", "pack_codes", "unpack_codes", "pack_signs", "unpack_signs"]
@@ -88,8 +90,11 @@ def pack_codes(codes, bits: int):
         raise TypeError(f"codes must have an integer dtype, got {codes.dtype}")
     if codes.ndim == 0:
         raise ValueError("codes must have shape (..., n), got a 0-d array")
-    if codes.shape[-1] > 0 and (bool(xp.any(codes < 0)) or bool(xp.any(codes > (1 << bits) - 1))):
-        raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for bits={bits}")
+    top, info = (1 << bits) - 1, xp.iinfo(codes.dtype)
+    outside = [codes < 0] if info.min < 0 else []  # (what the dtype holds needs no test)
+    outside += [codes > top] if top < info.max else []
+    if codes.shape[-1] > 0 and outside and bool(xp.any(functools.reduce(xp.logical_or, outside))):
+        raise ValueError(f"codes must lie in [0, {top}] for bits={bits}")
     *batch, n = codes.shape
     if bits == 8:
         return xp.astype(codes, xp.uint8)

@@ -131,14 +131,15 @@ def store_scalars(
                     else "; rescale the input"
                 )
             )
-        positive = xp.where(values > 0, values, xp.full_like(values, math.inf))
-        small = float(xp.min(positive))
-        if small < tiny_limit and not keep_subnormal:
-            raise ValueError(
-                f"{what} as small as {small:.4g} lose precision in {norm_dtype} (smallest normal "
-                f"{tiny_limit:.2g}); rescale the input"
-                + (f" or use {option}='float32'" if norm_dtype == "float16" else "")
-            )
+        if not keep_subnormal:  # (kept subnormals need no second read of the values)
+            positive = xp.where(values > 0, values, xp.full_like(values, math.inf))
+            small = float(xp.min(positive))
+            if small < tiny_limit:
+                raise ValueError(
+                    f"{what} as small as {small:.4g} lose precision in {norm_dtype} (smallest "
+                    f"normal {tiny_limit:.2g}); rescale the input"
+                    + (f" or use {option}='float32'" if norm_dtype == "float16" else "")
+                )
     dtype = getattr(xp, norm_dtype, None)
     if dtype is None:  # namespaces without float16 (array_api_strict)
         raise TypeError(

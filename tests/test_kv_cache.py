@@ -665,6 +665,57 @@ def test_token_beyond_storage_is_refused_at_append(
         assert len(fixed) == 40 and fixed.compressed_tokens >= 32  # groups of 1 or 32
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(key_method="none", value_method="none", key_bits=None, value_bits=None),
+        dict(key_options={"norm_dtype": "float32"}, value_options={"norm_dtype": "float32"}),
+    ],
+    ids=["none", "turboquant-mse"],
+)
+def test_float64_beyond_float32_is_refused_by_a_float32_window(spec):
+    """A float64 value beyond float32's range (3.4e38) cannot be held by a float32 window.
+
+    Before the fix it became ``inf`` there: with full-precision methods
+    attention returned NaN silently, with a codec the flush failed later on an
+    "x contains NaN or Inf" the caller never passed.  Now the append is refused,
+    naming the range, and the cache is unchanged and keeps working.
+    """
+    rng = np.random.default_rng(71)
+    k, v = _kv(rng, 1, 2, 12, 32, dtype=np.float64)
+    cache = KVCache(32, window=2, window_dtype="float32", **spec)
+    cache.append(k[:, :, :6], v[:, :, :6])
+    q = rng.standard_normal((1, 2, 1, 32)).astype(np.float32)
+    before = _snapshot(cache, q)
+    big = k[:, :, 6:8].copy()
+    big[0, 1, 1, 5] = -1e39
+    with pytest.raises(ValueError, match=r"keys: values up to 1e\+39 exceed the float32 range"):
+        cache.append(big, v[:, :, 6:8])
+    assert _snapshot(cache, q) == before
+    cache.append(k[:, :, 6:], v[:, :, 6:])
+    assert len(cache) == 12 and np.all(np.isfinite(cache.attention(q)))
+
+
+def test_large_coordinate_of_a_storable_token_is_accepted():
+    """The append's one-read bound (every norm <= peak * sqrt(d)) never refuses by itself.
+
+    A token with one coordinate of 2e4 and the rest N(0, 1) has a norm near
+    2e4, below float16 norms' limit (65504 less a 2**-10 margin), though the
+    bound 2e4 * sqrt(32) = 1.1e5 is above it: the norms are then computed and
+    the token is accepted and its norm stored to float16 rounding (relative
+    error <= 2**-11); 2e4 in every coordinate (norm 1.1e5) is refused, as ``test_token_beyond_storage_is_refused_at_append`` shows.
+    """
+    rng = np.random.default_rng(73)
+    k, v = _kv(rng, 1, 2, 20, 32)
+    v[0, 1, 3, 7] = 2e4
+    cache = KVCache(32, "turboquant-mse", 3, "turboquant-mse", 3, window=4, window_dtype="float32")
+    cache.append(k, v)
+    assert cache.compressed_tokens == 16
+    stored = float(cache.value_fields()["norms"][1, 3])  # stream (batch 0, head 1), token 3
+    true = float(np.linalg.norm(v[0, 1, 3].astype(np.float64)))
+    assert abs(stored - true) <= 2.0**-11 * true  # float16 rounding, nothing else
+
+
 @pytest.mark.parametrize("pair", PAIRS, ids=[f"{_case_id(k)}/{_case_id(v)}" for k, v in PAIRS])
 @pytest.mark.parametrize("norm", [1e-5, 1e-30])
 def test_tiny_tokens_never_block_the_cache(pair, norm):

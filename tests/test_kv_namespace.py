@@ -224,6 +224,50 @@ def test_a_namespace_without_float16_asks_for_a_float32_window(xps):
     assert len(cache) == 0 and cache.batch is None
 
 
+#: The ways an array_api_strict array's values reach the host: a Python scalar of a
+#: 0-d array, or a NumPy copy.  On a GPU each of them waits for all queued work.
+HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "__array__", "__dlpack__")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_decode_step_reads_from_the_device_twice(name, xps, monkeypatch):
+    """A decode step that compresses nothing reads values back to the host twice: one
+    read in ``append`` (all its checks), one in ``attention`` (the queries' check).
+
+    On a GPU every read of a value (the bool of a reduction, a float, a copy to
+    the host) synchronises with the device: the host waits until all queued work
+    is done, once per read per layer and step.  Before this test a step read up
+    to 9 times (finite keys, finite values, the float16 range of each, each
+    codec's norm limit through two reductions), up to 270 synchronisations per
+    token on SmolLM2's 30 layers.  ``array_api_strict`` arrays reach the host
+    only through ``HOST_READS``, so counting their calls counts the reads.  The
+    steps stay between compressions (``flush=32``, as ``PolarquantCache``), which
+    also run the quantizers' checks of their input.
+    """
+    opts = dict(_options(CONFIGS[name]), window=8, window_dtype="float32", flush=32)
+    cache = KVCache(32, **opts, backend="numpy")
+    rng = np.random.default_rng(17)
+    k, v = _tokens(rng, 60)
+    q = xps.asarray(rng.standard_normal((1, 4, 1, 32)).astype(np.float32))
+    cache.append(xps.asarray(k[:, :, :40]), xps.asarray(v[:, :, :40]))  # 32 compressed, 8 held
+    reads = []
+    array = type(q)
+    for method in HOST_READS:
+        real = getattr(array, method)
+
+        def counted(self, *args, _real=real, _method=method, **kwargs):
+            reads.append(_method)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(array, method, counted)
+    for t in range(40, 60):  # 20 steps: the window grows to 28 tokens, nothing leaves it
+        cache.append(xps.asarray(k[:, :, t : t + 1]), xps.asarray(v[:, :, t : t + 1]))
+        cache.attention(q)
+    monkeypatch.undo()
+    assert cache.compressed_tokens == 32 and len(cache) == 60
+    assert len(reads) == 2 * 20, sorted(set(reads))
+
+
 # -- on a CUDA device ----------------------------------------------------------------------------
 def _cuda_ready() -> bool:
     try:

@@ -58,6 +58,8 @@ def test_sign_bits_define_zero_as_positive(xp):
     [
         (lambda: pack_codes(np.array([4], np.uint8), 2), ValueError, r"\[0, 3\]"),
         (lambda: pack_codes(np.array([-1]), 2), ValueError, "lie in"),
+        (lambda: pack_codes(np.array([-1], np.int8), 8), ValueError, r"\[0, 255\]"),
+        (lambda: pack_codes(np.array([256], np.int16), 8), ValueError, r"\[0, 255\]"),
         (lambda: pack_codes(np.array([1.0]), 2), TypeError, "integer dtype"),
         (lambda: pack_codes(np.array([1], np.uint8), 0), ValueError, "bits"),
         (lambda: pack_codes(np.array([1], np.uint8), 9), ValueError, "bits"),

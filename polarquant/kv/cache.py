@@ -58,7 +58,7 @@ import math
 import numpy as np
 from array_api_compat import device as array_device
 
-from .._array import check_int, compact, contiguous, empty_on, namespace, zeros_on
+from .._array import check_int, compact, contiguous, empty_on, namespace, to_host, zeros_on
 from ..quantizer import safe_norms
 from .attention import (
     causal_mask,
@@ -257,7 +257,9 @@ class KVCache:
                     "with a NumPy path only: use it on NumPy arrays or torch CPU tensors"
                 )
 
-    def _check_block(self, a, name: str):
+    def _check_block(self, a, name: str, *, finite: bool = True):
+        """``a`` as an array of the cache's place and shape; its values finite unless
+        ``finite=False`` (:meth:`append` checks them with the window's copy in one read)."""
         a = check_float_array(a, name)
         self._check_place(a, name)
         if a.ndim != 4:
@@ -274,10 +276,43 @@ class KVCache:
                 f"{name} have batch {b} and {h} kv heads, the cache holds batch {self.batch} "
                 f"and {self.kv_heads} kv heads"
             )
-        xp = namespace(a)
-        if not bool(xp.all(xp.isfinite(a))):
-            raise ValueError(f"{name} contain NaN or Inf")
+        if finite:
+            _check_finite(a, name)
         return a
+
+    def _stored(self, keys, values) -> list:
+        """``keys``, ``values`` as the window stores them, ``(B*H, T, d)`` each, refused if
+        they hold NaN or Inf, exceed ``window_dtype``, or hold a token a codec could not
+        compress when it leaves the window.
+
+        One reduction read back for both blocks (on a GPU, one synchronisation per
+        append instead of one per check): the largest magnitude ``p`` of each stored
+        copy.  A NaN or an Inf in the input, or a value beyond ``window_dtype``, makes
+        ``p`` non-finite; a finite ``p`` bounds every coordinate by ``p`` and every
+        token norm by ``p sqrt(d)``, which settles the codecs' limits
+        (:meth:`_check_storable`) without computing norms unless the bound is above a
+        limit.  Only then are the values checked one by one, for the error message.
+        """
+        xp = namespace(keys)
+        b, h, t, d = keys.shape
+        blocks = [xp.reshape(a, (b * h, t, d)) for a in (keys, values)]
+        stored = [store_tokens(a, self.window_dtype, check=False) for a in blocks]
+        peaks = to_host(xp.stack([xp.max(xp.abs(s)) for s in stored])).tolist()
+        roles = (("keys", "key", self.key_codec), ("values", "value", self.value_codec))
+        for block, copy, peak, (name, role, codec) in zip(
+            blocks, stored, peaks, roles, strict=True
+        ):
+            if not math.isfinite(peak):  # say what: NaN/Inf in the input, or out of range
+                _check_finite(block, name)
+                try:
+                    store_tokens(block, self.window_dtype)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+                raise ValueError(f"{name} do not fit the window's {self.window_dtype}")
+            lim = codec.storable_limits()
+            if not (peak <= lim.max_abs and peak * math.sqrt(d) <= lim.max_norm):
+                self._check_storable(copy, h, name, role, codec)
+        return stored
 
     def _check_storable(self, stored, heads: int, name: str, role: str, codec) -> None:
         """Refuse tokens ``stored (B*H, T, d)`` that ``codec`` could not compress later.
@@ -328,19 +363,16 @@ class KVCache:
         token and the option that stores it; one below float16's normal range
         is stored, see :func:`~polarquant.kv.methods.encode_storable`).
         """
-        keys = self._check_block(keys, "keys")
-        values = self._check_block(values, "values")
+        keys = self._check_block(keys, "keys", finite=False)
+        values = self._check_block(values, "values", finite=False)
         if keys.shape != values.shape:
             raise ValueError(
                 f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same shape"
             )
         same_place(values, keys, "values", "keys")
         xp = namespace(keys)
-        b, h, t, d = keys.shape
-        new_k = store_tokens(xp.reshape(keys, (b * h, t, d)), self.window_dtype)
-        new_v = store_tokens(xp.reshape(values, (b * h, t, d)), self.window_dtype)
-        self._check_storable(new_k, h, "keys", "key", self.key_codec)
-        self._check_storable(new_v, h, "values", "value", self.value_codec)
+        b, h = keys.shape[:2]
+        new_k, new_v = self._stored(keys, values)
         win_k = new_k if self._win_k is None else xp.concat([self._win_k, new_k], axis=1)
         win_v = new_v if self._win_v is None else xp.concat([self._win_v, new_v], axis=1)
         flush = int(self._leaving(win_k.shape[1]))
@@ -664,6 +696,13 @@ class KVCache:
     def value_bits_per_coordinate(self) -> float:
         """Stored bits per coordinate of a compressed value."""
         return self.value_codec.bits_per_coordinate
+
+
+def _check_finite(a, name: str) -> None:
+    """``ValueError`` naming ``name`` if ``a`` holds NaN or Inf."""
+    xp = namespace(a)
+    if not bool(xp.all(xp.isfinite(a))):
+        raise ValueError(f"{name} contain NaN or Inf")
 
 
 def _restore(codec, saved: dict) -> None:

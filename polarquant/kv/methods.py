@@ -38,7 +38,7 @@ import numbers
 
 import numpy as np
 
-from .._array import check_bits, contiguous, empty_on, namespace, zeros_on
+from .._array import check_bits, contiguous, empty_on, namespace, quiet_overflow, zeros_on
 from ..composition import PolarQuantQJL
 from ..compressed import CompressedVectors
 from ..polar_quant import PolarQuant
@@ -312,16 +312,16 @@ def _row(x, flat: int):
     return xp.reshape(x, (-1, x.shape[-1]))[flat, ...]
 
 
-def store_tokens(x, dtype: str):
-    """``x`` copied as ``dtype`` for storage, refusing values float16 would turn into ``inf``."""
+def store_tokens(x, dtype: str, *, check: bool = True):
+    """``x`` copied as ``dtype`` for storage, refusing values ``dtype`` would turn into ``inf``.
+
+    The range is checked (one reduction, read back) only when ``dtype`` is
+    narrower than ``x``'s: float32 into float16, float64 into float32.  With
+    ``check=False`` the cast is made quietly and the caller must refuse a
+    non-finite result itself (:meth:`polarquant.kv.KVCache.append` reads one
+    peak for all its checks).
+    """
     xp = namespace(x)
-    if dtype == "float16" and math.prod(x.shape):
-        big = float(xp.max(xp.abs(x)))
-        if big > FP16_MAX:
-            raise ValueError(
-                f"values up to {big:.4g} exceed the float16 range ({FP16_MAX:g}); "
-                "build the cache with window_dtype='float32'"
-            )
     target = getattr(xp, dtype, None)
     if target is None:  # array_api_strict has no float16
         raise TypeError(
@@ -329,7 +329,18 @@ def store_tokens(x, dtype: str):
             "window_dtype='float32' (and float32 norms: key_options/value_options "
             "norm_dtype='float32' or radius_dtype='float32')"
         )
-    return xp.astype(x, target, copy=True)
+    top = float(xp.finfo(target).max)
+    if check and math.prod(x.shape) and top < float(xp.finfo(x.dtype).max):
+        big = float(xp.max(xp.abs(x)))
+        if not big <= top:  # NaN too: a caller that skipped the finite check learns here
+            fix = (
+                "build the cache with window_dtype='float32'"
+                if dtype == "float16"
+                else "rescale the input (the cache computes in float32)"
+            )
+            raise ValueError(f"values up to {big:.4g} exceed the {dtype} range ({top:g}); {fix}")
+    with quiet_overflow(xp):
+        return xp.astype(x, target, copy=True)
 
 
 # -- PolarQuant presets --------------------------------------------------------------------------
