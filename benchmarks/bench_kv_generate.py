@@ -77,6 +77,8 @@ def _random_model(device: str):
 def _run(model, ids, cache, steps: int) -> dict:
     import torch
 
+    from polarquant.kv.hf import cache_kwargs
+
     def now():
         if ids.device.type == "cuda":
             torch.cuda.synchronize(ids.device)
@@ -84,13 +86,13 @@ def _run(model, ids, cache, steps: int) -> dict:
 
     with torch.no_grad():
         t0 = now()
-        out = model(input_ids=ids, cache=cache, use_cache=True)
+        out = model(input_ids=ids, **cache_kwargs(cache), use_cache=True)
         nxt = out.logits[:, -1:].argmax(-1)
         prefill = now() - t0
         times = []
         for _ in range(steps):
             t0 = now()
-            out = model(input_ids=nxt, cache=cache, use_cache=True)
+            out = model(input_ids=nxt, **cache_kwargs(cache), use_cache=True)
             nxt = out.logits[:, -1:].argmax(-1)
             times.append(now() - t0)
     return {

@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # The one prepared check for a machine with a CUDA GPU (H100/H200, CUDA 13, cupy-cuda13x).
 #
+# The GPU machine reaches nothing outside it, and its image lacks array-api-compat (a
+# dependency of polarquant). So, first, here (where pip works):
+#     bash scripts/gpu_wheels.sh        # the missing wheels into .whl/ (git-ignored)
+# then run this script there with the device tool, carrying them:
+#     run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=580)
+# Without them the script stops after the install phase, saying so (exit status 3).
+#
 # Run from the repository root; results go under $OUT (default ./gpu_out):
 #   $OUT/env.txt           python, cupy, nvidia-smi, install log
 #   $OUT/gpu_tests.txt     pytest -m gpu on tests/test_cuda.py, tests/test_backends.py and
@@ -10,7 +17,7 @@
 #   $OUT/gpu_bench.txt     the same as a table
 #   $OUT/kv_generate.json  generation with the KV cache on the GPU (cupy backend) against
 #   $OUT/kv_generate.txt   DynamicCache, a random SmolLM2-shaped model (needs torch+CUDA)
-# Every phase has its own time limit (install 75+40 s, tests 200 s, kernel benchmark
+# Every phase has its own time limit (install 40+60 s, tests 200 s, kernel benchmark
 # 100 s, KV generation 110 s): the whole script stays under 9 minutes even when every
 # phase runs out.
 # The exit status is the tests' (the benchmark never fails the script).
@@ -18,6 +25,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
+# The image's python3 holds PyTorch and CuPy; a plain `python` may be another one or none.
+PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PYTHONUNBUFFERED=1
 START=$(date +%s)
@@ -26,23 +35,26 @@ phase() { echo "== $1 ($(( $(date +%s) - START )) s)"; }
 phase "environment"
 {
     date -u
-    python --version
-    python -c "import cupy, sys; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(), 'available', cupy.is_available())" 2>&1
+    "$PY" --version
+    "$PY" -c "import cupy, sys; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(), 'available', cupy.is_available())" 2>&1
     nvidia-smi 2>&1 || echo "nvidia-smi failed"
 } | tee "$OUT/env.txt"
 
-phase "install (cupy-cuda13x is preinstalled: not reinstalled)"
-# The machine may have no network: pip fails fast there, then an editable install
-# without dependencies (and without build isolation, which would download
-# setuptools), and as a last resort a symlink tree that maps backends/ to
-# polarquant.backends as pyproject.toml does.
-{
-    PIP_NET=(--retries 1 --timeout 10)
-    timeout 75 python -m pip install -q "${PIP_NET[@]}" -e ".[test]" \
-        || timeout 40 python -m pip install -q "${PIP_NET[@]}" --no-deps --no-build-isolation -e . \
-        || echo "pip install failed"
-} >> "$OUT/env.txt" 2>&1
-if ! python -c "import polarquant.backends.cupy_backend" >> "$OUT/env.txt" 2>&1; then
+phase "install (offline; cupy-cuda13x, numpy, scipy, torch are the image's)"
+# 1. The carried wheels (scripts/gpu_wheels.sh) into a side folder on PYTHONPATH.
+# 2. polarquant itself: an editable install without index, dependencies or build isolation
+#    (setuptools is the image's); as a last resort a symlink tree that maps backends/ to
+#    polarquant.backends as pyproject.toml does.
+if compgen -G ".whl/*.whl" > /dev/null; then
+    SITE="$(mktemp -d)"
+    timeout 40 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target "$SITE" .whl/*.whl >> "$OUT/env.txt" 2>&1 \
+        && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
+        && echo "carried wheels: $(ls .whl | tr '\n' ' ')" >> "$OUT/env.txt"
+fi
+timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    >> "$OUT/env.txt" 2>&1 || echo "pip install -e . failed" >> "$OUT/env.txt"
+if ! "$PY" -c "import polarquant.backends.cupy_backend" >> "$OUT/env.txt" 2>&1; then
     SHIM="$(mktemp -d)"
     mkdir -p "$SHIM/polarquant"
     for f in "$PWD"/polarquant/*; do ln -s "$f" "$SHIM/polarquant/"; done
@@ -50,8 +62,13 @@ if ! python -c "import polarquant.backends.cupy_backend" >> "$OUT/env.txt" 2>&1;
     export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
     echo "using the symlink tree $SHIM" >> "$OUT/env.txt"
 fi
-python -c "import polarquant, polarquant.backends as b; print('polarquant', polarquant.__version__, polarquant.__file__); print('backends', b.available())" >> "$OUT/env.txt" 2>&1
-python -c "import pytest; print('pytest', pytest.__version__)" >> "$OUT/env.txt" 2>&1
+if ! "$PY" -c "import polarquant, polarquant.backends as b; print('polarquant', polarquant.__version__, polarquant.__file__); print('backends', b.available())" >> "$OUT/env.txt" 2>&1; then
+    tail -n 8 "$OUT/env.txt"
+    echo "polarquant does not import here: a package is missing (above). Run" \
+        "'bash scripts/gpu_wheels.sh' where pip works and carry .whl (see the header)."
+    exit 3
+fi
+"$PY" -c "import pytest; print('pytest', pytest.__version__)" >> "$OUT/env.txt" 2>&1
 tail -n 4 "$OUT/env.txt"
 
 phase "GPU tests"
@@ -59,14 +76,14 @@ TESTS=()
 for f in tests/test_cuda.py tests/test_backends.py tests/test_kv_namespace.py; do
     [ -f "$f" ] && TESTS+=("$f")
 done
-timeout 200 python -m pytest -m gpu -q -rs -p no:cacheprovider \
+timeout 200 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider \
     --junitxml="$OUT/gpu_tests.xml" "${TESTS[@]}" > "$OUT/gpu_tests.txt" 2>&1
 TEST_RC=$?
 tail -n 25 "$OUT/gpu_tests.txt"
 echo "pytest exit status: $TEST_RC"
 
 phase "benchmark"
-timeout 100 python - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
+timeout 100 "$PY" - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
 """Score from codes vs fp16 cuBLAS, bandwidth and encode throughput (dim 128, 1M vectors)."""
 import json
 import os
@@ -263,9 +280,9 @@ for e in report["errors"]:
 EOF
 
 phase "KV cache generation on the GPU (cupy backend) vs DynamicCache"
-if python -c "import torch, transformers, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+if "$PY" -c "import torch, transformers, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         > /dev/null 2>&1; then
-    timeout 110 python benchmarks/bench_kv_generate.py --device cuda --backend cupy \
+    timeout 110 "$PY" benchmarks/bench_kv_generate.py --device cuda --backend cupy \
         --random-weights --lengths 4096,8192 --steps 16 --repeats 1 \
         --json "$OUT/kv_generate.json" > "$OUT/kv_generate.txt" 2>&1
     echo "exit status $?" >> "$OUT/kv_generate.txt"

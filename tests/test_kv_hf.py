@@ -124,11 +124,36 @@ def tiny():
     return torch, model
 
 
+def cache_kwargs(cache) -> dict:
+    """``cache`` under the keyword of the installed transformers (``cache`` from 5.24,
+    ``past_key_values`` before: ``polarquant.kv.hf.CACHE_ARGUMENT``)."""
+    from polarquant.kv.hf import cache_kwargs as by_version
+
+    return by_version(cache)
+
+
+def test_cache_argument_is_the_one_the_installed_transformers_takes(tiny):
+    """transformers 5.24 renamed the models' ``past_key_values`` argument to ``cache``; before,
+    ``cache=`` lands in ``**kwargs`` unread.  ``CACHE_ARGUMENT`` must name the parameter that
+    the installed release's decoder models declare."""
+    import inspect
+
+    from transformers import LlamaModel
+
+    from polarquant.kv.hf import CACHE_ARGUMENT, cache_kwargs
+
+    assert CACHE_ARGUMENT in inspect.signature(LlamaModel.forward).parameters
+    assert CACHE_ARGUMENT in inspect.signature(tiny[1].forward).parameters
+    assert cache_kwargs(None) == {CACHE_ARGUMENT: None}
+
+
 def _run(torch, model, ids, cache=None, impl="sdpa", **kw):
     model.set_attn_implementation(impl)
     try:
         with torch.no_grad():
-            return model(input_ids=ids, cache=cache, use_cache=cache is not None, **kw).logits
+            return model(
+                input_ids=ids, **cache_kwargs(cache), use_cache=cache is not None, **kw
+            ).logits
     finally:
         model.set_attn_implementation("sdpa")
 
@@ -143,9 +168,9 @@ def test_tiny_none_matches_exact_attention_prefill_and_decode(tiny):
     cache = PolarquantCache(model.config, key_method="none", value_method="none", window=8)
     model.set_attn_implementation("polarquant")
     with torch.no_grad():
-        pre = model(input_ids=ids[:, :25], cache=cache, use_cache=True).logits  # prefill
+        pre = model(input_ids=ids[:, :25], **cache_kwargs(cache), use_cache=True).logits  # prefill
         steps = [
-            model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits
+            model(input_ids=ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits
             for t in range(25, 40)
         ]
     model.set_attn_implementation("sdpa")
@@ -187,9 +212,9 @@ def test_tiny_exact_prefill_is_exact_and_decoding_reads_the_codes(tiny):
     model.set_attn_implementation("polarquant")
     try:
         with torch.no_grad():
-            pre = model(input_ids=ids[:, :40], cache=cache, use_cache=True).logits
+            pre = model(input_ids=ids[:, :40], **cache_kwargs(cache), use_cache=True).logits
             steps = [
-                model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits
+                model(input_ids=ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits
                 for t in range(40, 48)
             ]
     finally:
@@ -219,12 +244,12 @@ def test_tiny_chunked_prefill_goes_through_the_cache(tiny, method):
     model.set_attn_implementation("polarquant")
     try:
         chunked = PolarquantCache(model.config, **opts)
-        out = model.generate(ids, cache=chunked, prefill_chunk_size=8, **kw)
+        out = model.generate(ids, **cache_kwargs(chunked), prefill_chunk_size=8, **kw)
         with torch.no_grad():
             c1, c2 = PolarquantCache(model.config, **opts), PolarquantCache(model.config, **opts)
-            one = model(input_ids=ids, cache=c1, use_cache=True).logits
+            one = model(input_ids=ids, **cache_kwargs(c1), use_cache=True).logits
             parts = [
-                model(input_ids=ids[:, a : a + 8], cache=c2, use_cache=True).logits
+                model(input_ids=ids[:, a : a + 8], **cache_kwargs(c2), use_cache=True).logits
                 for a in range(0, 30, 8)
             ]
     finally:
@@ -251,14 +276,14 @@ def test_tiny_extend_from_stores_what_an_exact_prefill_stores(tiny):
     opts = {"key_method": "turboquant-mse", "key_bits": 3, "window": 4}
     dyn = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids, cache=dyn, use_cache=True)
+        model(input_ids=ids, **cache_kwargs(dyn), use_cache=True)
     copied = PolarquantCache(model.config, **opts)
     copied.extend_from(dyn)
     model.set_attn_implementation("polarquant")
     try:
         direct = PolarquantCache(model.config, **opts)
         with torch.no_grad():
-            model(input_ids=ids, cache=direct, use_cache=True)
+            model(input_ids=ids, **cache_kwargs(direct), use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
     for a, b in zip(copied.kv_caches, direct.kv_caches, strict=True):
@@ -333,10 +358,10 @@ def test_tiny_stepwise_pass_equals_token_by_token_decoding(tiny, opts):
     try:
         with torch.no_grad():
             one_cache = PolarquantCache(model.config, prefill="stepwise", **opts)
-            one = model(input_ids=ids, cache=one_cache, use_cache=True).logits
+            one = model(input_ids=ids, **cache_kwargs(one_cache), use_cache=True).logits
             cache = PolarquantCache(model.config, **opts)
             steps = [
-                model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits
+                model(input_ids=ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True).logits
                 for t in range(70)
             ]
     finally:
@@ -347,7 +372,7 @@ def test_tiny_stepwise_pass_equals_token_by_token_decoding(tiny, opts):
         model.set_attn_implementation("polarquant")
         try:
             with torch.no_grad():
-                model(input_ids=ids[:, :5], cache=one_cache, use_cache=True)
+                model(input_ids=ids[:, :5], **cache_kwargs(one_cache), use_cache=True)
         finally:
             model.set_attn_implementation("sdpa")
 
@@ -421,7 +446,7 @@ def test_tiny_generate_none_equals_default_cache(tiny):
     model.set_attn_implementation("polarquant")
     try:
         cache = PolarquantCache(model.config, key_method="none", value_method="none", window=4)
-        out = model.generate(ids, cache=cache, **kw)
+        out = model.generate(ids, **cache_kwargs(cache), **kw)
     finally:
         model.set_attn_implementation("sdpa")
     assert torch.equal(out, ref)
@@ -459,11 +484,11 @@ def test_smollm2_generate_none_identical_and_turboquant_generates(smollm2):
     try:
         none = model.generate(
             **inputs,
-            cache=PolarquantCache(model.config, key_method="none", value_method="none"),
+            **cache_kwargs(PolarquantCache(model.config, key_method="none", value_method="none")),
             **kw,
         )
         cache = PolarquantCache(model.config, key_method="turboquant-mse", key_bits=4, window=16)
-        tq = model.generate(**inputs, cache=cache, **kw)
+        tq = model.generate(**inputs, **cache_kwargs(cache), **kw)
     finally:
         model.set_attn_implementation("sdpa")
     assert torch.equal(none, ref), (tok.decode(none[0, n:]), tok.decode(ref[0, n:]))
@@ -500,12 +525,12 @@ def test_smollm2_codes_are_never_requantized(smollm2):
     model.set_attn_implementation("polarquant")
     try:
         with torch.no_grad():
-            model(input_ids=ids[:, :40], cache=cache, use_cache=True)
+            model(input_ids=ids[:, :40], **cache_kwargs(cache), use_cache=True)
             kv = cache.layers[5].kv
             first_k = {k: v[:, :1].copy() for k, v in kv.key_fields().items()}
             first_v = {k: v[:, :1].copy() for k, v in kv.value_fields().items()}
             for t in range(40, 80):
-                model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True)
+                model(input_ids=ids[:, t : t + 1], **cache_kwargs(cache), use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
     assert kv.compressed_tokens == 64  # 72 beyond the window, in blocks of 32 (flush)

@@ -352,7 +352,9 @@ def test_gpu_model_cache_stays_on_the_device_and_decodes_like_the_host_path():
             model.config, key_bits=4, value_bits=4, window=8, backend=backend
         )
         with torch.no_grad():
-            out = model.generate(ids, cache=cache, max_new_tokens=16, do_sample=False)
+            out = model.generate(
+                ids, **pqhf.cache_kwargs(cache), max_new_tokens=16, do_sample=False
+            )
         tokens[backend] = out[0, 40:].tolist()
         held = cache.layers[0].kv
         assert isinstance(

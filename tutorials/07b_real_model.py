@@ -215,7 +215,7 @@ from polarquant.kv.evaluation import default_grid, grid_cache  # noqa: E402  (Nu
 GRID = default_grid(methods=("turboquant-mse", "qjl", "kivi"), bits=(3, 4))
 measured = {}
 if MODE is not None:
-    from polarquant.kv.hf import PolarquantCache  # the class itself: sections 5 and 6
+    from polarquant.kv.hf import PolarquantCache, cache_kwargs  # sections 5 and 6
 
     for c in GRID:
         label = f"{c['key_method']} {c['nominal_bits']:g}"
@@ -321,7 +321,11 @@ if MODE is not None:
         cache = PolarquantCache(
             model.config, key_method=key_method, key_bits=bits, value_bits=4, window=16
         )
-        new = model.generate(prompt, cache=cache, max_new_tokens=new_tokens, do_sample=False)
+        # `cache=cache` on transformers 5.24 and later (`past_key_values=cache` before):
+        # cache_kwargs passes it under the keyword of the transformers you have.
+        new = model.generate(
+            prompt, **cache_kwargs(cache), max_new_tokens=new_tokens, do_sample=False
+        )
         new = new[0, 48:]
         same = int((new == exact).cumprod(0).sum())
         print(f"{key_method} {bits}: first {same}/{new_tokens} as exact: {text(new)!r}")

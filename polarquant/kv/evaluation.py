@@ -308,6 +308,8 @@ def cache_pass(model, ids: np.ndarray, cache=None, progress=None) -> dict:
     import torch
     from transformers import DynamicCache
 
+    from .hf import cache_kwargs
+
     if cache is None:
         cache = DynamicCache(config=model.config)
     x = torch.as_tensor(ids)[None]
@@ -315,7 +317,7 @@ def cache_pass(model, ids: np.ndarray, cache=None, progress=None) -> dict:
     t0 = time.perf_counter()
     with torch.no_grad():
         for t in range(ids.size - 1):
-            out = model(input_ids=x[:, t : t + 1], cache=cache, use_cache=True)
+            out = model(input_ids=x[:, t : t + 1], **cache_kwargs(cache), use_cache=True)
             rows.append(out.logits[0, -1])
             if progress is not None and (t + 1) % 256 == 0:
                 progress(
@@ -338,10 +340,12 @@ def stepwise_pass(model, ids: np.ndarray, cache) -> dict:
     """
     import torch
 
+    from .hf import cache_kwargs
+
     x = torch.as_tensor(ids[:-1])[None]
     t0 = time.perf_counter()
     with torch.no_grad():
-        logits = model(input_ids=x, cache=cache, use_cache=True).logits[0]
+        logits = model(input_ids=x, **cache_kwargs(cache), use_cache=True).logits[0]
     seconds = time.perf_counter() - t0
     argmax, logp = _stats(logits, ids)
     return {"argmax": argmax, "logp": logp, "seconds": seconds, "cache": cache}

@@ -9,6 +9,9 @@ Use it like any other cache, with the attention implementation it registers::
                                  value_method="turboquant-mse", value_bits=4, window=128)
     out = model.generate(**inputs, cache=cache, max_new_tokens=50, do_sample=False)
 
+(``past_key_values=cache`` before transformers 5.24, see :data:`CACHE_ARGUMENT`;
+``**pqhf.cache_kwargs(cache)`` works with every transformers 5 release.)
+
 Two pieces, wired together:
 
 :class:`PolarquantCache` (a ``transformers.cache_utils.Cache``)
@@ -104,6 +107,7 @@ from a clone, with a CPU build of torch first, see :data:`polarquant.kv.evaluati
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 
 from .._array import check_int
@@ -128,8 +132,19 @@ if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
         f"polarquant.kv.hf needs transformers>=5, found {transformers.__version__}; {_HINT}"
     )
 
+#: The keyword under which a model's forward and ``generate`` take the cache: ``cache``
+#: since transformers 5.24, ``past_key_values`` before (5.24 still accepts it, deprecated).
+#: On an older release ``cache=`` is silently ignored and the model builds its own cache.
+CACHE_ARGUMENT = (
+    "cache"
+    if tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2]) >= (5, 24)
+    else "past_key_values"
+)
+
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "CACHE_ARGUMENT",
+    "cache_kwargs",
     "PREFILL_MODES",
     "PolarquantCache",
     "PolarquantLayer",
@@ -564,7 +579,8 @@ def polarquant_attention(
     if layer is None:
         raise RuntimeError(
             f'attn_implementation="{ATTN_IMPLEMENTATION}" attends from a PolarquantCache, but none '
-            "was used in this forward pass: pass cache=PolarquantCache(model.config, ...) with "
+            f"was used in this forward pass: pass {CACHE_ARGUMENT}=PolarquantCache(model.config, "
+            "...) with "
             "use_cache=True (or switch to model.set_attn_implementation('sdpa') for exact attention)"
         )
     idx = getattr(module, "layer_idx", layer.layer_idx)
@@ -617,6 +633,13 @@ def polarquant_mask(
             "(no packed sequences, sliding windows, chunks or custom mask functions)"
         )
     return None
+
+
+def cache_kwargs(cache) -> dict:
+    """``{CACHE_ARGUMENT: cache}``: ``model(input_ids=..., **cache_kwargs(cache))`` and
+    ``model.generate(..., **cache_kwargs(cache))`` pass the cache under the keyword of the
+    installed transformers (``cache`` from 5.24, ``past_key_values`` before)."""
+    return {CACHE_ARGUMENT: cache}
 
 
 def register(name: str = ATTN_IMPLEMENTATION) -> str:

@@ -244,12 +244,14 @@ def skipped_backends() -> list[str]:
 def _generate(model, prompt: Prompt, cache, tokenizer) -> str:
     import torch
 
+    from .hf import cache_kwargs
+
     ids = torch.as_tensor(prompt.ids)[None]
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            cache=cache,
+            **cache_kwargs(cache),
             max_new_tokens=ANSWER_TOKENS - 2,
             do_sample=False,
             pad_token_id=tokenizer.eos_token_id,
@@ -292,7 +294,7 @@ def run(
         grid_cache,
         load_smollm2,
     )
-    from .hf import ATTN_IMPLEMENTATION
+    from .hf import ATTN_IMPLEMENTATION, cache_kwargs
 
     say = progress or (lambda s: None)
     if model is None:
@@ -319,7 +321,7 @@ def run(
                     with torch.no_grad():  # the shared exact prefill: all but the last token
                         model(
                             input_ids=torch.as_tensor(prompt.ids[:-1])[None],
-                            cache=exact,
+                            **cache_kwargs(exact),
                             use_cache=True,
                         )
                     for c, row in zip(configs, rows, strict=True):
