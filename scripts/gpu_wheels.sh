@@ -7,10 +7,14 @@
 # array-api-compat, which `import polarquant` needs. Pure-Python wheels: any platform.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
 # The array-api-compat the tests ran with here, else the newest release pip finds.
-VERSION="$(python3 -c 'import importlib.metadata as m; print(m.version("array-api-compat"))' 2>/dev/null || true)"
-rm -rf .whl
+VERSION="$("$PY" -c 'import importlib.metadata as m; print(m.version("array-api-compat"))' 2>/dev/null || true)"
+FETCHED="$(mktemp -d)"
+trap 'rm -rf "$FETCHED"' EXIT
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp -d "$FETCHED" "array-api-compat${VERSION:+==$VERSION}"
+rm -rf .whl  # replaced only once the download worked
 mkdir -p .whl
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp -d .whl "array-api-compat${VERSION:+==$VERSION}"
+mv "$FETCHED"/*.whl .whl/
 ls -l .whl

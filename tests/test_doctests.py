@@ -28,6 +28,9 @@ MODULES = sorted(
 def test_docstring_examples(name):
     if "numba_backend" in name:
         pytest.importorskip("numba")
+    if name == "polarquant.search.distributed":  # the dask extra
+        pytest.importorskip("dask")
+        pytest.importorskip("distributed")
     if name in ("polarquant.kv.hf", "polarquant.kv.evaluation"):
         pytest.importorskip("torch")
         pytest.importorskip("transformers")

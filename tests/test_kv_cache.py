@@ -522,6 +522,10 @@ BAD_APPENDS = [
     ("zero-tokens", lambda: (_good((2, 2, 0, 32)),) * 2, ValueError, "at least one token"),
     ("fp16-overflow-keys", lambda: (_with(7e4), _good()), ValueError, "window_dtype"),
     ("fp16-overflow-values", lambda: (_good(), _with(-1e5)), ValueError, "window_dtype"),
+    # rounds to 65504 in float16, yet beyond its range: refused as before the one-read check
+    ("fp16-just-beyond", lambda: (_with(65510.0), _good()), ValueError, "window_dtype"),
+    # several problems: NaN/Inf of either block is named first, then ranges (as check by check)
+    ("nan-and-overflow", lambda: (_with(7e4), _with(np.nan)), ValueError, "values contain NaN"),
 ]
 
 

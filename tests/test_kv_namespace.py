@@ -226,7 +226,15 @@ def test_a_namespace_without_float16_asks_for_a_float32_window(xps):
 
 #: The ways an array_api_strict array's values reach the host: a Python scalar of a
 #: 0-d array, or a NumPy copy.  On a GPU each of them waits for all queued work.
-HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "__array__", "__dlpack__")
+HOST_READS = (
+    "__bool__",
+    "__float__",
+    "__int__",
+    "__index__",
+    "__array__",
+    "__buffer__",  # NumPy's np.asarray on Python 3.12 and later
+    "__dlpack__",
+)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

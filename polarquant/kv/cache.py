@@ -287,28 +287,33 @@ class KVCache:
 
         One reduction read back for both blocks (on a GPU, one synchronisation per
         append instead of one per check): the largest magnitude ``p`` of each stored
-        copy.  A NaN or an Inf in the input, or a value beyond ``window_dtype``, makes
-        ``p`` non-finite; a finite ``p`` bounds every coordinate by ``p`` and every
-        token norm by ``p sqrt(d)``, which settles the codecs' limits
-        (:meth:`_check_storable`) without computing norms unless the bound is above a
-        limit.  Only then are the values checked one by one, for the error message.
+        copy.  A NaN or an Inf in the input makes ``p`` NaN or infinite, and so does a
+        value the cast rounds beyond ``window_dtype``'s largest finite value ``top``
+        (one just above ``top`` rounds to it: ``p = top`` is checked on the input); a
+        finite ``p`` bounds every coordinate by ``p`` and every token norm by
+        ``p sqrt(d)``, which settles the codecs' limits (:meth:`_check_storable`)
+        without computing norms unless the bound is above a limit.  Only then are the
+        values read again, with the errors (and their order) of the checks one by one:
+        NaN/Inf in keys, in values, the window's range of each, the codecs' limits.
         """
         xp = namespace(keys)
         b, h, t, d = keys.shape
         blocks = [xp.reshape(a, (b * h, t, d)) for a in (keys, values)]
         stored = [store_tokens(a, self.window_dtype, check=False) for a in blocks]
         peaks = to_host(xp.stack([xp.max(xp.abs(s)) for s in stored])).tolist()
-        roles = (("keys", "key", self.key_codec), ("values", "value", self.value_codec))
-        for block, copy, peak, (name, role, codec) in zip(
-            blocks, stored, peaks, roles, strict=True
-        ):
-            if not math.isfinite(peak):  # say what: NaN/Inf in the input, or out of range
+        top = float(xp.finfo(stored[0].dtype).max)
+        names = ("keys", "values")
+        for block, peak, name in zip(blocks, peaks, names, strict=True):
+            if not peak < top:
                 _check_finite(block, name)
+        for block, peak, name in zip(blocks, peaks, names, strict=True):
+            if not peak < top:  # beyond the window's range, or exactly its largest value
                 try:
                     store_tokens(block, self.window_dtype)
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
-                raise ValueError(f"{name} do not fit the window's {self.window_dtype}")
+        roles = (("key", self.key_codec), ("value", self.value_codec))
+        for copy, peak, name, (role, codec) in zip(stored, peaks, names, roles, strict=True):
             lim = codec.storable_limits()
             if not (peak <= lim.max_abs and peak * math.sqrt(d) <= lim.max_norm):
                 self._check_storable(copy, h, name, role, codec)
