@@ -27,6 +27,12 @@ Reported: milliseconds (best of ``--repeat`` after a warm-up call, so Numba's
 compilation is never timed), ratios against exact (below 1 is faster), the
 bytes each path reads (the cache's ``nbytes`` against ``2 * 4 * H * T * d``
 float32 bytes), and the machine.
+
+``--device cuda`` runs all three on a GPU: CuPy arrays, exact attention with
+CuPy's (cuBLAS) products, the cache on the ``cupy`` backend; every timed call
+ends with a device synchronisation, so a time is the step's whole latency
+(kernels, launches and the cache's reads back to the host).  The NumPy-only
+baselines (``kivi``) are left out there.
 """
 
 from __future__ import annotations
@@ -62,11 +68,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--q-heads", type=int, default=32)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--window", type=int, default=128)
-    ap.add_argument("--backend", default="numba")
+    ap.add_argument("--backend", default=None, help="numba on the CPU, cupy on a GPU")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
+    gpu = args.device == "cuda"
+    if args.backend is None:
+        args.backend = "cupy" if gpu else "numba"
     get_backend(args.backend)  # loaded first: the numba backend sets libgomp's spin count
 
     rng = np.random.default_rng(0)
@@ -74,25 +84,42 @@ def main(argv=None) -> dict:
     keys = rng.standard_normal((1, h, t, d), dtype=np.float32)
     values = rng.standard_normal((1, h, t, d), dtype=np.float32)
     q = rng.standard_normal((1, args.q_heads, 1, d), dtype=np.float32)
+    configs = args.configs
+    if gpu:
+        import cupy as cp
 
-    exact_s = best_of(lambda: exact_attention(q, keys, values), args.repeat)
+        keys, values, q = cp.asarray(keys), cp.asarray(values), cp.asarray(q)
+        configs = [c for c in configs if not c.startswith("kivi")]  # NumPy-only baseline
+
+        def timed(fn, repeat):  # the whole step: its kernels have run when the clock stops
+            def step():
+                fn()
+                cp.cuda.Device().synchronize()
+
+            return best_of(step, repeat)
+
+        host = cp.asnumpy
+    else:
+        timed, host = best_of, np.asarray
+
+    exact_s = timed(lambda: exact_attention(q, keys, values), args.repeat)
     exact_bytes = keys.nbytes + values.nbytes
     rows = []
-    for name in args.configs:
+    for name in configs:
         cache = pq.KVCache(d, window=args.window, backend=args.backend, **CONFIGS[name])
         cache.append(keys, values)
         cache.attention(q)  # warm-up: compile or load the kernels
-        codes_s = best_of(lambda c=cache: c.attention(q), args.repeat)
+        codes_s = timed(lambda c=cache: c.attention(q), args.repeat)
 
         def decode_then_attend(c=cache):
             k, v = c.decoded()
             return exact_attention(q, k, v)
 
         decode_then_attend()
-        decode_s = best_of(decode_then_attend, max(2, args.repeat // 3))
+        decode_s = timed(decode_then_attend, max(2, args.repeat // 3))
+        reference = host(decode_then_attend())
         err = float(
-            np.linalg.norm(cache.attention(q) - decode_then_attend())
-            / np.linalg.norm(decode_then_attend())
+            np.linalg.norm(host(cache.attention(q)) - reference) / np.linalg.norm(reference)
         )
         rows.append(
             {
@@ -116,10 +143,17 @@ def main(argv=None) -> dict:
         info["numba_threads"] = numba.get_num_threads()
     except ImportError:
         pass
+    info["device"] = args.device
+    if gpu:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        info["cupy"] = cp.__version__
     print(f"machine: {info}")
     print(
         f"one decode step: 1 query token, {args.q_heads} query heads / {h} kv heads, "
-        f"head_dim {d}, {t} cached tokens (window {args.window}), backend {args.backend}"
+        f"head_dim {d}, {t} cached tokens (window {args.window}), backend {args.backend} "
+        f"on the {args.device}"
     )
     print(f"exact float32 attention: {1e3 * exact_s:.2f} ms, reads {exact_bytes / 2**20:.1f} MiB")
     head = f"{'config':28s} {'bits':>5s} {'MiB':>7s} {'fewer B':>7s} {'codes ms':>9s} {'x exact':>7s} {'decode ms':>9s} {'x exact':>7s}"

@@ -15,11 +15,13 @@
 #   $OUT/gpu_tests.xml     the same as JUnit XML
 #   $OUT/gpu_bench.json    score-from-codes vs fp16 cuBLAS, bandwidth, encode throughput
 #   $OUT/gpu_bench.txt     the same as a table
+#   $OUT/kv_step.json      one decode step of KVCache.attention over 32k tokens (Llama-3.1-8B
+#   $OUT/kv_step.txt       layer shape, cupy backend) against exact float32 attention
 #   $OUT/kv_generate.json  generation with the KV cache on the GPU (cupy backend) against
 #   $OUT/kv_generate.txt   DynamicCache, a random SmolLM2-shaped model (needs torch+CUDA)
-# Every phase has its own time limit (install 40+60 s, tests 200 s, kernel benchmark
-# 100 s, KV generation 110 s): the whole script stays under 9 minutes even when every
-# phase runs out.
+# Every phase has its own time limit (install 30+45 s, tests 200 s, kernel benchmark
+# 90 s, KV decode step 60 s, KV generation 110 s): the whole script stays under 9 minutes
+# even when every phase runs out.
 # The exit status is the tests' (the benchmark never fails the script).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,12 +49,12 @@ phase "install (offline; cupy-cuda13x, numpy, scipy, torch are the image's)"
 #    polarquant.backends as pyproject.toml does.
 if compgen -G ".whl/*.whl" > /dev/null; then
     SITE="$(mktemp -d)"
-    timeout 40 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    timeout 30 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$SITE" .whl/*.whl >> "$OUT/env.txt" 2>&1 \
         && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
         && echo "carried wheels: $(ls .whl | tr '\n' ' ')" >> "$OUT/env.txt"
 fi
-timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+timeout 45 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
     >> "$OUT/env.txt" 2>&1 || echo "pip install -e . failed" >> "$OUT/env.txt"
 if ! "$PY" -c "import polarquant.backends.cupy_backend" >> "$OUT/env.txt" 2>&1; then
     SHIM="$(mktemp -d)"
@@ -83,7 +85,7 @@ tail -n 25 "$OUT/gpu_tests.txt"
 echo "pytest exit status: $TEST_RC"
 
 phase "benchmark"
-timeout 100 "$PY" - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
+timeout 90 "$PY" - "$OUT" <<'EOF' 2>&1 | tee "$OUT/gpu_bench.txt"
 """Score from codes vs fp16 cuBLAS, bandwidth and encode throughput (dim 128, 1M vectors)."""
 import json
 import os
@@ -278,6 +280,12 @@ for r in report["encode"]:
 for e in report["errors"]:
     print("ERROR", e)
 EOF
+
+phase "KV cache decode step on the GPU (cupy backend) vs exact attention, 32k tokens"
+timeout 60 "$PY" benchmarks/bench_kv.py --device cuda --tokens 32768 --repeat 5 \
+    --json "$OUT/kv_step.json" > "$OUT/kv_step.txt" 2>&1
+echo "exit status $?" >> "$OUT/kv_step.txt"
+tail -n 9 "$OUT/kv_step.txt"
 
 phase "KV cache generation on the GPU (cupy backend) vs DynamicCache"
 if "$PY" -c "import torch, transformers, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
