@@ -248,6 +248,87 @@ def test_refused_calls_change_nothing():
         pq.VectorIndex(pq.TurboQuantMSE(DIM, 3), refine="int8")
 
 
+def test_torch_tensors_are_read_as_numpy_and_other_namespaces_are_refused():
+    """torch CPU tensors (float32, bfloat16) are read as NumPy arrays, as the quantizers and
+    the KV cache read them, so they mix with NumPy arrays in one index and search like them.
+    Before, an add of NumPy vectors after torch ones failed while merging *after* it had
+    kept them (ids then repeated), and a torch search crashed in the top-k selection.
+    Namespaces the index cannot compute on (the top-k needs a partial sort, which the array
+    API lacks) are refused with a ``TypeError`` before anything changes."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    corpus, queries = _corpus(rng, 60), _corpus(rng, 4)
+    numpy_index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, seed=4), "l2")
+    numpy_index.add(corpus)
+    index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, seed=4), "l2")
+    index.add(torch.from_numpy(corpus[:30]))
+    index.add(corpus[30:])
+    assert index.ids().tolist() == list(range(60))
+    for q in (torch.from_numpy(queries), queries):
+        got, want = index.search(q, 5), numpy_index.search(queries, 5)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+    index.add(torch.from_numpy(corpus[:2]).to(torch.bfloat16))  # bfloat16: exact in float32
+    assert len(index) == 62
+    xps = pytest.importorskip("array_api_strict")
+    before = _state(index)
+    for call in (
+        lambda: index.add(xps.asarray(corpus[:3])),
+        lambda: index.search(xps.asarray(queries), 3),
+    ):
+        with pytest.raises(TypeError, match="holds NumPy arrays .host. or CuPy arrays"):
+            call()
+        assert _state(index) == before
+
+
+def test_a_failed_merge_keeps_nothing(monkeypatch):
+    """``add`` keeps the new vectors only once their segment is merged with the held ones:
+    a failure there (here injected) leaves the index and its next ids as they were."""
+    rng = np.random.default_rng(13)
+    index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 3, seed=4))
+    index.add(_corpus(rng, 40))
+    before = _state(index)
+    merged = index_module._merged
+
+    def fail(*segments):
+        if len(segments) > 1:
+            raise RuntimeError("injected failure")
+        return merged(*segments)
+
+    monkeypatch.setattr(index_module, "_merged", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        index.add(_corpus(rng, 40))  # as large as the held segment: the two are merged
+    assert _state(index) == before
+    monkeypatch.undo()
+    index.add(_corpus(rng, 40))
+    assert index.ids().tolist() == list(range(80))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_queries_whose_scores_overflow_float32_are_refused(metric):
+    """Scores are float32: an inner product above 3.4e38 is infinite and ties with the removed
+    vectors' ``-inf`` (before: removed ids returned, live ones missing, NaN distances).  A
+    query whose squared norm passes float32's range (norm above 1.8e19) is refused, and so
+    is a search whose top scores overflowed (``ip``: vectors of norm 1e20, allowed there,
+    against a query of norm 1e19); moderate queries still search."""
+    rng = np.random.default_rng(14)
+    index = pq.VectorIndex(pq.TurboQuantMSE(DIM, 4, seed=1, norm_dtype="float32"), metric)
+    units = _corpus(rng, 20)
+    units /= np.linalg.norm(units, axis=1, keepdims=True)
+    index.add(units * np.float32(1e20 if metric == "ip" else 1e18))
+    index.remove([0, 1, 2])
+    before = _state(index)
+    with pytest.raises(ValueError, match=r"norms up to 5.657e\+37 cannot be scored"):
+        index.search(np.full((1, DIM), 1e37, np.float32), len(index))
+    if metric == "ip":
+        with pytest.raises(ValueError, match="overflow float32"):
+            index.search(units[3:4] * np.float32(1e19), 3)
+    assert _state(index) == before
+    scores, ids = index.search(units[3:4] * np.float32(1 if metric == "ip" else 1e18), len(index))
+    assert np.all(np.isfinite(scores)) and not set(ids[0].tolist()) & {0, 1, 2}
+    assert ids[0, 0] == 3
+
+
 @pytest.mark.parametrize("metric", pq.search.METRICS)
 def test_nbytes_counts_everything_held(metric):
     """Codes (the quantizer's bytes per vector) + 8-byte ids + 4-byte squared norms (l2)
@@ -337,6 +418,24 @@ def test_damaged_files_are_refused_naming_the_file(tmp_path):
     assert len(pq.VectorIndex.load(deflated)) == 20
     with pytest.raises(ValueError, match="deflated.npz.*cannot be memory-mapped"):
         pq.VectorIndex.load(deflated, mmap=True)
+
+
+@pytest.mark.parametrize("quantizer", ["polarquant", "polarquant-qjl"])
+def test_crafted_sq_norms_of_polar_codes_are_refused(tmp_path, quantizer):
+    """PolarQuant codes hold no ``norms`` field: the norm is that of the top-level radii
+    (the polar transform keeps norms, Sec. 3), and an ``l2`` file whose squared norms
+    disagree with it is refused as for the other quantizers (the distances would be wrong:
+    a tampered row was ranked first for another row's query)."""
+    make = {"polarquant": pq.PolarQuant, "polarquant-qjl": pq.PolarQuantQJL}[quantizer]
+    index = pq.VectorIndex(make(DIM, seed=4), "l2")
+    index.add(_corpus(np.random.default_rng(10), 20))
+    path = tmp_path / "index.npz"
+    index.save(path)
+    assert len(pq.VectorIndex.load(path)) == 20  # the untouched file's radii agree
+    crafted = tmp_path / "crafted.npz"
+    _rewrite(path, crafted, {"sq_norms": lambda a: np.where(np.arange(a.size) == 7, 1e6, a)})
+    with pytest.raises(ValueError, match="crafted.npz.*disagrees with the codes' norms at row 7"):
+        pq.VectorIndex.load(crafted)
 
 
 def _rewrite(src, dst, changes, compression=zipfile.ZIP_STORED):

@@ -482,12 +482,15 @@ class DaskVectorIndex:
         if exact:
             values, ids = self._rerank(sent, positions, ids, k)
         scores = _index.metric_scores(self.metric, rows, values, exact=exact)
+        _index.check_scores(scores)
         return scores.reshape(lead + (k,)), ids.reshape(lead + (k,))
 
     def _prepare(self, queries, k, rerank):
         """The checks and the preparation of :meth:`~polarquant.VectorIndex.search`, on the client:
         ``(rows, lead shape, k, candidates)`` with ``rows`` NumPy ``(nq, dim)``."""
-        _, rows, lead = _index.query_rows(queries, self.dim, self.metric)
+        _, rows, lead = _index.query_rows(
+            _index.computable(queries, "queries"), self.dim, self.metric
+        )
         k, candidates = _index.search_sizes(k, rerank, self.refine, len(self))
         return np.ascontiguousarray(to_host(rows)), lead, k, candidates
 

@@ -32,9 +32,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from array_api_compat import is_array_api_obj, is_cupy_array, is_torch_array
 
-from .._array import as_vectors, check_finite, check_int, namespace, to_host
+from .._array import as_vectors, check_finite, check_int, namespace, quiet_overflow, to_host
 from ..compressed import CompressedVectors, array_nbytes
+from ..kv.attention import check_float_array, same_place
 from ..quantizer import _STORAGE_RANGE, Quantizer, safe_norms
 from . import scanner
 from .topk import TopK, best_order
@@ -141,6 +143,12 @@ def _take_rows(arr, rows):
 class VectorIndex:
     """Nearest-neighbour search over vectors compressed by ``quantizer``.
 
+    Vectors and queries are NumPy arrays (codes in host memory) or CuPy arrays (GPU memory;
+    the ``cupy`` backend), fixed by the first ``add``; torch tensors are read as those (a
+    CPU tensor as a NumPy view, a CUDA one through DLPack).  Scores and ids come back as
+    NumPy arrays.  Other array namespaces, and arrays of another namespace or device than
+    the vectors held, are refused (``TypeError``).
+
     Parameters
     ----------
     quantizer : Quantizer
@@ -241,7 +249,8 @@ class VectorIndex:
             outside the quantizer's storage range, or ids that are negative, repeated or
             already in the index.  Nothing is added then.
         """
-        xp, x = as_vectors(vectors, self.dim, "vectors", finite=False)
+        xp, x = as_vectors(computable(vectors, "vectors"), self.dim, "vectors", finite=False)
+        self._check_place(x, "vectors")
         if x.ndim == 1:
             x = xp.reshape(x, (1, self.dim))
         if x.ndim != 2:
@@ -250,13 +259,20 @@ class VectorIndex:
         ids = self._new_ids(ids, n)
         segments = []
         for start in range(0, n, ADD_ROWS):  # everything is built before anything is kept
-            chunk = x[start : start + ADD_ROWS, ...]
+            chunk = x[start : min(start + ADD_ROWS, n), ...]
             segments.append(self._segment(xp, chunk, ids[start : start + ADD_ROWS]))
         if not n:
             return
         self._append(_merged(*segments))  # one segment per call: one copy of its codes
         self._next_id = max(self._next_id, int(ids.max()) + 1)
         self._id_table = None
+
+    def _check_place(self, x, name: str) -> None:
+        """``x`` must be of the namespace and device of the codes held (``TypeError``), so
+        that nothing fails later when segments are merged or scored together."""
+        if self._segments:
+            held = next(iter(self._segments[0].codes.fields.values()))
+            same_place(x, held, name, "the vectors this index holds")
 
     def _new_ids(self, ids, n: int) -> np.ndarray:
         if ids is None:
@@ -320,12 +336,13 @@ class VectorIndex:
         are dropped when their segment is merged.  Memory-mapped segments (a loaded index)
         are never merged into memory.
         """
-        self._segments.append(segment)
-        while len(self._segments) >= 2:
-            older, newer = self._segments[-2], self._segments[-1]
+        segments = [*self._segments, segment]  # kept only once every merge has worked
+        while len(segments) >= 2:
+            older, newer = segments[-2], segments[-1]
             if older.mapped or newer.mapped or 2 * newer.n < older.n:
                 break
-            self._segments[-2:] = [_merged(older, newer)]
+            segments[-2:] = [_merged(older, newer)]
+        self._segments = segments
 
     # -- remove ------------------------------------------------------------------------------
     def remove(self, ids) -> None:
@@ -404,20 +421,23 @@ class VectorIndex:
             Wrong dimension, NaN or Inf, a zero query under ``"cosine"``, ``k`` outside
             ``1 ... len(index)``, ``rerank < k``, or ``rerank`` without a refinement copy.
         """
-        xp, rows, lead = query_rows(queries, self.dim, self.metric)
+        xp, rows, lead = query_rows(computable(queries, "queries"), self.dim, self.metric)
+        self._check_place(rows, "queries")
         k, candidates = search_sizes(k, rerank, self.refine, len(self))
         nq = int(rows.shape[0])
         out_scores = np.empty((nq, k), np.float32)
         out_ids = np.empty((nq, k), np.int64)
         step = max(1, min(nq, BLOCK_ELEMENTS // max(candidates, 1024)))
-        for a in range(0, nq, step):
-            block = rows[a : a + step, ...]
-            values, positions = self.scan(block, candidates)
-            exact = self.refine is not None
-            if exact:
-                values, positions = self._rerank(block, positions, k)
-            out_scores[a : a + step] = metric_scores(self.metric, block, values, exact=exact)
-            out_ids[a : a + step] = self._ids_at(to_host(positions))
+        with quiet_overflow(xp):  # an overflowed score is refused below (check_scores)
+            for a in range(0, nq, step):
+                block = rows[a : a + step, ...]
+                values, positions = self.scan(block, candidates)
+                exact = self.refine is not None
+                if exact:
+                    values, positions = self._rerank(block, positions, k)
+                out_scores[a : a + step] = metric_scores(self.metric, block, values, exact=exact)
+                out_ids[a : a + step] = self._ids_at(to_host(positions))
+        check_scores(out_scores)
         return out_scores.reshape(lead + (k,)), out_ids.reshape(lead + (k,))
 
     def scan(self, rows, c: int, *, block_elements: int | None = None):
@@ -601,7 +621,44 @@ def query_rows(queries, dim: int, metric: str):
     rows = xp.reshape(xp.astype(q, xp.float64 if q.dtype == xp.float64 else xp.float32), (-1, dim))
     if metric == "cosine":
         rows = _normalised(xp, rows, "queries")
+    elif rows.shape[0]:
+        largest = float(xp.max(safe_norms(rows)[0]))
+        if not largest**2 <= _STORAGE_RANGE["float32"][0]:
+            raise ValueError(
+                f"queries with norms up to {largest:.4g} cannot be scored: their squared norms "
+                "pass float32's range (norms above 1.8e19); rescale them"
+            )
     return xp, rows, lead
+
+
+def check_scores(scores: np.ndarray) -> None:
+    """Refuse a search whose scores overflowed float32 (``ValueError``): an infinite score
+    ties with the removed vectors' ``-inf`` and ranks nothing.  A query's inner products
+    reach ``||q|| ||x||``, beyond 3.4e38 for a large query against large vectors."""
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(
+            "the scores of these queries overflow float32 (|<q, x>| above 3.4e38: large "
+            "queries against large vectors); rescale the queries"
+        )
+
+
+def computable(x, name: str):
+    """``x`` as an array the index computes on: NumPy arrays (and lists, refused later by
+    :func:`~polarquant._array.as_vectors` with its reason) as they are, torch tensors read
+    as the KV cache reads them (:func:`~polarquant.kv.attention.check_float_array`: a CPU
+    tensor as a NumPy view, a CUDA one as a CuPy array through DLPack); any other array
+    namespace is refused, naming the two the index takes (its top-k selection needs a
+    partial sort, which the array API lacks)."""
+    if not (is_torch_array(x) or (is_array_api_obj(x) and not isinstance(x, np.ndarray))):
+        return x
+    x = check_float_array(x, name)
+    if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
+        raise TypeError(
+            f"{name} is a {type(x).__module__}.{type(x).__qualname__}: a VectorIndex holds NumPy "
+            "arrays (host) or CuPy arrays (GPU), and torch tensors are read as those; convert "
+            f"{name} first"
+        )
+    return x
 
 
 def search_sizes(k, rerank, refine, live: int) -> tuple[int, int]:

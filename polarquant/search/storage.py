@@ -159,8 +159,8 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
     for name in (*codes_fields, "sq_norms"):
         if name in arrays and arrays[name].dtype.kind == "f":
             _archive.check_scalars(name, arrays[name])
-    if "sq_norms" in arrays and "norms" in codes_fields:
-        _check_sq_norms(arrays["sq_norms"], arrays["norms"])
+    if "sq_norms" in arrays:
+        _check_sq_norms(arrays["sq_norms"], arrays, codes_fields)
     if "refine" in arrays:  # block by block: bounded memory, also for a memory map
         refine = arrays["refine"]
         for start in range(0, n, CHECK_ROWS):
@@ -193,13 +193,23 @@ def _load(fh, mmap: bool, backend) -> VectorIndex:
 SQ_NORM_RTOL, SQ_NORM_ATOL = 2.0**-10, 2.0**-23
 
 
-def _check_sq_norms(sq_norms: np.ndarray, norms: np.ndarray) -> None:
+def _check_sq_norms(sq_norms: np.ndarray, arrays: dict, codes_fields: set) -> None:
     """The exact squared norms of metric ``"l2"`` agree with the norms the codes store (both
     written by ``add`` from the same vectors): a crafted file whose distances would be wrong is
-    refused, naming the first row that disagrees."""
+    refused, naming the first row that disagrees.  The codes store a vector's norm as
+    ``norms`` (TurboQuant, QJL) or through PolarQuant's top-level radii (``radii``: the
+    polar transform keeps norms, so ``||x||^2`` is the sum of their squares; PolarQuant
+    Sec. 3)."""
     for start in range(0, sq_norms.shape[0], CHECK_ROWS):
-        root = np.sqrt(sq_norms[start : start + CHECK_ROWS].astype(np.float64))
-        norm = np.asarray(norms[start : start + CHECK_ROWS], dtype=np.float64)
+        stop = start + CHECK_ROWS
+        if "norms" in codes_fields:
+            norm = np.asarray(arrays["norms"][start:stop], dtype=np.float64)
+        elif "radii" in codes_fields:
+            radii = np.asarray(arrays["radii"][start:stop], dtype=np.float64)
+            norm = np.sqrt(np.sum(radii * radii, axis=1))
+        else:  # pragma: no cover - every quantizer stores one of the two
+            return
+        root = np.sqrt(sq_norms[start:stop].astype(np.float64))
         bad = np.flatnonzero(np.abs(root - norm) > SQ_NORM_RTOL * norm + SQ_NORM_ATOL)
         if bad.size:
             row = start + int(bad[0])
