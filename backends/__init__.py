@@ -153,8 +153,10 @@ def _why_unavailable(name: str) -> str | None:
 def available() -> dict[str, str | None]:
     """Every backend name mapped to ``None`` if usable here, else the reason it is not.
 
-    Checks whether numba is installed without importing it; for ``cupy`` it
-    imports cupy (only when called) to ask for a CUDA device.
+    Checks whether numba is installed without importing it (an install that fails to
+    import is reported by :func:`get_backend`, as a :class:`BackendUnavailableError`, when
+    the backend is first used); for ``cupy`` it imports cupy (only when called) to ask for
+    a CUDA device.
     """
     return {name: _why_unavailable(name) for name in BACKENDS}
 
@@ -267,7 +269,14 @@ def get_backend(name: str | None = None) -> Backend:
         raise BackendUnavailableError(f"backend {name!r} is unavailable: {why}")
     module = _loaded.get(name)
     if module is None:
-        module = _loaded[name] = LOADERS[name]()
+        try:
+            module = LOADERS[name]()
+        except ImportError as exc:  # installed (``available`` found it) but broken
+            raise BackendUnavailableError(
+                f"backend {name!r} is unavailable: {name} is installed but cannot be imported "
+                f"({exc}); {INSTALL_HINTS.get(name, 'reinstall it')}"
+            ) from exc
+        _loaded[name] = module
     return module
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -520,3 +521,33 @@ def test_docs_state_the_thread_rule():
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "backends.md").read_text()
     assert "copy_context().run" in text and re.search(r"ThreadPoolExecutor", text)
+
+
+def test_a_numba_that_fails_to_import_is_unavailable_with_the_reason(tmp_path):
+    """A numba package that is installed but cannot be imported (e.g. built for another NumPy)
+    is found by ``available()`` (which never imports numba); using it must raise
+    ``BackendUnavailableError`` with numba's own message and the install command, not a bare
+    ``ImportError`` from deep inside a quantizer.  In a subprocess: the broken package shadows
+    the real one there only."""
+    import subprocess
+    import sys
+
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text(
+        'raise ImportError("Numba needs NumPy 2.2 or less")\n'
+    )
+    code = (
+        "import numpy as np, polarquant as pq\n"
+        "from polarquant.backends import BackendUnavailableError, available\n"
+        "assert available()['numba'] is None\n"
+        "try:\n"
+        "    pq.TurboQuantMSE(16, 3, backend='numba').encode(np.ones((2, 16), np.float32))\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert "backend 'numba' is unavailable: numba is installed but cannot be imported" in out
+    assert "Numba needs NumPy 2.2 or less" in out and "pip install" in out

@@ -267,6 +267,45 @@ def test_a_key_that_is_not_finite_is_no_candidate():
         np.testing.assert_array_equal(got[0], want[0])
 
 
+@pytest.mark.parametrize("variant", RUNNABLE)
+def test_keys_that_overflow_to_inf_are_no_candidates(variant, monkeypatch):
+    """Finite scales whose keys overflow float32 (3e38 x 1.5) are +inf: no candidate on any
+    variant, as in the reference.  Before, a group of queries sharing one SIMD mask let another
+    query's lanes in without the finiteness check (positions 0, 1, 2 at +inf)."""
+    monkeypatch.setenv(_simd.VARIANT_ENV, variant)
+    plan = fastscan.FastScanPlan(4, 16)
+    blocks = fastscan.to_blocks(plan, np.zeros((32, 8), np.uint8))
+    tq = np.zeros((2, 16, 16), np.uint8)
+    bias = np.array([2.0, 0.5], np.float32)
+    scale = np.full(32, 3e38, np.float32)
+    with np.errstate(over="ignore"):  # the reference computes the overflowing keys
+        want = ref.fastscan_topk(plan, tq, blocks, 32, 3, bias, scale)
+    got = nb.fastscan_topk(plan, tq, blocks, 32, 3, bias, scale)
+    assert want[1][0].tolist() == [-1, -1, -1]
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("variant", RUNNABLE)
+def test_strided_arguments_give_the_reference_results(variant, monkeypatch):
+    """The kernels read raw memory at flat offsets: Fortran-ordered blocks and strided scales
+    (valid arrays of the right shapes) are copied to C order first.  Before, they were read as
+    if contiguous: other sums, other top keys, silently."""
+    monkeypatch.setenv(_simd.VARIANT_ENV, variant)
+    plan, tq, blocks, rng = _case(4, 16, 64, 3)
+    fortran = np.asfortranarray(blocks)
+    assert not fortran.flags.c_contiguous
+    np.testing.assert_array_equal(
+        nb.fastscan_sums(plan, tq, fortran, 64), ref.fastscan_sums(plan, tq, blocks, 64)
+    )
+    scale = rng.uniform(0.5, 2.0, 128).astype(np.float32)[::2]
+    bias = np.zeros(tq.shape[0])
+    got = nb.fastscan_topk(plan, tq, fortran, 64, 5, bias, scale)
+    want = ref.fastscan_topk(plan, tq, blocks, 64, 5, bias, np.ascontiguousarray(scale))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def _count_scans(monkeypatch):
     """How many times the numba backend's fastscan_topk runs (one per segment and round)."""
     calls = []

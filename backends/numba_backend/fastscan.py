@@ -63,7 +63,7 @@ def fastscan_sums(plan, tq, blocks, n):
     n = check_fastscan(plan, tq, blocks, n)
     out = np.empty((tq.shape[0], n), dtype=np.uint32)
     if n and tq.shape[0]:
-        sums_kernel(variant())(register_tables(tq), _readonly(blocks), n, _groups(plan), out)
+        sums_kernel(variant())(register_tables(tq), _contiguous(blocks), n, _groups(plan), out)
     return out
 
 
@@ -93,17 +93,23 @@ def fastscan_topk(plan, tq, blocks, n, c, bias, scale, shift=None, weight=None):
     heap_pos = np.full((padded, nchunks, c), -1, dtype=np.int64)
     topk_kernel(variant(), group)(
         luts,
-        _readonly(blocks),
+        _contiguous(blocks),
         n,
-        bias,
-        scale,
-        shift,
-        weight,
+        _contiguous(bias),
+        _contiguous(scale),
+        _contiguous(shift),
+        _contiguous(weight),
         _groups(plan),
         heap_keys,
         heap_pos,
     )
     return _merge(heap_keys[:nq].reshape(nq, -1), heap_pos[:nq].reshape(nq, -1), c)
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` C-contiguous and read-only: the SIMD kernels read their arguments' raw memory at
+    flat offsets, so a strided view (Fortran order, a slice with a step) must be copied."""
+    return _readonly(np.ascontiguousarray(a))
 
 
 def register_tables(tq) -> np.ndarray:
@@ -298,8 +304,8 @@ def _make_topk_scalar():
 
 @_kernel(inline="always")
 def _offer(hk, hp, keys, mask, base):
-    """Push the lanes of ``mask`` whose key beats the heap's minimum (re-checked: the mask may
-    hold other queries' lanes, and the minimum rises as lanes are pushed)."""
+    """Push the lanes of ``mask`` whose finite key beats the heap's minimum (re-checked: the
+    mask may hold other queries' lanes, and the minimum rises as lanes are pushed)."""
     for v in range(BLOCK):
-        if (mask >> v) & 1 and keys[v] > hk[0]:
+        if (mask >> v) & 1 and keys[v] > hk[0] and keys[v] < np.inf:  # not finite: no candidate
             _push(hk, hp, keys[v], base + v)
