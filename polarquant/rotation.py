@@ -54,6 +54,7 @@ __all__ = [
     "fwht",
     "HaarRotation",
     "RandomizedHadamard",
+    "check_rotation",
     "make_rotation",
     "ROTATIONS",
 ]
@@ -192,8 +193,14 @@ class RandomizedHadamard(_Rotation):
 ROTATIONS = {"haar": HaarRotation, "hadamard": RandomizedHadamard}
 
 
+def check_rotation(kind) -> str:
+    """``kind`` if it names a rotation (``"haar"``, ``"hadamard"``), else ``ValueError``
+    listing them (also for a non-string, e.g. a list, which is not hashable)."""
+    if not isinstance(kind, str) or kind not in ROTATIONS:
+        raise ValueError(f"unknown rotation {kind!r}; valid rotations: {sorted(ROTATIONS)}")
+    return kind
+
+
 def make_rotation(kind: str, dim: int, seed: int = 0):
     """Build a rotation by name: ``"haar"`` or ``"hadamard"``."""
-    if kind not in ROTATIONS:
-        raise ValueError(f"unknown rotation {kind!r}; valid rotations: {sorted(ROTATIONS)}")
-    return ROTATIONS[kind](dim, seed)
+    return ROTATIONS[check_rotation(kind)](dim, seed)

@@ -49,7 +49,7 @@ from .codebooks import coordinate_codebook
 from .plan import ResidualPlan, ScalarPlan
 from .qjl import QJL_SCALE, SignSketch
 from .quantizer import Quantizer, check_norm_dtype, safe_norms, store_scalars
-from .rotation import ROTATIONS, make_rotation
+from .rotation import check_rotation, make_rotation
 
 __all__ = ["TurboQuantMSE", "TurboQuantProd", "CODEBOOK_LAWS"]
 
@@ -79,9 +79,7 @@ class _TurboQuant(Quantizer):
     ):
         super().__init__(dim, seed, backend)
         self.bits = check_bits(bits)
-        if rotation not in ROTATIONS:
-            raise ValueError(f"unknown rotation {rotation!r}; valid rotations: {sorted(ROTATIONS)}")
-        self.rotation_kind = rotation
+        self.rotation_kind = check_rotation(rotation)
         self.codebook_law = _check_law(codebook)
         self.norm_dtype = check_norm_dtype(norm_dtype)
         self._build()

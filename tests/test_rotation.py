@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import polarquant as pq
 from polarquant.distributions import coordinate_density
 from polarquant.rotation import (
     HaarRotation,
@@ -91,6 +92,12 @@ def test_random_signs_defeat_a_hadamard_row():
 def test_bad_input():
     with pytest.raises(ValueError, match="unknown rotation"):
         make_rotation("givens", 8)
+    for make in (
+        lambda: make_rotation(["haar"], 8),
+        lambda: pq.TurboQuantMSE(8, 2, rotation=["haar"]),
+    ):
+        with pytest.raises(ValueError, match=r"unknown rotation \['haar'\]; valid rotations"):
+            make()  # a list: the same error, not "unhashable type"
     with pytest.raises(ValueError, match="last dimension 8"):
         HaarRotation(8).apply(np.ones((2, 7)))
     with pytest.raises(ValueError, match="seed"):
