@@ -154,7 +154,7 @@ def available() -> dict[str, str | None]:
     """Every backend name mapped to ``None`` if usable here, else the reason it is not.
 
     Checks whether numba is installed without importing it (an install that fails to
-    import is reported by :func:`get_backend`, as a :class:`BackendUnavailableError`, when
+    import is reported by :func:`get_backend`, as a ``BackendUnavailableError``, when
     the backend is first used); for ``cupy`` it imports cupy (only when called) to ask for
     a CUDA device.
     """
