@@ -306,7 +306,12 @@ class TurboQuantProd(_TurboQuant):
         gamma = xp.linalg.vector_norm(r, axis=-1)
         fields["signs"] = self.sketch.encode(r)
         fields["norms"] = store_scalars(norms, self.norm_dtype, "norms")
-        fields["residual_norms"] = store_scalars(gamma, self.norm_dtype, "residual norms")
+        # gamma is the residual of the *unit* vector: no rescaling of the input can lift a tiny
+        # one into float16's normal range, so it is stored as a subnormal (absolute error at
+        # most 2**-25 of the unit norm) rather than refused
+        fields["residual_norms"] = store_scalars(
+            gamma, self.norm_dtype, "residual norms", keep_subnormal=True
+        )
         return fields
 
     def _decode_rows(self, fields, dtype):
