@@ -44,6 +44,7 @@ from _common import best_of, machine, write_json
 from polarquant.backends import get_backend
 
 import polarquant as pq
+from polarquant._array import to_host
 from polarquant.kv import exact_attention
 
 CONFIGS = {
@@ -98,9 +99,8 @@ def main(argv=None) -> dict:
 
             return best_of(step, repeat)
 
-        host = cp.asnumpy
     else:
-        timed, host = best_of, np.asarray
+        timed = best_of
 
     exact_s = timed(lambda: exact_attention(q, keys, values), args.repeat)
     exact_bytes = keys.nbytes + values.nbytes
@@ -117,9 +117,9 @@ def main(argv=None) -> dict:
 
         decode_then_attend()
         decode_s = timed(decode_then_attend, max(2, args.repeat // 3))
-        reference = host(decode_then_attend())
+        reference = to_host(decode_then_attend())
         err = float(
-            np.linalg.norm(host(cache.attention(q)) - reference) / np.linalg.norm(reference)
+            np.linalg.norm(to_host(cache.attention(q)) - reference) / np.linalg.norm(reference)
         )
         rows.append(
             {

@@ -56,7 +56,12 @@ def array_nbytes(a) -> int:
         return n
     xp = namespace(a)
     dtype = a.dtype
-    bits = xp.iinfo(dtype).bits if xp.isdtype(dtype, "integral") else xp.finfo(dtype).bits
+    if dtype == xp.bool:  # (array_api_strict arrays have no nbytes, and bool no iinfo)
+        bits = 8
+    elif xp.isdtype(dtype, "integral"):
+        bits = xp.iinfo(dtype).bits
+    else:
+        bits = xp.finfo(dtype).bits
     return math.prod(a.shape) * bits // 8
 
 

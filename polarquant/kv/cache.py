@@ -59,6 +59,7 @@ import numpy as np
 from array_api_compat import device as array_device
 
 from .._array import check_int, compact, contiguous, empty_on, namespace, to_host, zeros_on
+from ..compressed import array_nbytes
 from ..quantizer import safe_norms
 from .attention import (
     causal_mask,
@@ -74,7 +75,6 @@ from .attention import (
     transposed,
     ungroup_outputs,
 )
-from .codec import array_nbytes
 from .methods import make_codec, store_tokens
 
 __all__ = ["KVCache"]

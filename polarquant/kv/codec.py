@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._array import namespace
+from ..compressed import array_nbytes
 from ..quantizer import _STORAGE_RANGE, store_scalars
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "KeyCodec",
     "ValueCodec",
     "field_nbytes",
-    "array_nbytes",
     "norm_limit",
     "Limits",
     "store_norms",
@@ -92,20 +92,6 @@ def store_norms(values, dtype: str, what: str) -> np.ndarray:
     """
     xp = namespace(values)
     return store_scalars(xp.astype(values, xp.float32), dtype, what, keep_subnormal=True)
-
-
-def array_nbytes(a) -> int:
-    """Bytes of ``a``'s elements, in any namespace (``array_api_strict`` arrays have no ``nbytes``)."""
-    itemsize = getattr(a.dtype, "itemsize", None)
-    if itemsize is None:
-        xp = namespace(a)
-        if a.dtype == xp.bool:
-            itemsize = 1
-        elif xp.isdtype(a.dtype, "integral"):
-            itemsize = xp.iinfo(a.dtype).bits // 8
-        else:
-            itemsize = xp.finfo(a.dtype).bits // 8
-    return math.prod(a.shape) * int(itemsize)
 
 
 def field_nbytes(fields: dict) -> int:

@@ -127,7 +127,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         f"polarquant.kv.hf needs torch and transformers>=5 ({exc}); install them with: {_HINT}"
     ) from exc
 
-if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
+#: transformers' (major, minor) release
+_VERSION = tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2])
+
+if _VERSION < (5,):  # pragma: no cover
     raise ImportError(
         f"polarquant.kv.hf needs transformers>=5, found {transformers.__version__}; {_HINT}"
     )
@@ -135,11 +138,7 @@ if int(transformers.__version__.split(".")[0]) < 5:  # pragma: no cover
 #: The keyword under which a model's forward and ``generate`` take the cache: ``cache``
 #: since transformers 5.24, ``past_key_values`` before (5.24 still accepts it, deprecated).
 #: On an older release ``cache=`` is silently ignored and the model builds its own cache.
-CACHE_ARGUMENT = (
-    "cache"
-    if tuple(int(p) for p in re.findall(r"\d+", transformers.__version__)[:2]) >= (5, 24)
-    else "past_key_values"
-)
+CACHE_ARGUMENT = "cache" if _VERSION >= (5, 24) else "past_key_values"
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -580,8 +579,8 @@ def polarquant_attention(
         raise RuntimeError(
             f'attn_implementation="{ATTN_IMPLEMENTATION}" attends from a PolarquantCache, but none '
             f"was used in this forward pass: pass {CACHE_ARGUMENT}=PolarquantCache(model.config, "
-            "...) with "
-            "use_cache=True (or switch to model.set_attn_implementation('sdpa') for exact attention)"
+            "...) with use_cache=True (or switch to model.set_attn_implementation('sdpa') for "
+            "exact attention)"
         )
     idx = getattr(module, "layer_idx", layer.layer_idx)
     if idx != layer.layer_idx:

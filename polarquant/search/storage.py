@@ -200,15 +200,20 @@ def _check_sq_norms(sq_norms: np.ndarray, arrays: dict, codes_fields: set) -> No
     ``norms`` (TurboQuant, QJL) or through PolarQuant's top-level radii (``radii``: the
     polar transform keeps norms, so ``||x||^2`` is the sum of their squares; PolarQuant
     Sec. 3)."""
+    if "norms" in codes_fields:
+
+        def norms_of(a, b):
+            return np.asarray(arrays["norms"][a:b], dtype=np.float64)
+
+    else:  # PolarQuant and PolarQuantQJL: every quantizer stores norms or radii
+
+        def norms_of(a, b):
+            radii = np.asarray(arrays["radii"][a:b], dtype=np.float64)
+            return np.sqrt(np.sum(radii * radii, axis=1))
+
     for start in range(0, sq_norms.shape[0], CHECK_ROWS):
         stop = start + CHECK_ROWS
-        if "norms" in codes_fields:
-            norm = np.asarray(arrays["norms"][start:stop], dtype=np.float64)
-        elif "radii" in codes_fields:
-            radii = np.asarray(arrays["radii"][start:stop], dtype=np.float64)
-            norm = np.sqrt(np.sum(radii * radii, axis=1))
-        else:  # pragma: no cover - every quantizer stores one of the two
-            return
+        norm = norms_of(start, stop)
         root = np.sqrt(sq_norms[start:stop].astype(np.float64))
         bad = np.flatnonzero(np.abs(root - norm) > SQ_NORM_RTOL * norm + SQ_NORM_ATOL)
         if bad.size:
